@@ -1,0 +1,223 @@
+"""Prompt-bandit environments: a prompt is a one-step episode, a completion is the action.
+
+`PromptBanditEnv` is a plain `gymnasium.Env`: `reset` hands out a prompt from a dataset,
+`step(completion)` pays `reward_fn([prompt], [completion])[0]` and ends the episode with
+`terminated=True, truncated=False` (a bandit has no time limit; Gymnasium's checker
+insists on the difference). `PromptBanditVecEnv` is the batched form for agents that
+generate many completions at once: a `gymnasium.vector.VectorEnv` whose `step` scores the
+whole batch in one `reward_fn` call (a reward model wants batches) and, since every
+episode ends after one step, immediately hands out the next prompts (`SAME_STEP` autoreset).
+
+Spaces. Observations and actions are `gymnasium.spaces.Text`. Gymnasium's default Text
+charset is alphanumeric with `min_length=1`, which rejects any prompt with a space, so
+the charset here is printable ASCII plus every character that occurs in the dataset's
+prompts, and `max_length` is the longest prompt. The action space uses the same charset,
+`min_length=0` (an empty completion is a legal answer: a model can emit EOS at once) and
+`max_length=max_completion_chars`. It describes what a random agent samples; `step`
+accepts any `str` (a model can produce characters outside it, and the reward function,
+not the space, judges them).
+
+The environment pays the reward function's score only: KL penalties and pretraining
+terms depend on the policy and belong to the agent (DESIGN.md §3). If a `gold_fn` is
+given (the built-in gold scorer plays the human), its score goes in `info["gold"]`, so
+the true objective stays visible when the reward is a learned model.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+from os import PathLike
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from llm_gym.data import PromptDataset, load_prompts
+from llm_gym.reward import RewardFn, score_batch
+
+__all__ = ["PromptBanditEnv", "PromptBanditVecEnv"]
+
+DatasetLike = PromptDataset | Sequence[str] | str | PathLike[str]
+
+
+def _text_spaces(dataset: PromptDataset, max_completion_chars: int) -> tuple[spaces.Text, spaces.Text]:
+    if not isinstance(max_completion_chars, int) or max_completion_chars < 1:
+        raise ValueError(f"max_completion_chars must be a positive int, got {max_completion_chars!r}")
+    charset = frozenset(string.printable).union(*(set(p) for p in dataset))
+    obs = spaces.Text(max_length=max(len(p) for p in dataset), min_length=1, charset=charset)
+    act = spaces.Text(max_length=max_completion_chars, min_length=0, charset=charset)
+    return obs, act
+
+
+def _check_reward_fn(reward_fn: object, name: str) -> None:
+    if not callable(reward_fn):
+        raise TypeError(
+            f"{name} must be callable as {name}(prompts, completions) -> array of floats, got {type(reward_fn).__name__}"
+        )
+
+
+class _PromptSource:
+    """What both environment forms share: the dataset, the reward and gold functions, the spaces."""
+
+    def _setup(
+        self, dataset: DatasetLike, reward_fn: RewardFn, gold_fn: RewardFn | None, max_completion_chars: int
+    ) -> tuple[spaces.Text, spaces.Text]:
+        self.dataset = load_prompts(dataset)
+        _check_reward_fn(reward_fn, "reward_fn")
+        if gold_fn is not None:
+            _check_reward_fn(gold_fn, "gold_fn")
+        self.reward_fn = reward_fn
+        self.gold_fn = gold_fn
+        return _text_spaces(self.dataset, max_completion_chars)
+
+    def _score(self, prompts: list[str], completions: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        for i, c in enumerate(completions):
+            if not isinstance(c, str):
+                raise TypeError(f"action {i} is {type(c).__name__}; a completion must be a str (decode token ids first)")
+        rewards = score_batch(self.reward_fn, prompts, completions)
+        if self.gold_fn is None:
+            return rewards, None
+        gold = rewards if self.gold_fn is self.reward_fn else score_batch(self.gold_fn, prompts, completions)
+        return rewards, gold
+
+
+class PromptBanditEnv(_PromptSource, gym.Env[str, str]):
+    """One prompt per episode; the completion is scored by `reward_fn` and the episode ends.
+
+    Args:
+        dataset: prompts: a `PromptDataset`, a list of strings, or a `.jsonl`/`.csv`/`.txt` path.
+        reward_fn: `reward_fn(prompts, completions) -> array of floats` (a gold scorer, a reward model...).
+        gold_fn: optional true objective, reported as `info["gold"]` but not paid.
+        max_completion_chars: `max_length` of the action space.
+        render_mode: `"ansi"` returns the last prompt and completion as text.
+
+    Example:
+        >>> import gymnasium, llm_gym
+        >>> env = gymnasium.make("llm_gym/PromptBandit-v0", dataset=["the film was"], reward_fn=lambda p, c: [len(x) for x in c])
+        >>> prompt, info = env.reset(seed=0)
+        >>> env.step(" great .")[1:4]
+        (8.0, True, False)
+    """
+
+    # render_fps is nominal (text rendering has no frame rate) but Gymnasium's checker asks for it
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
+
+    def __init__(
+        self,
+        dataset: DatasetLike,
+        reward_fn: RewardFn,
+        gold_fn: RewardFn | None = None,
+        max_completion_chars: int = 1024,
+        render_mode: str | None = None,
+    ) -> None:
+        self.observation_space, self.action_space = self._setup(dataset, reward_fn, gold_fn, max_completion_chars)
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+        self.render_mode = render_mode
+        self._index: int | None = None
+        self._done = True
+        self._last: tuple[str, str, float] | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+        """Hand out a prompt: uniformly at random from the seeded `np_random`, or `options={"index": i}`."""
+        super().reset(seed=seed)
+        if options and "index" in options:
+            index = int(options["index"])
+            if not 0 <= index < len(self.dataset):
+                raise ValueError(f"options['index']={index} is out of range for a dataset of {len(self.dataset)} prompts")
+        else:
+            index = int(self.np_random.integers(len(self.dataset)))
+        self._index, self._done = index, False
+        return self.dataset[index], {"prompt_index": index}
+
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        """Score the completion; the episode always terminates (`terminated=True, truncated=False`)."""
+        if self._index is None or self._done:
+            raise RuntimeError("the episode is over (one step per prompt); call reset() for the next prompt")
+        prompt = self.dataset[self._index]
+        rewards, gold = self._score([prompt], [action])
+        reward = float(rewards[0])
+        info: dict[str, Any] = {"prompt": prompt, "completion": action, "prompt_index": self._index}
+        if gold is not None:
+            info["gold"] = float(gold[0])
+        self._done = True
+        self._last = (prompt, action, reward)
+        return prompt, reward, True, False, info
+
+    def render(self) -> str | None:
+        """With `render_mode="ansi"`: the current prompt, and the completion and reward once answered."""
+        if self.render_mode != "ansi":
+            return None
+        if self._index is None:
+            return ""
+        prompt = self.dataset[self._index]
+        if not self._done or self._last is None:
+            return f"{prompt}|"
+        _, completion, reward = self._last
+        return f"{prompt}|{completion}  -> reward {reward:.4f}"
+
+
+class PromptBanditVecEnv(_PromptSource, VectorEnv):
+    """`num_envs` prompts per step, scored in one `reward_fn` call; the next prompts come back at once.
+
+    Observations and actions are tuples of `num_envs` strings (`batch_space` of the Text
+    spaces). `step` returns the *next* prompts (every episode terminated, `SAME_STEP`
+    autoreset) and an info dict of arrays: `prompt`, `completion`, `prompt_index` and, with
+    a `gold_fn`, `gold` — all about the prompts just answered.
+
+    Made by `gymnasium.make_vec("llm_gym/PromptBandit-v0", num_envs=16, dataset=..., reward_fn=...)`.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(
+        self,
+        dataset: DatasetLike,
+        reward_fn: RewardFn,
+        num_envs: int = 16,
+        gold_fn: RewardFn | None = None,
+        max_completion_chars: int = 1024,
+    ) -> None:
+        if not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        self.num_envs = num_envs
+        self.single_observation_space, self.single_action_space = self._setup(dataset, reward_fn, gold_fn, max_completion_chars)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self._indices: np.ndarray | None = None
+
+    def _draw(self) -> tuple[tuple[str, ...], np.ndarray]:
+        self._indices = self.np_random.integers(len(self.dataset), size=self.num_envs)
+        return tuple(self.dataset[int(i)] for i in self._indices), self._indices.copy()
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[tuple[str, ...], dict[str, Any]]:
+        """Hand out `num_envs` prompts drawn uniformly with replacement from the seeded `np_random`."""
+        super().reset(seed=seed)
+        prompts, indices = self._draw()
+        return prompts, {"prompt_index": indices}
+
+    def step(self, actions: Sequence[str]) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Score one completion per current prompt, then hand out the next batch of prompts."""
+        if self._indices is None:
+            raise RuntimeError("call reset() before step()")
+        if isinstance(actions, str) or len(actions) != self.num_envs:
+            got = "a single str" if isinstance(actions, str) else f"{len(actions)} actions"
+            raise ValueError(f"step() takes one completion per environment ({self.num_envs}), got {got}")
+        prompts = [self.dataset[int(i)] for i in self._indices]
+        rewards, gold = self._score(prompts, list(actions))
+        info: dict[str, Any] = {
+            "prompt": np.array(prompts, dtype=object),
+            "completion": np.array(list(actions), dtype=object),
+            "prompt_index": self._indices.copy(),
+        }
+        if gold is not None:
+            info["gold"] = gold
+        next_prompts, next_indices = self._draw()
+        info["next_prompt_index"] = next_indices
+        terminated = np.ones(self.num_envs, dtype=np.bool_)
+        truncated = np.zeros(self.num_envs, dtype=np.bool_)
+        return next_prompts, rewards, terminated, truncated, info

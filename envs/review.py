@@ -1,0 +1,82 @@
+"""`llm_gym/ReviewSentiment-v0`: the built-in task as a ready-made prompt bandit.
+
+Prompts are openings of synthetic reviews (`llm_gym.task`); the default reward is the
+gold scorer (positive sentiment plus fluency), as in Ziegler et al. 2019's
+positive-continuation task. Pass `reward_fn=` (a reward model, say) to train against a
+learned reward: the gold score is still reported in `info["gold"]`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from llm_gym.reward import RewardFn
+from llm_gym.task import GoldScorer, ReviewTask, ReviewTaskConfig, generate_review_task
+
+from llm_gym.envs.prompt_bandit import PromptBanditEnv, PromptBanditVecEnv
+
+__all__ = ["ReviewSentimentEnv", "ReviewSentimentVecEnv", "review_prompts"]
+
+_SPLITS = ("train", "eval")
+
+
+@lru_cache(maxsize=4)
+def _task(config: ReviewTaskConfig) -> ReviewTask:
+    return generate_review_task(config)
+
+
+def review_prompts(split: str = "train", task_config: ReviewTaskConfig | None = None) -> list[str]:
+    """The built-in task's training (`"train"`) or held-out (`"eval"`) prompts."""
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+    task = _task(task_config or ReviewTaskConfig())
+    return task.prompts if split == "train" else task.eval_prompts
+
+
+class ReviewSentimentEnv(PromptBanditEnv):
+    """The built-in review-continuation task; reward = gold scorer unless `reward_fn` is given.
+
+    Args:
+        reward_fn: the reward paid; the gold scorer by default.
+        split: `"train"` or `"eval"` prompts.
+        task_config: which generated task (seed and sizes).
+        max_completion_chars, render_mode: as in `PromptBanditEnv`.
+    """
+
+    def __init__(
+        self,
+        reward_fn: RewardFn | None = None,
+        split: str = "train",
+        task_config: ReviewTaskConfig | None = None,
+        max_completion_chars: int = 1024,
+        render_mode: str | None = None,
+    ) -> None:
+        gold = GoldScorer()
+        super().__init__(
+            review_prompts(split, task_config),
+            reward_fn=reward_fn if reward_fn is not None else gold,
+            gold_fn=gold,
+            max_completion_chars=max_completion_chars,
+            render_mode=render_mode,
+        )
+
+
+class ReviewSentimentVecEnv(PromptBanditVecEnv):
+    """Batched form of `ReviewSentimentEnv` (`gymnasium.make_vec("llm_gym/ReviewSentiment-v0", num_envs=...)`)."""
+
+    def __init__(
+        self,
+        reward_fn: RewardFn | None = None,
+        num_envs: int = 16,
+        split: str = "train",
+        task_config: ReviewTaskConfig | None = None,
+        max_completion_chars: int = 1024,
+    ) -> None:
+        gold = GoldScorer()
+        super().__init__(
+            review_prompts(split, task_config),
+            reward_fn=reward_fn if reward_fn is not None else gold,
+            num_envs=num_envs,
+            gold_fn=gold,
+            max_completion_chars=max_completion_chars,
+        )

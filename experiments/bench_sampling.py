@@ -1,0 +1,169 @@
+"""Benchmark: tokens/second of `Policy.sample` against a bare `model.generate` on the same model.
+
+What is measured
+    One batch of prompts from the built-in review task (16 by default, of varied length, so
+    the batch is left-padded), completed with 32 new tokens per row (by default), in two ways:
+
+    A. `policy.sample(prompts, SamplingConfig(max_new_tokens=N, stop_at_eos=False), seed=...)`
+       -- the whole call a trainer makes: tokenizing, sampling with the KV cache, the per-token
+       log-probs, decoding the completions.
+    B. `model.generate(input_ids, attention_mask, ...)` on the *same* left-padded tensors that
+       `policy.encode_prompts` makes (encoded once, outside the timing): pure sampling, nothing
+       else. This is the "bare" baseline.
+
+Why
+    The issue's target: the policy's batched sampling delivers at least 90% of the
+    tokens/second of a bare `model.generate` call on the same model, batch and length.
+
+Making the two do the same work
+    * Both sample from the full, unmodified distribution: ours has temperature 1, top-k off,
+      top-p off; for `generate` we set the same explicitly (`top_k=0`), since transformers'
+      global default is `top_k=50` (a top-k filter each step that ours would not do).
+    * Both produce exactly N tokens for every row. Ours: `stop_at_eos=False`. For `generate`,
+      passing `eos_token_id=None` does NOT disable EOS stopping in transformers 5.x: unset (None)
+      fields of the config handed to `generate` are filled from `model.generation_config`, which
+      carries the model's EOS. So the EOS is removed from `model.generation_config` itself
+      (the policy never reads it; it uses the tokenizer's EOS). The script then checks that
+      `generate` returned N new tokens per row.
+    * The runs alternate (A, B, A, B, ...) after one warm-up of each, so drift on a shared
+      machine hits both sides alike; the ratio uses medians.
+
+Run
+    .venv/bin/python experiments/bench_sampling.py                # default built-in model
+    .venv/bin/python experiments/bench_sampling.py --smoke        # tiny model, seconds to build
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+import transformers
+from transformers import GenerationConfig
+
+from llm_gym import Policy, SamplingConfig, TinyLMConfig, build_builtin_model, default_device, generate_review_task
+
+TARGET = 0.90  # policy tokens/s must be >= 90% of generate's
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cache-dir", default=None, help="where the built-in model is built/cached (default: llm_gym's default cache)")
+    p.add_argument("--smoke", action="store_true", help="use TinyLMConfig.smoke() (a tiny model; not for results)")
+    p.add_argument("--batch", type=int, default=16, help="prompts per batch")
+    p.add_argument("--new-tokens", type=int, default=32, help="new tokens per prompt (exactly, on both sides)")
+    p.add_argument("--repeats", type=int, default=7, help="timed runs of each side (after one warm-up each)")
+    p.add_argument("--device", default=None, help="torch device (default: CUDA if available, else CPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0, help="base seed of the samples")
+    return p.parse_args()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device) if args.device else default_device()
+    n_new, batch = args.new_tokens, args.batch
+
+    # ---------------------------------------------------------------- model and prompts
+    config = TinyLMConfig.smoke() if args.smoke else TinyLMConfig()
+    report = build_builtin_model(config, cache_dir=args.cache_dir)
+    policy = Policy.from_pretrained(report.path, device=device)
+    model, tok = policy.model, policy.tokenizer
+    model.eval()
+    prompts = generate_review_task(config.task).prompts[:batch]
+    if len(prompts) < batch:
+        raise SystemExit(f"the task has only {len(prompts)} prompts; lower --batch")
+    prompt_ids, prompt_mask, _ = policy.encode_prompts(prompts, n_new)
+    lengths = prompt_mask.sum(-1)
+
+    # ---------------------------------------------------------------- the two sides
+    sampling = SamplingConfig(max_new_tokens=n_new, stop_at_eos=False)  # T=1, top-k/top-p off
+
+    # `generate` fills unset fields from model.generation_config: drop its EOS there, so no
+    # row stops early (see the module docstring); everything else is set explicitly here.
+    model.generation_config.eos_token_id = None
+    gen_config = GenerationConfig(
+        do_sample=True,
+        max_new_tokens=n_new,
+        min_new_tokens=0,
+        temperature=1.0,
+        top_k=0,  # transformers' default is 50; 0 = off, like ours
+        top_p=1.0,
+        eos_token_id=None,
+        pad_token_id=tok.pad_token_id,
+        use_cache=True,
+    )
+
+    def run_policy(seed: int) -> torch.Tensor:
+        rollout = policy.sample(prompts, sampling, seed=seed)
+        assert rollout.completion_ids.shape == (batch, n_new), rollout.completion_ids.shape
+        assert int(rollout.completion_mask.sum()) == batch * n_new
+        return rollout.completion_ids
+
+    def run_generate(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen_config)
+        new = out[:, prompt_ids.shape[1] :]
+        assert new.shape == (batch, n_new), f"generate returned {tuple(new.shape)} new tokens, expected {(batch, n_new)}"
+        return new
+
+    def timed(fn, seed: int) -> tuple[float, torch.Tensor]:
+        sync(device)
+        t0 = time.perf_counter()
+        tokens = fn(seed)
+        sync(device)
+        return time.perf_counter() - t0, tokens
+
+    # ---------------------------------------------------------------- warm-up, then interleaved timing
+    # The warm-up runs also compare the samples: with the same seed both draw from the same
+    # distribution with one multinomial per step, so (on CPU at least) they mostly pick the
+    # same tokens -- a direct check that the two do the same work.
+    _, warm_policy = timed(run_policy, args.seed)
+    _, warm_generate = timed(run_generate, args.seed)
+    same_tokens = int((warm_policy == warm_generate).sum())
+    times = {"policy.sample": [], "model.generate": []}
+    eos_seen = {"policy.sample": 0, "model.generate": 0}
+    for r in range(args.repeats):
+        seed = args.seed + 1 + r
+        for name, fn in (("policy.sample", run_policy), ("model.generate", run_generate)):
+            seconds, tokens = timed(fn, seed)
+            times[name].append(seconds)
+            eos_seen[name] += int((tokens == tok.eos_token_id).sum())  # EOS drawn mid-row, sampling went on
+
+    # ---------------------------------------------------------------- report
+    n_params = sum(p.numel() for p in model.parameters())
+    print("== bench_sampling: Policy.sample vs model.generate ==")
+    print(f"device        {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f" ({platform.processor() or platform.machine()})"))
+    print(f"versions      python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"threads       {torch.get_num_threads()}")
+    print(f"model         {report.path.name} ({'smoke' if args.smoke else 'default'} config), {n_params:,} parameters, "
+          f"{config.n_layer} layers x {config.n_embd} hidden, vocab {len(tok)}")
+    print(f"batch         {batch} prompts, {int(lengths.min())}-{int(lengths.max())} tokens (padded to {prompt_ids.shape[1]}), "
+          f"{n_new} new tokens each = {batch * n_new} tokens per call")
+    print(f"repeats       {args.repeats} per side, interleaved, after 1 warm-up each")
+    print(f"same samples  {same_tokens}/{batch * n_new} tokens identical between the two (warm-up, seed {args.seed})")
+    print(f"{'':16}{'median s':>10}{'min s':>10}{'tok/s (median)':>16}{'tok/s (best)':>14}{'EOS sampled':>13}")
+    rate = {}
+    for name, ts in times.items():
+        med, best = statistics.median(ts), min(ts)
+        rate[name] = batch * n_new / med
+        print(f"{name:16}{med:>10.4f}{best:>10.4f}{rate[name]:>16,.0f}{batch * n_new / best:>14,.0f}{eos_seen[name]:>13}")
+    ratio = rate["policy.sample"] / rate["model.generate"]
+    best_ratio = min(times["model.generate"]) / min(times["policy.sample"])
+    verdict = "PASS" if ratio >= TARGET else "FAIL"
+    print(f"ratio         policy/generate tokens/s = {ratio:.3f} (median-based; best-of: {best_ratio:.3f}), target >= {TARGET:.2f}: {verdict}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""The language-model policy: a Hugging Face causal LM + tokenizer as an RL agent's policy.
+
+`Policy.sample` draws completions for a batch of prompts with the KV cache and returns the
+token ids, masks and the per-token log-probs of what it sampled; `Policy.log_probs`
+recomputes those log-probs in one forward pass (what PPO needs for the ratio and the KL to
+the reference). Both go through the same `process_logits`, so the log-probs are those of
+the distribution the tokens were actually drawn from (temperature, top-k and top-p
+included). That is what keeps the KL penalty meaningful: log-probs computed under other
+settings than sampling are the usual cause of a negative "KL" in LM PPO (DESIGN.md §7).
+
+Layout of a batch: prompts are left-padded (`prompt_mask` 0 on the left), completions are
+right-padded (`completion_mask` 1 for every generated token up to and including EOS).
+Position ids count real tokens only, so a left-padded prompt is seen exactly as an
+unpadded one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from os import PathLike
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["Policy", "Rollout", "SamplingConfig", "process_logits", "default_device"]
+
+_log = logging.getLogger(__name__)
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How completions are sampled (and therefore which distribution the log-probs describe)."""
+
+    max_new_tokens: int = 32
+    """Upper bound on generated tokens per completion."""
+    temperature: float = 1.0
+    """Logits are divided by this before softmax; must be > 0 (1.0 = the model's own distribution)."""
+    top_k: int = 0
+    """Keep only the k most likely tokens (0 = off)."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (1.0 = off)."""
+    stop_at_eos: bool = True
+    """Stop a completion at the tokenizer's EOS token (the EOS is part of the completion)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r} (use a small value such as 0.01 for near-greedy)")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p!r}")
+
+
+def process_logits(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
+    """Apply temperature, top-k and top-p to `logits` (..., vocab); filtered entries become -inf.
+
+    The result's `log_softmax` is the sampling distribution. Used both when sampling and
+    when recomputing log-probs, so the two always describe the same distribution.
+    """
+    if config.temperature != 1.0:
+        logits = logits / config.temperature
+    if config.top_k and config.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, config.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if config.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # drop a token when the mass before it already reaches top_p (the top token always stays)
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= config.top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+class Rollout(NamedTuple):
+    """A batch of sampled completions. Tensors are on the policy's device."""
+
+    prompt_ids: torch.Tensor
+    """(B, P) prompt token ids, left-padded."""
+    prompt_mask: torch.Tensor
+    """(B, P) 1 for real prompt tokens."""
+    completion_ids: torch.Tensor
+    """(B, T) sampled token ids, right-padded with the pad id."""
+    completion_mask: torch.Tensor
+    """(B, T) 1 for generated tokens (EOS included), 0 after a completion stopped."""
+    logprobs: torch.Tensor
+    """(B, T) float32 log-prob of each sampled token under the sampling distribution; 0 where masked."""
+    prompts: list[str]
+    """The prompt texts as given."""
+    completions: list[str]
+    """The decoded completions, special tokens (EOS) removed."""
+    num_truncated_prompts: int
+    """How many prompts were cut on the left to fit the context (see `Policy.overflow`)."""
+
+
+class Policy:
+    """A causal LM + tokenizer that samples completions and scores them.
+
+    Args:
+        model: any Hugging Face causal LM (`AutoModelForCausalLM`).
+        tokenizer: its tokenizer; a missing pad token is set to EOS.
+        device: where to run; CUDA when present by default.
+        overflow: what to do with a prompt longer than the context leaves room for
+            (`context - max_new_tokens` tokens): `"truncate_left"` keeps its end (and a
+            leading BOS) and counts it, `"reject"` raises `ValueError`.
+
+    Example:
+        >>> policy = Policy.from_pretrained("gpt2")  # doctest: +SKIP
+        >>> rollout = policy.sample(["the film was"], SamplingConfig(max_new_tokens=8), seed=0)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        device: torch.device | str | None = None,
+        overflow: Literal["truncate_left", "reject"] = "truncate_left",
+    ) -> None:
+        if overflow not in ("truncate_left", "reject"):
+            raise ValueError(f"overflow must be 'truncate_left' or 'reject', got {overflow!r}")
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token so completions can stop")
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token  # GPT-2 convention; pads are always masked out
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device)
+        self.tokenizer = tokenizer
+        self.overflow = overflow
+        self.num_truncated_prompts = 0
+        """Running count of prompts truncated to fit the context."""
+        cfg = model.config
+        self.context_length: int = int(
+            getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None) or 1024
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | PathLike[str],
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        overflow: Literal["truncate_left", "reject"] = "truncate_left",
+        **model_kwargs: object,
+    ) -> Policy:
+        """Load model and tokenizer by Hub name or local path, exactly as `AutoModelForCausalLM` does."""
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        if dtype is not None:
+            model_kwargs["dtype"] = dtype
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **model_kwargs)
+        return cls(model, tokenizer, device=device, overflow=overflow)
+
+    def save_pretrained(self, path: str | PathLike[str]) -> None:
+        """Save model and tokenizer so that `Policy.from_pretrained(path)` restores them."""
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+    # ------------------------------------------------------------------ encoding
+    def encode_prompts(self, prompts: Sequence[str], max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Tokenize and left-pad prompts; apply the overflow policy. Returns (ids, mask, num_truncated)."""
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings, not one string; wrap it: [prompt]")
+        if len(prompts) == 0:
+            raise ValueError("prompts is empty; pass at least one prompt")
+        limit = self.context_length - max_new_tokens
+        if limit < 1:
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens} leaves no room for a prompt in a context of {self.context_length} tokens"
+            )
+        encoded = [self.tokenizer(p)["input_ids"] for p in prompts]
+        bos = self.tokenizer.bos_token_id
+        truncated = 0
+        for i, ids in enumerate(encoded):
+            if len(ids) <= limit:
+                continue
+            if self.overflow == "reject":
+                raise ValueError(
+                    f"prompt {i} has {len(ids)} tokens but the context ({self.context_length}) minus max_new_tokens "
+                    f"({max_new_tokens}) leaves {limit}; shorten it, lower max_new_tokens, or use overflow='truncate_left'"
+                )
+            keep_bos = bos is not None and ids[0] == bos
+            encoded[i] = ([bos] if keep_bos else []) + ids[len(ids) - limit + int(keep_bos) :]
+            truncated += 1
+        if truncated:
+            self.num_truncated_prompts += truncated
+            _log.warning("truncated %d prompt(s) on the left to fit %d tokens (total so far: %d)", truncated, limit, self.num_truncated_prompts)
+        width = max(len(ids) for ids in encoded)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for i, seq in enumerate(encoded):
+            if seq:
+                ids[i, width - len(seq) :] = torch.tensor(seq)
+                mask[i, width - len(seq) :] = 1
+        if (mask.sum(-1) == 0).any():
+            raise ValueError("a prompt encoded to zero tokens; give non-empty prompts")
+        return ids.to(self.device), mask.to(self.device), truncated
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()  # not inference_mode: PPO later uses these tensors in autograd graphs
+    def sample(
+        self,
+        prompts: Sequence[str],
+        config: SamplingConfig = SamplingConfig(),
+        seed: int | torch.Generator | None = None,
+    ) -> Rollout:
+        """Sample one completion per prompt with the KV cache; see `Rollout` for what comes back.
+
+        Args:
+            prompts: the prompt texts.
+            config: sampling controls (temperature, top-k/top-p, max new tokens, EOS stop).
+            seed: an int seed or a `torch.Generator` on the policy's device; the same seed gives
+                the same samples.
+        """
+        gen = _as_generator(seed, self.device)
+        prompt_ids, prompt_mask, truncated = self.encode_prompts(prompts, config.max_new_tokens)
+        batch = prompt_ids.shape[0]
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        was_training = self.model.training
+        self.model.eval()
+
+        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1
+        )
+        past, logits = out.past_key_values, out.logits[:, -1, :]
+        next_pos = positions[:, -1:] + 1
+        attn = prompt_mask
+        alive = torch.ones(batch, dtype=torch.bool, device=self.device)
+        tokens: list[torch.Tensor] = []
+        logps: list[torch.Tensor] = []
+        masks: list[torch.Tensor] = []
+        for step in range(config.max_new_tokens):
+            logp = torch.log_softmax(process_logits(logits.float(), config), dim=-1)
+            tok = torch.multinomial(logp.exp(), 1, generator=gen).squeeze(-1)
+            tokens.append(torch.where(alive, tok, pad))
+            logps.append(torch.where(alive, logp.gather(-1, tok[:, None]).squeeze(-1), 0.0))
+            masks.append(alive)
+            if config.stop_at_eos:
+                alive = alive & (tok != eos)
+                if not alive.any():
+                    break
+            if step + 1 == config.max_new_tokens:
+                break
+            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+            out = self.model(
+                input_ids=tokens[-1][:, None], attention_mask=attn, position_ids=next_pos, past_key_values=past, use_cache=True
+            )
+            past, logits = out.past_key_values, out.logits[:, -1, :]
+            next_pos = next_pos + 1
+        self.model.train(was_training)
+
+        completion_ids = torch.stack(tokens, dim=1)
+        completion_mask = torch.stack(masks, dim=1).long()
+        texts = self.tokenizer.batch_decode(
+            [row[: int(m.sum())].tolist() for row, m in zip(completion_ids, completion_mask)], skip_special_tokens=True
+        )
+        return Rollout(
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            completion_ids=completion_ids,
+            completion_mask=completion_mask,
+            logprobs=torch.stack(logps, dim=1),
+            prompts=list(prompts),
+            completions=texts,
+            num_truncated_prompts=truncated,
+        )
+
+    # ------------------------------------------------------------------ scoring
+    def log_probs(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        completion_ids: torch.Tensor,
+        completion_mask: torch.Tensor,
+        config: SamplingConfig = SamplingConfig(),
+    ) -> torch.Tensor:
+        """Per-token log-probs (B, T) of given completions under the sampling distribution of `config`.
+
+        One forward pass over prompt + completion; differentiable when grad is enabled (PPO's
+        ratio), 0 where `completion_mask` is 0. With the config used to sample, this agrees
+        with `Rollout.logprobs` to float precision.
+        """
+        ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        steps = completion_ids.shape[1]
+        # logits at position j predict token j+1: keep the last T+1 positions, drop the final one
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=steps + 1).logits
+        logp = torch.log_softmax(process_logits(logits[:, :-1].float(), config), dim=-1)
+        token_logp = logp.gather(-1, completion_ids[..., None]).squeeze(-1)
+        return torch.where(completion_mask.bool(), token_logp, torch.zeros_like(token_logp))
+
+
+def _as_generator(seed: int | torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    if seed is None or isinstance(seed, torch.Generator):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, a torch.Generator or None, got {type(seed).__name__}")
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen

@@ -1,0 +1,69 @@
+"""Reward functions: the `RewardFn` protocol and the check every reward passes through.
+
+A reward function scores a batch of (prompt, completion) pairs and returns one float per
+pair. Anything with that call signature works: the built-in gold scorer, a reward model
+(a later stage), or a plain Python function. The environments call `score_batch`, which
+validates what comes back, so a broken reward (NaN, wrong shape, strings) fails loudly at
+the step that produced it rather than silently poisoning a training run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = ["RewardFn", "score_batch", "validate_rewards"]
+
+
+@runtime_checkable
+class RewardFn(Protocol):
+    """Scores completions: `reward_fn(prompts, completions) -> array of floats`, one per pair."""
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> Sequence[float] | np.ndarray: ...
+
+
+def _name(fn: object) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+
+def validate_rewards(values: object, n: int, source: str = "reward_fn") -> np.ndarray:
+    """Check that `values` are `n` finite numbers and return them as a float64 array.
+
+    Raises:
+        TypeError: if `values` is not numeric (strings, objects, None).
+        ValueError: if the shape is not `(n,)` or a value is NaN or infinite.
+    """
+    if isinstance(values, (str, bytes)) or values is None:
+        raise TypeError(f"{source} returned {type(values).__name__}; it must return a sequence of {n} floats")
+    try:
+        arr = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values)
+    except Exception as exc:  # ragged lists and other things numpy cannot hold
+        raise TypeError(f"{source} returned a value numpy cannot read as numbers ({exc}); return {n} floats") from exc
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise TypeError(
+            f"{source} returned values of type {arr.dtype}; it must return {n} floats, one per (prompt, completion) pair"
+        )
+    if arr.shape != (n,):
+        if arr.size == n and arr.ndim > 1 and max(arr.shape) == n:
+            hint = f"; flatten it (shape {arr.shape} -> ({n},))"
+        else:
+            hint = ""
+        raise ValueError(f"{source} returned shape {arr.shape} for {n} (prompt, completion) pairs; expected ({n},){hint}")
+    arr = arr.astype(np.float64)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        idx = np.flatnonzero(bad)
+        raise ValueError(
+            f"{source} returned {int(bad.sum())} non-finite value(s) (NaN or inf) at index {idx[:5].tolist()}: "
+            f"{arr[idx[:5]].tolist()}; fix the reward function (a division by zero or log(0) is the usual cause)"
+        )
+    return arr
+
+
+def score_batch(reward_fn: RewardFn, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+    """Call `reward_fn` on one batch and validate its output (see `validate_rewards`)."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions; they must pair up")
+    return validate_rewards(reward_fn(list(prompts), list(completions)), len(prompts), source=_name(reward_fn))

@@ -1,0 +1,242 @@
+"""Prompt-bandit environments: registration, spaces, Gymnasium's checker, seeding, batching, bad input."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import gymnasium
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import llm_gym  # noqa: F401  (registers the environments)
+from llm_gym import DatasetError, GoldScorer, PromptDataset
+from llm_gym.envs import PromptBanditEnv, PromptBanditVecEnv, ReviewSentimentEnv, review_prompts
+
+PROMPTS = ["the film was", "review of the blender :", "i bought this laptop and", "après la pluie, « le film » était"]
+
+
+def length_reward(prompts, completions):
+    return np.array([float(len(c.split())) for c in completions])
+
+
+class CountingReward:
+    """Counts calls and pairs, to show the batched env scores a whole batch in one call."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.pairs = 0
+
+    def __call__(self, prompts, completions):
+        self.calls += 1
+        self.pairs += len(completions)
+        return [float(len(c)) for c in completions]
+
+
+def check_without_warnings(env: gymnasium.Env) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any checker warning fails the test
+        check_env(env.unwrapped, skip_render_check=False)
+
+
+def test_check_env_prompt_bandit() -> None:
+    env = gymnasium.make("llm_gym/PromptBandit-v0", dataset=PROMPTS, reward_fn=length_reward)
+    assert isinstance(env.unwrapped, PromptBanditEnv)
+    check_without_warnings(env)
+
+
+def test_check_env_review_sentiment() -> None:
+    env = gymnasium.make("llm_gym/ReviewSentiment-v0")
+    assert isinstance(env.unwrapped, ReviewSentimentEnv)
+    check_without_warnings(env)
+    check_without_warnings(gymnasium.make("llm_gym/ReviewSentiment-v0", split="eval", render_mode="ansi"))
+
+
+def test_spaces_accept_real_prompts() -> None:
+    env = PromptBanditEnv(PROMPTS, length_reward)
+    obs_space, act_space = env.observation_space, env.action_space
+    assert isinstance(obs_space, gymnasium.spaces.Text) and isinstance(act_space, gymnasium.spaces.Text)
+    for p in PROMPTS:  # spaces, punctuation and non-ASCII from the dataset are all inside
+        assert obs_space.contains(p)
+    assert obs_space.max_length == max(len(p) for p in PROMPTS)
+    assert act_space.contains("") and act_space.contains(" great , really good !")
+    assert " " in obs_space.character_set
+    # Gymnasium's default Text space would reject these prompts: the reason for the deliberate charset
+    assert not gymnasium.spaces.Text(64).contains(PROMPTS[0])
+
+
+def test_one_step_episode_and_info() -> None:
+    env = gymnasium.make("llm_gym/ReviewSentiment-v0")
+    prompt, info = env.reset(seed=0)
+    assert prompt in review_prompts("train") and prompt == review_prompts("train")[info["prompt_index"]]
+    completion = " really good , and the actors are great ."
+    obs, reward, terminated, truncated, info = env.step(completion)
+    assert terminated is True and truncated is False
+    assert obs == prompt
+    expected = GoldScorer()([prompt], [completion])[0]
+    assert reward == pytest.approx(expected) and info["gold"] == pytest.approx(expected)
+    assert info["prompt"] == prompt and info["completion"] == completion
+    with pytest.raises(RuntimeError, match="reset"):
+        env.unwrapped.step(completion)
+
+
+def test_learned_reward_keeps_gold_in_info() -> None:
+    env = gymnasium.make("llm_gym/ReviewSentiment-v0", reward_fn=length_reward)
+    prompt, _ = env.reset(seed=1)
+    _, reward, *_, info = env.step(" great great great")
+    assert reward == 3.0
+    assert info["gold"] == pytest.approx(GoldScorer()([prompt], [" great great great"])[0])
+    assert info["gold"] < 0, "spam is paid by the length reward but not by the gold scorer"
+
+
+def test_seeding_is_deterministic() -> None:
+    def prompts(seed: int, n: int = 10) -> list[str]:
+        env = gymnasium.make("llm_gym/ReviewSentiment-v0")
+        out = [env.reset(seed=seed)[0]]
+        out += [env.reset()[0] for _ in range(n - 1)]
+        return out
+
+    assert prompts(3) == prompts(3)
+    assert prompts(3) != prompts(4)
+    env = PromptBanditEnv(PROMPTS, length_reward)
+    assert env.reset(options={"index": 2})[0] == PROMPTS[2]
+    with pytest.raises(ValueError, match="out of range"):
+        env.reset(options={"index": 9})
+
+
+def test_vector_env_scores_a_batch_in_one_call() -> None:
+    reward = CountingReward()
+    vec = gymnasium.make_vec("llm_gym/PromptBandit-v0", num_envs=6, dataset=PROMPTS, reward_fn=reward)
+    assert isinstance(vec, PromptBanditVecEnv)
+    prompts, info = vec.reset(seed=0)
+    assert len(prompts) == 6 and vec.observation_space.contains(prompts)
+    completions = [f" answer {i}" for i in range(6)]
+    next_prompts, rewards, terminated, truncated, info = vec.step(completions)
+    assert reward.calls == 1 and reward.pairs == 6
+    assert rewards.shape == (6,) and rewards.dtype == np.float64
+    assert np.array_equal(rewards, [float(len(c)) for c in completions])
+    assert terminated.all() and not truncated.any()
+    assert list(info["prompt"]) == list(prompts) and list(info["completion"]) == completions
+    assert len(next_prompts) == 6 and all(p in PROMPTS for p in next_prompts)
+    # same seed, same prompt stream
+    again = gymnasium.make_vec("llm_gym/PromptBandit-v0", num_envs=6, dataset=PROMPTS, reward_fn=reward)
+    assert again.reset(seed=0)[0] == prompts
+    assert again.step(completions)[0] == next_prompts
+    with pytest.raises(ValueError, match="one completion per environment"):
+        vec.step(completions[:2])
+
+
+def test_review_vector_env_reports_gold() -> None:
+    vec = gymnasium.make_vec("llm_gym/ReviewSentiment-v0", num_envs=4)
+    prompts, _ = vec.reset(seed=0)
+    _, rewards, _, _, info = vec.step([" really good ."] * 4)
+    assert np.allclose(info["gold"], GoldScorer()(list(prompts), [" really good ."] * 4))
+    assert np.allclose(rewards, info["gold"])
+
+
+# ---------------------------------------------------------------- datasets from files
+
+
+def test_prompts_from_jsonl_csv_txt(tmp_path) -> None:
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"prompt": p, "id": i}) for i, p in enumerate(PROMPTS)) + "\n", encoding="utf-8")
+    csv_file = tmp_path / "p.csv"
+    csv_file.write_text('id,prompt\n0,"the film was"\n1,"a, quoted ""prompt"""\n', encoding="utf-8")
+    txt = tmp_path / "p.txt"
+    txt.write_text("the film was\n\nthe hotel was\n", encoding="utf-8")
+
+    assert list(PromptDataset.from_file(jsonl)) == PROMPTS
+    assert list(PromptDataset.from_file(csv_file)) == ["the film was", 'a, quoted "prompt"']
+    assert list(PromptDataset.from_file(txt)) == ["the film was", "the hotel was"]
+    env = gymnasium.make("llm_gym/PromptBandit-v0", dataset=str(jsonl), reward_fn=length_reward)
+    assert env.reset(seed=0)[0] in PROMPTS
+    check_without_warnings(env)
+
+
+@pytest.mark.parametrize(
+    "name, content, match",
+    [
+        ("bad.jsonl", b'{"prompt": "ok"}\n{"prompt": "fine"}\n{"prompt": broken\n', r"bad\.jsonl line 3: invalid JSON"),
+        ("key.jsonl", b'{"prompt": "ok"}\n{"text": "no prompt key"}\n', r"key\.jsonl line 2: expected an object with a 'prompt' field"),
+        ("type.jsonl", b'{"prompt": 42}\n', r"line 1: 'prompt' must be a string"),
+        ("latin.jsonl", b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n', r"latin\.jsonl line 2: not valid UTF-8 .*re-encode"),
+        ("nocol.csv", b"id,text\n1,hello\n", r"nocol\.csv line 1: no 'prompt' column"),
+        ("empty.jsonl", b"\n\n", r"empty\.jsonl is empty"),
+        ("blank.txt", b"   \n", r"is empty"),
+        ("p.xml", b"<prompts/>", r"unknown prompt file type '\.xml'"),
+    ],
+)
+def test_bad_files_name_file_and_line(tmp_path, name: str, content: bytes, match: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DatasetError, match=match):
+        PromptDataset.from_file(path)
+    with pytest.raises(DatasetError, match=match):  # the same error through gymnasium.make
+        gymnasium.make("llm_gym/PromptBandit-v0", dataset=path, reward_fn=length_reward)
+
+
+def test_missing_file_and_empty_datasets(tmp_path) -> None:
+    with pytest.raises(DatasetError, match="does not exist"):
+        PromptDataset.from_file(tmp_path / "nope.jsonl")
+    with pytest.raises(DatasetError, match="is not a regular file"):
+        PromptDataset.from_file(tmp_path)
+    with pytest.raises(DatasetError, match="empty; give at least one prompt"):
+        PromptBanditEnv([], length_reward)
+    with pytest.raises(DatasetError, match="prompt 1 is empty"):
+        PromptDataset.from_list(["ok", "  "])
+    ds = PromptDataset.from_list(PROMPTS)
+    short = ds.filter(lambda p: len(p) < 20, reason="max 20 chars")
+    assert len(short) == 1 and short.num_filtered == 3
+    with pytest.raises(DatasetError, match="empty after filtering: all 4 prompts were removed"):
+        ds.filter(lambda p: len(p) < 3, reason="max 3 chars")
+    with pytest.raises(TypeError, match="dataset must be"):
+        PromptBanditEnv(42, length_reward)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- bad rewards and actions
+
+
+@pytest.mark.parametrize(
+    "bad_reward, error, match",
+    [
+        (lambda p, c: [float("nan")] * len(c), ValueError, r"non-finite value\(s\) \(NaN or inf\) at index \[0\]"),
+        (lambda p, c: [float("inf")] * len(c), ValueError, "non-finite"),
+        (lambda p, c: [1.0, 2.0], ValueError, r"returned shape \(2,\) for 1 .* expected \(1,\)"),
+        (lambda p, c: np.ones((len(c), 1)), ValueError, r"flatten it"),
+        (lambda p, c: ["good"] * len(c), TypeError, "must return 1 floats"),
+        (lambda p, c: "0.5", TypeError, "returned str"),
+        (lambda p, c: None, TypeError, "returned NoneType"),
+        (lambda p, c: [object()], TypeError, "type object"),
+    ],
+)
+def test_bad_reward_values_are_loud(bad_reward, error, match) -> None:
+    env = PromptBanditEnv(PROMPTS, bad_reward)
+    env.reset(seed=0)
+    with pytest.raises(error, match=match):
+        env.step(" fine")
+
+
+def test_bad_reward_in_the_batch_names_the_index() -> None:
+    def one_nan(prompts, completions):
+        out = np.zeros(len(completions))
+        out[2] = np.nan
+        return out
+
+    vec = PromptBanditVecEnv(PROMPTS, one_nan, num_envs=4)
+    vec.reset(seed=0)
+    with pytest.raises(ValueError, match=r"1 non-finite value\(s\).*index \[2\]"):
+        vec.step([" a", " b", " c", " d"])
+
+
+def test_bad_actions_and_arguments() -> None:
+    env = PromptBanditEnv(PROMPTS, length_reward)
+    env.reset(seed=0)
+    with pytest.raises(TypeError, match="must be a str"):
+        env.step([1, 2, 3])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="reward_fn must be callable"):
+        PromptBanditEnv(PROMPTS, reward_fn=3.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="num_envs"):
+        PromptBanditVecEnv(PROMPTS, length_reward, num_envs=0)
+    with pytest.raises(ValueError, match="render_mode"):
+        PromptBanditEnv(PROMPTS, length_reward, render_mode="human")
