@@ -1,5 +1,20 @@
-"""llm_gym agents: algorithms behind one interface (`Agent`)."""
+"""llm_gym agents: algorithms behind one interface (`Agent`), and the SFT training stage."""
 
 from llm_gym.agents.base import Agent, Callback
+from llm_gym.agents.ppo import PPO, KLWarning, OverOptimizationWarning, PPOConfig, TrainingDivergedError
+from llm_gym.agents.ppo_math import AdaptiveKLController, FixedKLController
+from llm_gym.agents.sft import SFTConfig, SFTTrainer
 
-__all__ = ["Agent", "Callback"]
+__all__ = [
+    "PPO",
+    "AdaptiveKLController",
+    "Agent",
+    "Callback",
+    "FixedKLController",
+    "KLWarning",
+    "OverOptimizationWarning",
+    "PPOConfig",
+    "SFTConfig",
+    "SFTTrainer",
+    "TrainingDivergedError",
+]

@@ -116,6 +116,12 @@ def main() -> None:
             out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen_config)
         new = out[:, prompt_ids.shape[1] :]
         assert new.shape == (batch, n_new), f"generate returned {tuple(new.shape)} new tokens, expected {(batch, n_new)}"
+        # the shape alone does not show EOS stopping (the batch runs on while any row is alive):
+        # a stopped row is padded after its EOS, which a row that samples on never is
+        for row in new.tolist():
+            if tok.eos_token_id in row[:-1]:
+                rest = row[row.index(tok.eos_token_id) + 1 :]
+                assert any(t != tok.pad_token_id for t in rest), "generate stopped a row at EOS; EOS stopping is still on"
         return new
 
     def timed(fn, seed: int) -> tuple[float, torch.Tensor]:

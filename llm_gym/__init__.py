@@ -8,8 +8,11 @@ prompt, the agent answers with a completion, a reward function scores it. Import
 
 from llm_gym.data import DatasetError, PromptDataset, load_prompts
 from llm_gym.logger import Logger, make_run_dir
-from llm_gym.policy import Policy, Rollout, SamplingConfig, default_device, process_logits
+from llm_gym.oracles import PreferenceOracle, RecordedOracle, SyntheticOracle, TerminalOracle, collect
+from llm_gym.policy import Evaluation, Policy, Rollout, SamplingConfig, default_device, process_logits
+from llm_gym.preferences import Answer, Comparison, Query
 from llm_gym.reward import RewardFn, score_batch, validate_rewards
+from llm_gym.store import PreferenceStore, StoreError
 from llm_gym.task import Demonstration, GoldScorer, ReviewTask, ReviewTaskConfig, generate_review_task
 from llm_gym.tiny_lm import (
     PretrainReport,
@@ -27,7 +30,18 @@ from llm_gym import agents  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "Answer",
+    "Comparison",
     "DatasetError",
+    "Evaluation",
+    "PreferenceOracle",
+    "PreferenceStore",
+    "Query",
+    "RecordedOracle",
+    "StoreError",
+    "SyntheticOracle",
+    "TerminalOracle",
+    "collect",
     "Demonstration",
     "GoldScorer",
     "Logger",

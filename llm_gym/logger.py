@@ -122,6 +122,21 @@ class Logger:
             self._writer.add_scalar(k, v)
         self._writer.flush()
 
+    def resume_at(self, step: int) -> None:
+        """Continue a run from a checkpoint taken at `step`: events written after it are dropped.
+
+        A run that crashed after its last checkpoint logged steps that the resumed run will
+        log again; reopening the writer with `purge_step` removes them, so curves have no
+        duplicate steps.
+        """
+        self.history = defaultdict(list, {k: [(s, v) for s, v in h if s < step] for k, h in self.history.items()})
+        if self.log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            if self._writer is not None:
+                self._writer.close()
+            self._writer = SummaryWriter(str(self.log_dir), purge_step=step)
+
     def close(self) -> None:
         """Flush and close the event file."""
         if self._writer is not None:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["Policy", "Rollout", "SamplingConfig", "process_logits", "default_device"]
+__all__ = ["Evaluation", "Policy", "Rollout", "SamplingConfig", "process_logits", "default_device"]
 
 _log = logging.getLogger(__name__)
 
@@ -102,6 +102,17 @@ class Rollout(NamedTuple):
     """The decoded completions, special tokens (EOS) removed."""
     num_truncated_prompts: int
     """How many prompts were cut on the left to fit the context (see `Policy.overflow`)."""
+
+
+class Evaluation(NamedTuple):
+    """What `Policy.evaluate` computes for given completions."""
+
+    logprobs: torch.Tensor
+    """(B, T) log-prob of each completion token; 0 where masked."""
+    entropy: torch.Tensor
+    """(B, T) entropy of the sampling distribution before each token; 0 where masked."""
+    hidden: torch.Tensor | None
+    """(B, T, H) final hidden state before each token (for a value head), when asked for."""
 
 
 class Policy:
@@ -278,6 +289,43 @@ class Policy:
         )
 
     # ------------------------------------------------------------------ scoring
+    def evaluate(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        completion_ids: torch.Tensor,
+        completion_mask: torch.Tensor,
+        config: SamplingConfig = SamplingConfig(),
+        with_hidden: bool = False,
+    ) -> Evaluation:
+        """One forward pass over prompt + completion: per-token log-probs, entropies and (optionally) hidden states.
+
+        Position t of each output describes the state just before completion token t, under
+        the sampling distribution of `config`. Differentiable when grad is enabled (PPO's
+        ratio and value head use this); masked positions are 0.
+        """
+        ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        steps = completion_ids.shape[1]
+        # logits at position j predict token j+1: keep the last T+1 positions, drop the final one
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            logits_to_keep=steps + 1,
+            output_hidden_states=with_hidden,
+        )
+        logp = torch.log_softmax(process_logits(out.logits[:, :-1].float(), config), dim=-1)
+        token_logp = logp.gather(-1, completion_ids[..., None]).squeeze(-1)
+        keep = completion_mask.bool()
+        # entropy of the (filtered) sampling distribution; filtered tokens (p = 0) add nothing
+        plogp = torch.where(torch.isfinite(logp), logp.exp() * logp, torch.zeros_like(logp))
+        entropy = -plogp.sum(-1)
+        hidden = out.hidden_states[-1][:, -steps - 1 : -1] if with_hidden else None
+        zero = torch.zeros_like(token_logp)
+        return Evaluation(torch.where(keep, token_logp, zero), torch.where(keep, entropy, zero), hidden)
+
     def log_probs(
         self,
         prompt_ids: torch.Tensor,
@@ -288,19 +336,11 @@ class Policy:
     ) -> torch.Tensor:
         """Per-token log-probs (B, T) of given completions under the sampling distribution of `config`.
 
-        One forward pass over prompt + completion; differentiable when grad is enabled (PPO's
-        ratio), 0 where `completion_mask` is 0. With the config used to sample, this agrees
-        with `Rollout.logprobs` to float precision.
+        One forward pass over prompt + completion; differentiable when grad is enabled, 0 where
+        `completion_mask` is 0. With the config used to sample, this agrees with
+        `Rollout.logprobs` to float precision.
         """
-        ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        steps = completion_ids.shape[1]
-        # logits at position j predict token j+1: keep the last T+1 positions, drop the final one
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=steps + 1).logits
-        logp = torch.log_softmax(process_logits(logits[:, :-1].float(), config), dim=-1)
-        token_logp = logp.gather(-1, completion_ids[..., None]).squeeze(-1)
-        return torch.where(completion_mask.bool(), token_logp, torch.zeros_like(token_logp))
+        return self.evaluate(prompt_ids, prompt_mask, completion_ids, completion_mask, config).logprobs
 
 
 def _as_generator(seed: int | torch.Generator | None, device: torch.device) -> torch.Generator | None:

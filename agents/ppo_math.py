@@ -1,0 +1,165 @@
+"""The formulas of PPO for language models, as small pure functions tested against hand computation.
+
+Sources: Schulman et al. 2017 (clipped objective, GAE from Schulman et al. 2016), Ziegler
+et al. 2019 (per-token KL penalty to the reference, adaptive KL coefficient), Ouyang et
+al. 2022 (InstructGPT: the same objective plus the ptx pretraining term).
+
+Shapes: (B, T) per completion token, with a (B, T) mask that is 1 for real tokens.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+__all__ = [
+    "AdaptiveKLController",
+    "FixedKLController",
+    "PolicyLoss",
+    "clipped_policy_loss",
+    "clipped_value_loss",
+    "compute_gae",
+    "kl_penalized_rewards",
+    "masked_mean",
+    "masked_whiten",
+]
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `x` over positions where `mask` is 1."""
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Normalise `x` to unit variance (and zero mean if `shift_mean`) over masked positions."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def kl_penalized_rewards(
+    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards `-beta * (log pi - log pi_ref)` plus the score on the last real token.
+
+    This is the reward of Ziegler et al. 2019 eq. (2) / InstructGPT: the environment's
+    score arrives once, at the end of the completion; the KL penalty (the single-sample
+    estimate `log pi(y_t) - log pi_ref(y_t)`) is paid at every token.
+
+    Returns:
+        (rewards, kl): both (B, T), zero where masked.
+    """
+    kl = (logprobs - ref_logprobs) * mask
+    rewards = -kl_coef * kl
+    last = (mask.sum(-1).long() - 1).clamp(min=0)
+    rewards = rewards.clone()
+    rows = torch.arange(rewards.shape[0], device=rewards.device)
+    has_tokens = mask.sum(-1) > 0
+    rewards[rows[has_tokens], last[has_tokens]] += scores[has_tokens].to(rewards.dtype)
+    return rewards * mask, kl
+
+
+def compute_gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over completion tokens (Schulman et al. 2016).
+
+    `delta_t = r_t + gamma * V_{t+1} - V_t`, `A_t = delta_t + gamma * lam * A_{t+1}`, with
+    `V` and `A` zero after the last real token (the episode ends with the completion).
+
+    Returns:
+        (advantages, returns) with `returns = advantages + values`; zero where masked.
+    """
+    steps = rewards.shape[1]
+    advantages = torch.zeros_like(rewards)
+    last_gae = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(steps)):
+        next_mask = mask[:, t + 1] if t + 1 < steps else torch.zeros_like(mask[:, t])
+        next_value = values[:, t + 1] * next_mask if t + 1 < steps else torch.zeros_like(values[:, t])
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last_gae = delta + gamma * lam * next_mask * last_gae
+        advantages[:, t] = last_gae
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+class PolicyLoss(NamedTuple):
+    """The clipped surrogate loss and its diagnostics."""
+
+    loss: torch.Tensor
+    clipfrac: torch.Tensor
+    approx_kl: torch.Tensor
+
+
+def clipped_policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float
+) -> PolicyLoss:
+    """PPO's clipped surrogate: `mean(max(-A * r, -A * clip(r, 1 - eps, 1 + eps)))`, `r = pi / pi_old`.
+
+    `approx_kl` is `0.5 * mean((log r)^2)`; `clipfrac` the share of tokens where clipping bites.
+    """
+    log_ratio = (logprobs - old_logprobs) * mask
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clipfrac = masked_mean((clipped > unclipped).float(), mask)
+    approx_kl = 0.5 * masked_mean(log_ratio**2, mask)
+    return PolicyLoss(loss, clipfrac.detach(), approx_kl.detach())
+
+
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range: float | None
+) -> torch.Tensor:
+    """`0.5 * mean(max((V - R)^2, (V_clipped - R)^2))` with `V_clipped = V_old + clip(V - V_old, -eps, eps)`.
+
+    `clip_range=None` turns value clipping off (plain squared error).
+    """
+    unclipped = (values - returns) ** 2
+    if clip_range is None:
+        return 0.5 * masked_mean(unclipped, mask)
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    return 0.5 * masked_mean(torch.maximum(unclipped, (clipped_values - returns) ** 2), mask)
+
+
+class FixedKLController:
+    """A constant KL coefficient beta."""
+
+    def __init__(self, kl_coef: float) -> None:
+        self.value = float(kl_coef)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """Nothing to adapt."""
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = float(state["value"])
+
+
+class AdaptiveKLController(FixedKLController):
+    """Ziegler et al. 2019's controller: steers beta so the measured KL approaches `target`.
+
+    `e = clip(KL / target - 1, -0.2, 0.2)`, `beta <- beta * (1 + e * n_steps / horizon)`,
+    where `n_steps` is the number of completions in the batch that measured `KL`.
+    """
+
+    def __init__(self, kl_coef: float, target: float, horizon: int) -> None:
+        super().__init__(kl_coef)
+        self.target = float(target)
+        self.horizon = int(horizon)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value, self.target, self.horizon = float(state["value"]), float(state["target"]), int(state["horizon"])

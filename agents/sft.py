@@ -1,0 +1,179 @@
+"""Supervised fine-tuning (InstructGPT stage 1): full fine-tuning on demonstrations, loss on the answer only.
+
+Each demonstration is `prompt + completion + EOS`; the loss is the next-token
+cross-entropy on the completion tokens and the EOS (so the model learns to stop), with
+the prompt tokens masked out (Ouyang et al. 2022, §3.5). A held-out split is evaluated
+after every epoch and logged as `train/sft_heldout_loss`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from llm_gym.logger import Logger
+from llm_gym.policy import Policy
+from llm_gym.task import Demonstration
+
+__all__ = ["SFTConfig", "SFTTrainer", "SFTBatch", "sft_batch"]
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Hyperparameters of supervised fine-tuning."""
+
+    epochs: int = 2
+    """Passes over the training demonstrations."""
+    batch_size: int = 16
+    """Demonstrations per optimizer step."""
+    learning_rate: float = 5e-4
+    """Peak AdamW learning rate (linear decay to 10% over training)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip."""
+    heldout_fraction: float = 0.1
+    """Share of demonstrations kept out of training to measure the held-out loss (0 = none)."""
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"SFTConfig.{name} must be a positive int, got {v!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"SFTConfig.learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.weight_decay < 0 or not self.max_grad_norm > 0:
+            raise ValueError("SFTConfig.weight_decay must be >= 0 and max_grad_norm > 0")
+        if not 0 <= self.heldout_fraction < 1:
+            raise ValueError(f"SFTConfig.heldout_fraction must be in [0, 1), got {self.heldout_fraction!r}")
+
+
+class SFTBatch(NamedTuple):
+    """Right-padded token ids, attention mask and labels (-100 on prompt and padding)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+
+def sft_batch(policy: Policy, demos: Sequence[Demonstration]) -> SFTBatch:
+    """Tokenize `prompt + completion + EOS` per demonstration; only completion and EOS are labelled.
+
+    The prompt is tokenized exactly as `Policy.sample` tokenizes it (BOS convention
+    included) and the completion separately, so training sees the token boundary the policy
+    will see when it continues a prompt.
+    """
+    tok = policy.tokenizer
+    rows: list[tuple[list[int], int]] = []
+    for d in demos:
+        p = tok(d.prompt)["input_ids"]
+        c = tok(d.completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = (p + c)[-policy.context_length :]  # keep the answer if a prompt is too long
+        rows.append((ids, min(len(c), len(ids))))
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    labels = torch.full_like(input_ids, -100)
+    for i, (ids, n_answer) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        mask[i, : len(ids)] = 1
+        labels[i, len(ids) - n_answer : len(ids)] = torch.tensor(ids[len(ids) - n_answer :])
+    return SFTBatch(input_ids.to(policy.device), mask.to(policy.device), labels.to(policy.device))
+
+
+def _answer_loss(policy: Policy, batch: SFTBatch) -> tuple[torch.Tensor, int]:
+    """Summed next-token NLL over answer tokens, and their count."""
+    logits = policy.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+    labels = batch.labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    return nll, int((labels != -100).sum())
+
+
+class SFTTrainer:
+    """Fine-tunes a `Policy` in place on demonstrations.
+
+    Args:
+        config: hyperparameters.
+        rng: shuffles and splits the demonstrations (randomness is passed in).
+        logger: receives `train/sft_loss`, `train/sft_heldout_loss`.
+
+    Example:
+        >>> trainer = SFTTrainer(SFTConfig(epochs=1), rng=np.random.default_rng(0))  # doctest: +SKIP
+        >>> metrics = trainer.train(policy, task.demonstrations)  # doctest: +SKIP
+        >>> policy.save_pretrained("runs/sft")  # doctest: +SKIP
+    """
+
+    def __init__(self, config: SFTConfig, rng: np.random.Generator, logger: Logger | None = None) -> None:
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+        self.config = config
+        self.rng = rng
+        self.logger = logger if logger is not None else Logger(None)
+
+    @torch.no_grad()
+    def heldout_loss(self, policy: Policy, demos: Sequence[Demonstration]) -> float:
+        """Mean per-token NLL of the answers in `demos`."""
+        was_training = policy.model.training
+        policy.model.eval()
+        total, count = 0.0, 0
+        for start in range(0, len(demos), self.config.batch_size):
+            nll, n = _answer_loss(policy, sft_batch(policy, demos[start : start + self.config.batch_size]))
+            total, count = total + float(nll), count + n
+        policy.model.train(was_training)
+        return total / max(count, 1)
+
+    def train(self, policy: Policy, demonstrations: Sequence[Demonstration]) -> dict[str, float]:
+        """Fine-tune `policy` on `demonstrations`; returns the final train and held-out losses."""
+        demos = list(demonstrations)
+        if not demos:
+            raise ValueError("SFT needs at least one demonstration")
+        order = self.rng.permutation(len(demos))
+        n_heldout = int(round(self.config.heldout_fraction * len(demos)))
+        if n_heldout >= len(demos):
+            raise ValueError(f"heldout_fraction={self.config.heldout_fraction} leaves no training demonstrations")
+        heldout = [demos[i] for i in order[:n_heldout]]
+        train = [demos[i] for i in order[n_heldout:]]
+
+        cfg = self.config
+        steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+        total_steps = steps_per_epoch * cfg.epochs
+        opt = torch.optim.AdamW(policy.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - 0.9 * s / max(1, total_steps))
+        metrics: dict[str, float] = {}
+        if heldout:
+            metrics["sft_heldout_loss_before"] = self.heldout_loss(policy, heldout)
+            self.logger.record("train/sft_heldout_loss", metrics["sft_heldout_loss_before"])
+            self.logger.dump(0)
+        step = 0
+        policy.model.train()
+        for epoch in range(cfg.epochs):
+            perm = self.rng.permutation(len(train))
+            epoch_nll, epoch_tokens = 0.0, 0
+            for start in range(0, len(train), cfg.batch_size):
+                batch = sft_batch(policy, [train[i] for i in perm[start : start + cfg.batch_size]])
+                nll, n = _answer_loss(policy, batch)
+                loss = nll / max(n, 1)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"SFT loss is {float(loss)} at step {step}; lower learning_rate")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(policy.model.parameters(), cfg.max_grad_norm)
+                opt.step()
+                sched.step()
+                step += 1
+                epoch_nll, epoch_tokens = epoch_nll + nll.item(), epoch_tokens + n
+            metrics["sft_loss"] = epoch_nll / max(epoch_tokens, 1)
+            self.logger.record("train/sft_loss", metrics["sft_loss"])
+            if heldout:
+                metrics["sft_heldout_loss"] = self.heldout_loss(policy, heldout)
+                self.logger.record("train/sft_heldout_loss", metrics["sft_heldout_loss"])
+            self.logger.dump(step)
+        policy.model.eval()
+        return metrics

@@ -1,0 +1,409 @@
+"""The preference store: a durable, append-only SQLite file that every oracle's answers go into.
+
+Human labels are the most expensive data of RLHF (Christiano et al. 2017 learned from a
+few hundred to a few thousand; Stiennon et al. 2020 paid trained labellers for each), so
+none may be lost to a crash, a Ctrl-C or a double-clicked submit button. The store keeps
+two tables:
+
+``queries(query_id, prompt, completions, created_at)``
+    every comparison query ever posed (completions as a JSON list).
+``answers(answer_id, query_id, ranks, labeller, answered_at)``
+    one row per answer (ranks as a JSON list, 0 = best, equal ranks = tie).
+
+Guarantees:
+
+* **Append-only.** Rows are never updated or deleted. A second, *different* answer to a
+  query (another labeller, or the same labeller changing their mind) is a new row, so
+  contradictory labels are kept and measured (`agreement`), not silently resolved.
+* **Idempotent.** ``answer_id`` is a hash of (query_id, labeller, ranks): submitting the
+  same answer again (a retried request, a replayed file) inserts nothing. Adding a query
+  that is already there inserts nothing.
+* **Crash-safe.** Every write is one SQLite transaction in WAL mode with
+  ``synchronous=FULL``: after a crash or power loss an answer is either fully stored or
+  absent, and a batch passed to `add_answers` is stored whole or not at all.
+* **Exact text.** Prompts and completions round-trip byte for byte (non-ASCII, newlines,
+  HTML such as ``<script>``, empty strings): they are stored as JSON with
+  ``ensure_ascii=False`` in TEXT columns, never escaped or stripped.
+* **Shareable.** One connection per store object, guarded by a lock and opened with
+  ``check_same_thread=False``, so a web-server thread can share the store with a training
+  loop; several processes may open the same file (SQLite locks it; writers wait up to
+  ``timeout`` seconds).
+
+`pending` (queries with no answer yet, oldest first) is the work list of a labelling UI,
+and `comparisons` is the training set of a reward model.
+
+>>> from llm_gym.preferences import Answer, Query
+>>> with PreferenceStore(":memory:") as store:
+...     q = Query("the film was", (" great .", " bad ."))
+...     store.add_queries([q])
+...     [p.query_id for p in store.pending()] == [q.query_id]
+...     store.add_answer(Answer(q.query_id, (0, 1), "alice", answered_at=0.0))
+...     store.add_answer(Answer(q.query_id, (0, 1), "alice", answered_at=5.0))  # same answer again
+...     store.counts()
+1
+True
+True
+False
+{'queries': 1, 'answers': 1, 'pending': 0}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from os import PathLike
+from pathlib import Path
+from types import TracebackType
+
+from llm_gym.preferences import Answer, Comparison, Query
+
+__all__ = ["PreferenceStore", "StoreError", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+"""Stored in ``PRAGMA user_version``; a file from a newer llm_gym is refused, not rewritten."""
+
+_APPLICATION_ID = 0x6C6C6D67  # "llmg" in ``PRAGMA application_id``: marks the file as an llm_gym store
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+_SCHEMA = """
+CREATE TABLE queries (
+    query_id    TEXT PRIMARY KEY,
+    prompt      TEXT NOT NULL,
+    completions TEXT NOT NULL,          -- JSON list of strings
+    created_at  REAL NOT NULL
+);
+CREATE TABLE answers (
+    answer_id   TEXT PRIMARY KEY,       -- hash(query_id, labeller, ranks): idempotent resubmission
+    query_id    TEXT NOT NULL REFERENCES queries(query_id),
+    ranks       TEXT NOT NULL,          -- JSON list of ints, 0 = best, equal = tie
+    labeller    TEXT NOT NULL,
+    answered_at REAL NOT NULL
+);
+CREATE INDEX answers_by_query ON answers(query_id);
+"""
+
+
+class StoreError(ValueError):
+    """The file cannot be used as a preference store; the message says why and what to do."""
+
+
+def answer_id(answer: Answer) -> str:
+    """The id of an answer row: the same labeller giving the same ranks to the same query is one row."""
+    blob = json.dumps([answer.query_id, answer.labeller, list(answer.ranks)], ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+class PreferenceStore:
+    """An append-only SQLite store of comparison queries and the answers oracles give them.
+
+    Args:
+        path: the database file (created if missing), or ``":memory:"`` for a throwaway store.
+            An existing file that is not an llm_gym preference store is refused with a
+            `StoreError` and left untouched.
+        timeout: seconds a write waits for another process holding the file's lock.
+        clock: the time source for ``created_at`` of new queries (inject one in tests).
+    """
+
+    def __init__(
+        self, path: str | PathLike[str], *, timeout: float = 30.0, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.path = str(path)
+        self._clock = clock
+        self._lock = threading.RLock()
+        memory = self.path == ":memory:"
+        if not memory:
+            _check_is_sqlite_or_new(Path(self.path))
+        try:
+            # isolation_level=None: no implicit transactions; `_transaction` opens each one explicitly.
+            self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        except sqlite3.OperationalError as exc:
+            raise StoreError(
+                f"cannot open preference store {self.path}: {exc}; check that its folder exists and is writable"
+            ) from exc
+        try:
+            self._open_schema()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # -- opening -------------------------------------------------------------------------
+
+    def _open_schema(self) -> None:
+        conn = self._conn
+        try:
+            app_id, version, n_objects = self._header()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not an SQLite database ({exc}); pass a new file name for the store") from exc
+        if app_id == 0 and n_objects == 0:
+            # A new, empty database: nothing above wrote to it; now make it a store.
+            conn.execute("PRAGMA journal_mode=WAL")
+            with self._transaction():
+                app_id, version, n_objects = self._header()  # another process may have created it meanwhile
+                if app_id == 0 and n_objects == 0:
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
+                    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                    app_id, version = _APPLICATION_ID, SCHEMA_VERSION
+        if app_id != _APPLICATION_ID:
+            raise StoreError(
+                f"{self.path} is an SQLite database but not an llm_gym preference store "
+                f"(application_id={app_id}, {n_objects} tables/indexes); it was left unchanged. "
+                "Pass a new file name for the store."
+            )
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} is a preference store of schema version {version}, written by a newer llm_gym "
+                f"(this one reads version {SCHEMA_VERSION}); upgrade llm_gym to open it"
+            )
+        if version < 1:
+            raise StoreError(f"{self.path}: preference store with invalid schema version {version}; it was left unchanged")
+        conn.execute("PRAGMA journal_mode=WAL")  # persistent in the file; a no-op when already set
+        conn.execute("PRAGMA synchronous=FULL")  # fsync at every commit: a committed answer survives power loss
+        conn.execute("PRAGMA foreign_keys=ON")
+
+    def _header(self) -> tuple[int, int, int]:
+        conn = self._conn
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        n_objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        return app_id, version, n_objects
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed whole on success, rolled back whole on any exception."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")  # take the write lock now, not halfway through
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    # -- writing -------------------------------------------------------------------------
+
+    def add_queries(self, queries: Iterable[Query]) -> int:
+        """Record comparison queries; returns how many were new (a query already stored is skipped).
+
+        Raises:
+            TypeError: if an item is not a `Query`.
+            ValueError: if a stored query has the same id but different text (nothing is written).
+        """
+        queries = list(queries)
+        for q in queries:
+            if not isinstance(q, Query):
+                raise TypeError(f"add_queries takes Query objects, got {type(q).__name__}")
+        now = self._clock()
+        added = 0
+        with self._transaction() as conn:
+            for q in queries:
+                completions = json.dumps(list(q.completions), ensure_ascii=False)
+                row = conn.execute("SELECT prompt, completions FROM queries WHERE query_id = ?", (q.query_id,)).fetchone()
+                if row is not None:
+                    if row != (q.prompt, completions):
+                        raise ValueError(
+                            f"query {q.query_id} is already stored with a different prompt or completions; "
+                            "give the new query another query_id (or leave query_id empty to use the content hash)"
+                        )
+                    continue
+                conn.execute(
+                    "INSERT INTO queries (query_id, prompt, completions, created_at) VALUES (?, ?, ?, ?)",
+                    (q.query_id, q.prompt, completions, now),
+                )
+                added += 1
+        return added
+
+    def add_answer(self, answer: Answer) -> bool:
+        """Record one answer; returns False when the identical answer (same labeller and ranks) was already stored.
+
+        Raises:
+            ValueError: for an answer to an unknown query or with the wrong number of ranks.
+        """
+        return self.add_answers([answer]) == 1
+
+    def add_answers(self, answers: Iterable[Answer]) -> int:
+        """Record answers in one transaction (all or none); returns how many rows were new.
+
+        Raises:
+            TypeError: if an item is not an `Answer`.
+            ValueError: for an answer to an unknown query (add the query first with
+                `add_queries`) or whose ranks do not match the query's number of completions.
+                Nothing of the batch is written then.
+        """
+        answers = list(answers)
+        for a in answers:
+            if not isinstance(a, Answer):
+                raise TypeError(f"add_answers takes Answer objects, got {type(a).__name__}")
+        inserted = 0
+        with self._transaction() as conn:
+            for a in answers:
+                row = conn.execute("SELECT completions FROM queries WHERE query_id = ?", (a.query_id,)).fetchone()
+                if row is None:
+                    raise ValueError(
+                        f"answer for unknown query {a.query_id!r}; add the query with add_queries() before its answers"
+                    )
+                k = len(json.loads(row[0]))
+                if len(a.ranks) != k:
+                    raise ValueError(
+                        f"answer to query {a.query_id} has {len(a.ranks)} ranks but the query has {k} completions; "
+                        "give one rank per completion (0 = best)"
+                    )
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO answers (answer_id, query_id, ranks, labeller, answered_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (answer_id(a), a.query_id, json.dumps(list(a.ranks)), a.labeller, float(a.answered_at)),
+                )
+                inserted += cur.rowcount
+        return inserted
+
+    # -- reading -------------------------------------------------------------------------
+
+    def get_query(self, query_id: str) -> Query:
+        """The stored query with this id; `KeyError` if there is none."""
+        rows = self._read("SELECT query_id, prompt, completions FROM queries WHERE query_id = ?", (query_id,))
+        if not rows:
+            raise KeyError(f"no query {query_id!r} in preference store {self.path}")
+        return _query(rows[0])
+
+    def queries(self) -> list[Query]:
+        """All stored queries, in the order they were added."""
+        return [_query(r) for r in self._read("SELECT query_id, prompt, completions FROM queries ORDER BY rowid")]
+
+    def pending(self, limit: int | None = None) -> list[Query]:
+        """Queries that no one has answered yet, oldest first (at most `limit` of them)."""
+        sql = (
+            "SELECT q.query_id, q.prompt, q.completions FROM queries q "
+            "WHERE NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = q.query_id) ORDER BY q.rowid"
+        )
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
+            return [_query(r) for r in self._read(sql + " LIMIT ?", (limit,))]
+        return [_query(r) for r in self._read(sql)]
+
+    def answers(self, query_id: str | None = None) -> list[Answer]:
+        """All answers (or those to one query), in the order they were stored."""
+        sql = "SELECT query_id, ranks, labeller, answered_at FROM answers"
+        if query_id is None:
+            rows = self._read(sql + " ORDER BY rowid")
+        else:
+            rows = self._read(sql + " WHERE query_id = ? ORDER BY rowid", (query_id,))
+        return [Answer(qid, tuple(json.loads(ranks)), labeller, at) for qid, ranks, labeller, at in rows]
+
+    def comparisons(self, include_ties: bool = True) -> list[Comparison]:
+        """The training set: one `Comparison` per answer row, in the order answers were stored.
+
+        Contradictory answers to the same query are all present (a Bradley-Terry reward model
+        fits their proportions, which is what noisy labels mean). With ``include_ties=False``
+        answers in which every completion ties are left out (they carry no pair to learn from).
+        """
+        rows = self._read(
+            "SELECT q.query_id, q.prompt, q.completions, a.ranks, a.labeller "
+            "FROM answers a JOIN queries q ON q.query_id = a.query_id ORDER BY a.rowid"
+        )
+        out = []
+        for qid, prompt, completions, ranks, labeller in rows:
+            c = Comparison(prompt, tuple(json.loads(completions)), tuple(json.loads(ranks)), labeller, qid)
+            if include_ties or not c.is_tie:
+                out.append(c)
+        return out
+
+    def agreement(self) -> dict[str, float | int | None]:
+        """How often answers to the same query agree (Stiennon et al. 2020 report labeller agreement).
+
+        Only queries with more than one answer count. Returns:
+
+        * ``"queries"``: the number of queries with more than one answer;
+        * ``"unanimous"``: how many of them got identical ranks in every answer;
+        * ``"unanimous_rate"``: ``unanimous / queries`` (None when ``queries`` is 0);
+        * ``"pair_agreement"``: over every two answers to the same query and every pair of
+          its completions, the fraction ordered the same way (both "i better", both "j
+          better", or both tied); for pairwise queries this is the usual inter-labeller
+          agreement rate (None when ``queries`` is 0).
+        """
+        by_query: dict[str, list[tuple[int, ...]]] = {}
+        for qid, ranks in self._read("SELECT query_id, ranks FROM answers ORDER BY rowid"):
+            by_query.setdefault(qid, []).append(tuple(json.loads(ranks)))
+        multi = [rs for rs in by_query.values() if len(rs) > 1]
+        unanimous = sum(len(set(rs)) == 1 for rs in multi)
+        same = total = 0
+        for rs in multi:
+            k = len(rs[0])
+            for a, b in itertools.combinations(rs, 2):
+                for i, j in itertools.combinations(range(k), 2):
+                    total += 1
+                    same += _sign(a[i] - a[j]) == _sign(b[i] - b[j])
+        return {
+            "queries": len(multi),
+            "unanimous": unanimous,
+            "unanimous_rate": unanimous / len(multi) if multi else None,
+            "pair_agreement": same / total if total else None,
+        }
+
+    def counts(self) -> dict[str, int]:
+        """How many queries, answers and pending (unanswered) queries are stored."""
+        (row,) = self._read(
+            "SELECT (SELECT count(*) FROM queries), (SELECT count(*) FROM answers), "
+            "(SELECT count(*) FROM queries q WHERE NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = q.query_id))"
+        )
+        return {"queries": row[0], "answers": row[1], "pending": row[2]}
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection (idempotent). Everything written is already committed."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> PreferenceStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"PreferenceStore({self.path!r})"
+
+
+def _query(row: tuple) -> Query:
+    query_id, prompt, completions = row
+    return Query(prompt, tuple(json.loads(completions)), query_id)
+
+
+def _sign(x: int) -> int:
+    return (x > 0) - (x < 0)
+
+
+def _check_is_sqlite_or_new(path: Path) -> None:
+    """Refuse, before SQLite touches it, a path that is a folder or a non-empty non-SQLite file."""
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder; pass a file path for the preference store (e.g. {path / 'prefs.sqlite'})")
+    if not path.exists():
+        if not path.parent.exists():
+            raise StoreError(f"cannot create preference store {path}: folder {path.parent} does not exist; create it first")
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except OSError as exc:
+        raise StoreError(f"cannot read preference store {path}: {exc.strerror}; check its permissions") from exc
+    if head and head != _SQLITE_MAGIC:
+        raise StoreError(
+            f"{path} exists and is not an SQLite database (it starts with {head[:8]!r}); it was left unchanged. "
+            "Pass a new file name for the preference store."
+        )

@@ -1,0 +1,283 @@
+"""The preference store: exact text, idempotence, append-only contradictions, crash safety, refusing foreign files."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from llm_gym.preferences import Answer, Comparison, Query
+from llm_gym.store import SCHEMA_VERSION, PreferenceStore, StoreError
+
+TRICKY = [
+    "naïve café — 東京 ✓",
+    "line one\nline two\n\n  indented\r\nwindows line",
+    "<script>alert(1)</script> &amp; <b>bold</b> ' \" \\ %s {0}",
+    "emoji 👍🏽 and zero-width\u200bjoiner, nul-free tab\t end ",
+    "",
+    "   ",
+]
+
+
+def _ticker():
+    t = iter(range(10**6))
+    return lambda: float(next(t))
+
+
+@pytest.fixture()
+def store(tmp_path: Path):
+    with PreferenceStore(tmp_path / "prefs.sqlite", clock=_ticker()) as s:
+        yield s
+
+
+def _pair(i: int) -> Query:
+    return Query(f"prompt {i}", (f" good {i}", f" bad {i}"))
+
+
+def test_tricky_text_round_trips_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "prefs.sqlite"
+    queries = [Query(p, (c, TRICKY[(i + 1) % len(TRICKY)], "plain")) for i, (p, c) in enumerate(zip(TRICKY, TRICKY[::-1]))]
+    with PreferenceStore(path) as s:
+        assert s.add_queries(queries) == len(queries)
+        s.add_answers(Answer(q.query_id, (2, 0, 1), "ünïcödé labeller <x>") for q in queries)
+    with PreferenceStore(path) as s:  # reopened from disk
+        assert s.queries() == queries
+        for q in queries:
+            got = s.get_query(q.query_id)
+            assert got.prompt == q.prompt and got.completions == q.completions
+        comps = s.comparisons()
+        assert [(c.prompt, c.completions) for c in comps] == [(q.prompt, q.completions) for q in queries]
+        assert {c.labeller for c in comps} == {"ünïcödé labeller <x>"}
+    # Stored as real UTF-8 text, not \u escapes (readable by other tools).
+    raw = sqlite3.connect(path).execute("SELECT completions FROM queries").fetchall()
+    assert any("東京" in r[0] for r in raw)
+
+
+def test_pending_counts_and_order(store: PreferenceStore) -> None:
+    qs = [_pair(i) for i in range(5)]
+    assert store.add_queries(qs) == 5
+    assert store.add_queries(qs[:3]) == 0  # idempotent
+    assert [q.query_id for q in store.pending()] == [q.query_id for q in qs]
+    assert [q.query_id for q in store.pending(limit=2)] == [qs[0].query_id, qs[1].query_id]
+    store.add_answer(Answer(qs[1].query_id, (0, 1), "alice"))
+    assert [q.query_id for q in store.pending()] == [qs[i].query_id for i in (0, 2, 3, 4)]
+    assert store.counts() == {"queries": 5, "answers": 1, "pending": 4}
+    with pytest.raises(ValueError, match="limit"):
+        store.pending(limit=-1)
+
+
+def test_repeated_submission_is_idempotent(store: PreferenceStore) -> None:
+    q = _pair(0)
+    store.add_queries([q])
+    a = Answer(q.query_id, (0, 1), "alice", answered_at=1.0)
+    assert store.add_answer(a) is True
+    assert store.add_answer(Answer(q.query_id, (0, 1), "alice", answered_at=99.0)) is False  # a retried submit
+    assert store.add_answers([a, a, a]) == 0
+    assert store.answers() == [a]
+    assert store.counts()["answers"] == 1
+
+
+def test_contradictory_answers_are_kept_and_agreement_reported(store: PreferenceStore) -> None:
+    q1, q2, q3, q4 = _pair(1), _pair(2), _pair(3), Query("k", ("a", "b", "c"))
+    store.add_queries([q1, q2, q3, q4])
+    store.add_answers(
+        [
+            Answer(q1.query_id, (0, 1), "alice"),
+            Answer(q1.query_id, (1, 0), "bob"),  # contradicts alice
+            Answer(q1.query_id, (1, 0), "alice"),  # alice changed her mind: also kept
+            Answer(q2.query_id, (0, 1), "alice"),
+            Answer(q2.query_id, (0, 1), "bob"),  # agrees
+            Answer(q3.query_id, (0, 1), "alice"),  # single answer: not in agreement stats
+            Answer(q4.query_id, (0, 1, 2), "alice"),
+            Answer(q4.query_id, (0, 2, 1), "bob"),  # agrees on 2 of 3 completion pairs
+        ]
+    )
+    assert len(store.answers(q1.query_id)) == 3
+    assert [c.ranks for c in store.comparisons() if c.query_id == q1.query_id] == [(0, 1), (1, 0), (1, 0)]
+    agreement = store.agreement()
+    assert agreement["queries"] == 3 and agreement["unanimous"] == 1
+    assert agreement["unanimous_rate"] == pytest.approx(1 / 3)
+    # q1: answer pairs (a,b) differ, (a,c) differ, (b,c) agree -> 1/3 of 3; q2: 1/1; q4: 2/3.
+    assert agreement["pair_agreement"] == pytest.approx((1 + 1 + 2) / (3 + 1 + 3))
+
+
+def test_agreement_with_no_repeated_queries(store: PreferenceStore) -> None:
+    assert store.agreement() == {"queries": 0, "unanimous": 0, "unanimous_rate": None, "pair_agreement": None}
+
+
+def test_comparisons_are_the_training_set(store: PreferenceStore) -> None:
+    q1, q2 = _pair(1), Query("p", ("w", "x", "y", "z"))
+    store.add_queries([q1, q2])
+    store.add_answers([Answer(q1.query_id, (0, 0), "alice"), Answer(q2.query_id, (2, 0, 3, 1), "alice")])
+    comps = store.comparisons()
+    assert comps == [Comparison(q1.prompt, q1.completions, (0, 0), "alice", q1.query_id),
+                     Comparison(q2.prompt, q2.completions, (2, 0, 3, 1), "alice", q2.query_id)]
+    assert [c.query_id for c in store.comparisons(include_ties=False)] == [q2.query_id]
+    assert len(comps[1].pairs()) == 6
+
+
+def test_unknown_query_and_wrong_k_rejected_and_nothing_written(store: PreferenceStore) -> None:
+    q = _pair(0)
+    store.add_queries([q])
+    good = Answer(q.query_id, (0, 1), "alice")
+    with pytest.raises(ValueError, match="answer for unknown query 'nope'.*add_queries"):
+        store.add_answers([good, Answer("nope", (0, 1), "alice")])
+    with pytest.raises(ValueError, match="3 ranks but the query has 2 completions"):
+        store.add_answers([good, Answer(q.query_id, (0, 1, 2), "alice")])
+    assert store.answers() == []  # the batches were atomic: `good` was rolled back too
+    with pytest.raises(TypeError, match="Answer"):
+        store.add_answers([("x", (0, 1))])  # type: ignore[list-item]
+
+
+def test_same_query_id_different_text_rejected(store: PreferenceStore) -> None:
+    store.add_queries([Query("p", ("a", "b"), query_id="q1")])
+    with pytest.raises(ValueError, match="different prompt"):
+        store.add_queries([Query("p", ("a", "c"), query_id="q1")])
+    assert store.get_query("q1").completions == ("a", "b")
+    with pytest.raises(KeyError):
+        store.get_query("missing")
+
+
+def test_reopen_after_close_keeps_everything(tmp_path: Path) -> None:
+    path = tmp_path / "prefs.sqlite"
+    qs = [_pair(i) for i in range(4)]
+    s = PreferenceStore(path)
+    s.add_queries(qs)
+    s.add_answers([Answer(qs[0].query_id, (0, 1), "alice", 1.5), Answer(qs[2].query_id, (0, 0), "bob", 2.5)])
+    answers, comps = s.answers(), s.comparisons()
+    s.close()
+    s.close()  # idempotent
+    with PreferenceStore(path) as s2:
+        assert s2.answers() == answers and s2.comparisons() == comps
+        assert s2.counts() == {"queries": 4, "answers": 2, "pending": 2}
+        assert s2._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert s2._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert s2._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_foreign_files_are_refused_and_left_unchanged(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("these are my notes\n")
+    before = text.read_bytes()
+    with pytest.raises(StoreError, match="not an SQLite database.*left unchanged"):
+        PreferenceStore(text)
+    assert text.read_bytes() == before
+
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE users (name TEXT)")
+    conn.execute("INSERT INTO users VALUES ('x')")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    with pytest.raises(StoreError, match="not an llm_gym preference store"):
+        PreferenceStore(other)
+    assert other.read_bytes() == before
+
+    with pytest.raises(StoreError, match="is a folder"):
+        PreferenceStore(tmp_path)
+    with pytest.raises(StoreError, match="does not exist"):
+        PreferenceStore(tmp_path / "no" / "such" / "dir.sqlite")
+
+
+def test_newer_schema_refused(tmp_path: Path) -> None:
+    path = tmp_path / "prefs.sqlite"
+    PreferenceStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer llm_gym"):
+        PreferenceStore(path)
+
+
+def test_empty_existing_file_becomes_a_store(tmp_path: Path) -> None:
+    path = tmp_path / "empty.sqlite"
+    path.touch()
+    with PreferenceStore(path) as s:
+        assert s.counts() == {"queries": 0, "answers": 0, "pending": 0}
+
+
+def test_threads_share_one_store(store: PreferenceStore) -> None:
+    qs = [_pair(i) for i in range(40)]
+    store.add_queries(qs)
+    errors: list[BaseException] = []
+
+    def label(who: str) -> None:
+        try:
+            for q in qs:
+                store.add_answer(Answer(q.query_id, (0, 1), who))
+                store.pending(limit=1)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=label, args=(f"labeller{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.counts() == {"queries": 40, "answers": 120, "pending": 0}
+
+
+# The writer imports only the store (not the whole llm_gym package, which loads torch and
+# takes seconds): a stub package object points `llm_gym.*` imports at the source folder.
+_WRITER = textwrap.dedent(
+    """
+    import sys, types
+    pkg = types.ModuleType("llm_gym"); pkg.__path__ = [sys.argv[2]]; sys.modules["llm_gym"] = pkg
+    from llm_gym.preferences import Answer, Query
+    from llm_gym.store import PreferenceStore
+    store = PreferenceStore(sys.argv[1])
+    queries = [Query("prompt %d" % i, ("line\\n<a> ü %d" % i, "other %d" % i)) for i in range(100000)]
+    i = 0
+    while True:
+        batch = queries[i : i + BATCH]
+        store.add_queries(batch)
+        store.add_answers(Answer(q.query_id, (0, 1), "writer", float(i)) for q in batch)
+        i += BATCH
+        print(i, flush=True)  # reported only after the commit returned
+    """
+).replace("BATCH", "10")
+
+
+def test_crash_mid_write_leaves_only_whole_answers(tmp_path: Path) -> None:
+    """SIGKILL a process that writes answer batches of 10 in a loop: committed batches survive, whole."""
+    path = tmp_path / "prefs.sqlite"
+    package_dir = str(Path(__import__("llm_gym.store").store.__file__).parent)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path), package_dir], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        reported = 0
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            reported = int(line)
+            if reported >= 300:
+                break
+        proc.send_signal(signal.SIGKILL)  # mid-way: the writer is busy in its next transactions
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert reported >= 300, proc.stderr.read() if proc.stderr else ""
+
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    rows = conn.execute("SELECT answer_id, query_id, ranks, labeller, answered_at FROM answers").fetchall()
+    conn.close()
+    assert len(rows) >= reported  # everything reported as committed is there
+    assert len(rows) % 10 == 0  # batches are atomic: never a partial batch
+    for answer_id, query_id, ranks, labeller, answered_at in rows:
+        assert answer_id and query_id and labeller == "writer" and isinstance(answered_at, float)
+        assert json.loads(ranks) == [0, 1]
+    with PreferenceStore(path) as s:  # still opens as a store, and every answer joins its query
+        assert len(s.comparisons()) == len(rows)
+        assert all(c.completions[0].startswith("line\n<a> ü ") for c in s.comparisons())
