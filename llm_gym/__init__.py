@@ -11,7 +11,16 @@ from llm_gym.logger import Logger, make_run_dir
 from llm_gym.oracles import PreferenceOracle, RecordedOracle, SyntheticOracle, TerminalOracle, collect
 from llm_gym.policy import Evaluation, Policy, Rollout, SamplingConfig, default_device, process_logits
 from llm_gym.preferences import Answer, Comparison, Query
+from llm_gym.evaluation import PolicyReport, evaluate_policy, kl_to_reference, win_rate
 from llm_gym.reward import RewardFn, score_batch, validate_rewards
+from llm_gym.reward_model import (
+    RewardEnsemble,
+    RewardModel,
+    RewardTrainer,
+    RewardTrainerConfig,
+    pairwise_loss,
+    ranking_loss,
+)
 from llm_gym.store import PreferenceStore, StoreError
 from llm_gym.task import Demonstration, GoldScorer, ReviewTask, ReviewTaskConfig, generate_review_task
 from llm_gym.tiny_lm import (
@@ -34,7 +43,17 @@ __all__ = [
     "Comparison",
     "DatasetError",
     "Evaluation",
+    "PolicyReport",
     "PreferenceOracle",
+    "RewardEnsemble",
+    "RewardModel",
+    "RewardTrainer",
+    "RewardTrainerConfig",
+    "evaluate_policy",
+    "kl_to_reference",
+    "pairwise_loss",
+    "ranking_loss",
+    "win_rate",
     "PreferenceStore",
     "Query",
     "RecordedOracle",

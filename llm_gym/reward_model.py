@@ -467,6 +467,7 @@ class RewardModel:
             "format_version": FORMAT_VERSION,
             "backbone_class": type(self.net.backbone).__name__,
             "backbone_config": self.net.backbone.config.to_dict(),
+            "backbone_dtype": str(next(self.net.backbone.parameters()).dtype).removeprefix("torch."),
             "head": {"in_features": self.net.head.in_features, "out_features": self.net.head.out_features},
             "max_length": self.max_length,
             "offset": self.offset,
@@ -508,9 +509,12 @@ class RewardModel:
             config = AutoConfig.for_model(**config_dict)
             head_in = int(meta["head"]["in_features"])
             max_length = int(meta["max_length"])
-        except (KeyError, TypeError, ValueError) as exc:
+            dtype = getattr(torch, str(meta.get("backbone_dtype", "float32")))
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError(f"unknown backbone_dtype {meta.get('backbone_dtype')!r}")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"mismatched checkpoint {path}: {_META} is incomplete or invalid ({exc!r}); re-save the model") from exc
-        backbone = AutoModel.from_config(config)
+        backbone = AutoModel.from_config(config).to(dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
         if _hidden_size(backbone) != head_in:
             raise ValueError(
@@ -580,6 +584,9 @@ class RewardTrainerConfig:
     """Tied completions: `"skip"` (no term) or `"half"` (Bradley-Terry label 0.5); see `ranking_loss`."""
     eval_batch_size: int = 64
     """Sequences per forward pass when scoring held-out completions."""
+    disable_dropout: bool = True
+    """Train with the backbone's dropout off (as TRL's reward trainer does by default): the two
+    completions of a pair are then scored by the same function, and train metrics are not noisy."""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -598,6 +605,8 @@ class RewardTrainerConfig:
             raise ValueError(f"RewardTrainerConfig.max_grad_norm must be > 0 or None (no clipping), got {self.max_grad_norm!r}")
         if self.ties not in ("skip", "half"):
             raise ValueError(f"RewardTrainerConfig.ties must be 'skip' or 'half', got {self.ties!r}")
+        if not isinstance(self.disable_dropout, bool):
+            raise ValueError(f"RewardTrainerConfig.disable_dropout must be True or False, got {self.disable_dropout!r}")
 
 
 class _Padded(NamedTuple):
@@ -658,7 +667,7 @@ class RewardTrainer:
     Args:
         config: the training settings.
         logger: receives the metrics; None = no logging.
-        rng: shuffles and splits the data (and seeds dropout), so a run is reproducible.
+        rng: shuffles and splits the data (and seeds dropout, if on), so a run is reproducible.
     """
 
     def __init__(self, config: RewardTrainerConfig | None = None, logger: Logger | None = None, rng: np.random.Generator | None = None) -> None:
@@ -744,7 +753,7 @@ class RewardTrainer:
 
     def _epoch(self, rm: RewardModel, opt: torch.optim.Optimizer, train_set: list[Comparison]) -> dict[str, float]:
         cfg = self.config
-        rm.train()
+        rm.train(not cfg.disable_dropout)
         order = self.rng.permutation(len(train_set))
         loss_sum, elements, correct, margin_sum, pairs = 0.0, 0, 0.0, 0.0, 0
         for start in range(0, len(order), cfg.batch_size):

@@ -6,8 +6,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from llm_gym import Policy, PretrainReport, TinyLMConfig, build_builtin_model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """The test models are too small to gain from threads, and two OpenMP threads on a busy
+    2-core machine can run 10-30x slower (spin-waiting); restore the setting afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

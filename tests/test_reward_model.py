@@ -207,7 +207,8 @@ def test_bad_comparison_sets(rm: RewardModel) -> None:
     ties = [Comparison("p", ("a", "b"), (0, 0)), Comparison("q", ("a", "b", "c", "d"), (1, 1, 1, 1))]
     with pytest.raises(ValueError, match="all 2 comparisons are ties"):
         trainer.train(rm, ties)
-    # contradictory labels are kept (both trained on), not dropped
+    # contradictory labels are kept (both trained on), not dropped: with dropout off both copies
+    # get the same scores, so exactly one of the two opposite pairs is ordered right
     a = Comparison("p", ("x", "y"), (0, 1))
     b = Comparison("p", ("x", "y"), (1, 0))
     metrics = RewardTrainer(RewardTrainerConfig(epochs=1, heldout_fraction=0.0), rng=np.random.default_rng(0)).train(rm, [a, b, ties[0]])
@@ -226,6 +227,7 @@ def test_bad_comparison_sets(rm: RewardModel) -> None:
         ("max_grad_norm", 0.0, "max_grad_norm"),
         ("ties", "ignore", "ties"),
         ("eval_batch_size", 0, "eval_batch_size"),
+        ("disable_dropout", "yes", "disable_dropout"),
     ],
 )
 def test_trainer_config_validation(field: str, value: object, match: str) -> None:
