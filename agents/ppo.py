@@ -55,6 +55,7 @@ from llm_gym.agents.ppo_math import (
 )
 from llm_gym.logger import Logger
 from llm_gym.policy import Policy, Rollout, SamplingConfig
+from llm_gym.tiny_lm import document_batch, lm_loss
 
 __all__ = ["PPO", "PPOConfig", "TrainingDivergedError", "OverOptimizationWarning", "KLWarning"]
 
@@ -376,22 +377,9 @@ class PPO(Agent):
 
     def _ptx_loss(self) -> torch.Tensor:
         """Mean per-token negative log-likelihood of a random batch of pretraining texts (InstructGPT's ptx)."""
-        tok = self.policy.tokenizer
         idx = self.rng.integers(len(self.ptx_texts), size=self.config.ptx_batch_size)
-        docs = [ids + [tok.eos_token_id] for ids in tok([self.ptx_texts[i] for i in idx])["input_ids"]]
-        docs = [d[: self.policy.context_length] for d in docs]
-        width = max(len(d) for d in docs)
-        ids = torch.full((len(docs), width), tok.pad_token_id, dtype=torch.long)
-        labels = torch.full_like(ids, -100)
-        attn = torch.zeros_like(ids)
-        for i, d in enumerate(docs):
-            ids[i, : len(d)] = labels[i, : len(d)] = torch.tensor(d)
-            attn[i, : len(d)] = 1
-        dev = self.policy.device
-        logits = self.policy.model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits.float()
-        return torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(dev), ignore_index=-100
-        )
+        batch = document_batch(self.policy.tokenizer, [self.ptx_texts[i] for i in idx], self.policy.context_length)
+        return lm_loss(self.policy.model, *batch)
 
     def _update(self, batch: _Batch) -> dict[str, float]:
         cfg, ro = self.config, batch.rollout

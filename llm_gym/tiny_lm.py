@@ -45,6 +45,8 @@ __all__ = [
     "build_builtin_model",
     "find_builtin_model",
     "default_cache_dir",
+    "document_batch",
+    "lm_loss",
     "perplexity",
     "train_tokenizer",
 ]
@@ -160,6 +162,36 @@ def _encode_docs(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> li
     return [ids + [eos] for ids in tokenizer(list(texts))["input_ids"]]
 
 
+def document_batch(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded `(input_ids, attention_mask, labels)` of whole documents (`<bos> text <eos>`).
+
+    Labels are the ids, -100 on padding; each document is cut to `max_length` tokens.
+    """
+    docs = [d[:max_length] if max_length else d for d in _encode_docs(tokenizer, texts)]
+    width = max(len(d) for d in docs)
+    ids = torch.full((len(docs), width), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full_like(ids, -100)
+    mask = torch.zeros_like(ids)
+    for i, d in enumerate(docs):
+        ids[i, : len(d)] = labels[i, : len(d)] = torch.tensor(d)
+        mask[i, : len(d)] = 1
+    return ids, mask, labels
+
+
+def lm_loss(
+    model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """Next-token cross-entropy of `model` on a `document_batch` (moved to the model's device)."""
+    device = next(model.parameters()).device
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(device), ignore_index=-100,
+        reduction=reduction,
+    )
+
+
 @torch.no_grad()
 def perplexity(
     model: PreTrainedModel,
@@ -170,26 +202,12 @@ def perplexity(
     """Token-level perplexity of `model` on `texts` (each scored as a whole document, EOS included)."""
     if len(texts) == 0:
         raise ValueError("perplexity needs at least one text")
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    docs = _encode_docs(tokenizer, texts)
     total_nll, total_tokens = 0.0, 0
-    for start in range(0, len(docs), batch_size):
-        chunk = docs[start : start + batch_size]
-        width = max(len(d) for d in chunk)
-        ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, d in enumerate(chunk):
-            ids[i, : len(d)] = torch.tensor(d)
-            labels[i, : len(d)] = torch.tensor(d)
-            mask[i, : len(d)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(device), ignore_index=-100, reduction="sum"
-        )
-        total_nll += float(nll)
+    for start in range(0, len(texts), batch_size):
+        ids, mask, labels = document_batch(tokenizer, texts[start : start + batch_size])
+        total_nll += float(lm_loss(model, ids, mask, labels, reduction="sum"))
         total_tokens += int((labels[:, 1:] != -100).sum())
     model.train(was_training)
     return math.exp(total_nll / total_tokens)

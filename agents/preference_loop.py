@@ -1,0 +1,241 @@
+"""The Christiano loop: an agent trains against a reward model that keeps learning from preference queries.
+
+Deep RL from Human Preferences (Christiano et al. 2017): the agent acts; pairs of its
+outputs are shown to a labeller; the reward model is trained on the comparisons *while*
+the agent is optimised against the current reward model; repeat. `PreferenceLoop` is that
+coordinator, itself an `Agent`, built from parts passed in as objects (the decomposition
+of the `imitation` library's preference comparisons):
+
+* `inner`: the agent that optimises the learned reward (LM `PPO` on a prompt-bandit env
+  whose `reward_fn` is the reward model; an SB3 algorithm behind a learned-reward wrapper);
+* `source`: proposes candidate queries from the current policy (completions of one prompt;
+  trajectory segments for control tasks);
+* `selector`: picks which candidates to ask (random, or where an ensemble disagrees);
+* `oracle`: answers some, all or none of them now; answers to earlier queries that arrive
+  late are folded in at the next round (every round re-asks the store's pending queries);
+* `learner`: trains the reward model on all comparisons so far (warm start by default);
+* `store`: every answer lands there first, so a stopped run resumes with all its labels.
+
+Schedules (`PreferenceLoopConfig`): *offline* = every label up front, then the agent
+trains against a frozen reward model; *online* = labels spread over training in small
+rounds with a warm-started reward model (Christiano); *rounds* = a few large rounds of
+sample -> label -> retrain the reward model from its initial weights -> train the policy
+against the now-frozen model (Stiennon et al. 2020). All three spend the same label budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from os import PathLike
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from llm_gym.agents.base import Agent, Callback
+from llm_gym.logger import Logger
+from llm_gym.oracles import PreferenceOracle, collect
+from llm_gym.preferences import Comparison, Query
+from llm_gym.store import PreferenceStore
+
+__all__ = [
+    "DisagreementSelector",
+    "PreferenceLoop",
+    "PreferenceLoopConfig",
+    "QuerySelector",
+    "QuerySource",
+    "RandomSelector",
+    "RewardLearner",
+]
+
+
+@runtime_checkable
+class QuerySource(Protocol):
+    """Proposes candidate comparison queries from the current policy."""
+
+    def propose(self, n: int) -> list[Query]:
+        """Return `n` candidate queries (each comparing outputs of the current policy)."""
+        ...
+
+
+@runtime_checkable
+class RewardLearner(Protocol):
+    """Owns the reward model: trains it on comparisons and says how uncertain it is about queries."""
+
+    def fit(self, comparisons: Sequence[Comparison], fresh: bool = False) -> dict[str, float]:
+        """Train on all `comparisons` (warm start; `fresh=True` restarts from the initial weights)."""
+        ...
+
+    def disagreement(self, queries: Sequence[Query]) -> np.ndarray:
+        """One number per query: how much the ensemble members disagree on its answer (higher = ask)."""
+        ...
+
+
+class QuerySelector(Protocol):
+    """Chooses which candidate queries to send to the oracle."""
+
+    def select(self, candidates: Sequence[Query], n: int, learner: RewardLearner, rng: np.random.Generator) -> list[Query]:
+        ...
+
+
+class RandomSelector:
+    """Ask uniformly random candidates."""
+
+    def select(self, candidates: Sequence[Query], n: int, learner: RewardLearner, rng: np.random.Generator) -> list[Query]:
+        idx = rng.choice(len(candidates), size=min(n, len(candidates)), replace=False)
+        return [candidates[i] for i in sorted(idx)]
+
+
+class DisagreementSelector:
+    """Christiano et al.'s active selection: ask where the reward-model ensemble disagrees most."""
+
+    def select(self, candidates: Sequence[Query], n: int, learner: RewardLearner, rng: np.random.Generator) -> list[Query]:
+        scores = np.asarray(learner.disagreement(candidates), dtype=np.float64)
+        if scores.shape != (len(candidates),):
+            raise ValueError(f"learner.disagreement returned shape {scores.shape} for {len(candidates)} candidates")
+        jitter = rng.random(len(candidates)) * 1e-12  # break exact ties at random, not by position
+        order = np.argsort(-(scores + jitter), kind="stable")
+        return [candidates[i] for i in order[:n]]
+
+
+@dataclass(frozen=True)
+class PreferenceLoopConfig:
+    """The label schedule and how the reward model is retrained."""
+
+    total_labels: int = 1000
+    """Label budget: queries posed to the oracle in total (answered or not)."""
+    initial_labels: int = 200
+    """Queries posed before the agent trains at all (= total_labels: the offline pipeline)."""
+    labels_per_round: int = 100
+    """Queries posed at each later round."""
+    steps_per_round: int = 1024
+    """Agent environment steps between two rounds."""
+    oversample: int = 4
+    """Candidates proposed per query asked (the selector chooses among them)."""
+    mode: Literal["online", "rounds"] = "online"
+    """online: warm-start the reward model each round (Christiano); rounds: retrain it from its
+    initial weights on all labels each round and train the policy against it frozen (Stiennon)."""
+
+    def __post_init__(self) -> None:
+        for name in ("total_labels", "labels_per_round", "steps_per_round", "oversample"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"PreferenceLoopConfig.{name} must be a positive int, got {v!r}")
+        if not isinstance(self.initial_labels, int) or not 0 <= self.initial_labels <= self.total_labels:
+            raise ValueError(
+                f"PreferenceLoopConfig.initial_labels must be in [0, total_labels={self.total_labels}], got {self.initial_labels!r}"
+            )
+        if self.mode not in ("online", "rounds"):
+            raise ValueError(f"PreferenceLoopConfig.mode must be 'online' or 'rounds', got {self.mode!r}")
+
+
+class PreferenceLoop(Agent):
+    """The Christiano loop as an agent: `learn` alternates label rounds and agent training.
+
+    Args:
+        inner: the agent optimising the learned reward; `inner.learn(total_steps)` must continue
+            from where it stopped (cumulative `total_steps`, as `PPO.learn` and the SB3 adapter do).
+        source: proposes candidate queries from the current policy.
+        selector: chooses which candidates to ask.
+        oracle: answers queries (possibly only some, possibly late).
+        learner: the reward model's trainer.
+        store: the durable preference store; labels already in it count toward the budget
+            and are trained on before anything else (resume after a crash).
+        config: the label schedule.
+        rng: the loop's randomness (selection).
+        logger: receives `oracle/*` and `reward_model/*`.
+    """
+
+    def __init__(
+        self,
+        inner: Agent,
+        source: QuerySource,
+        selector: QuerySelector,
+        oracle: PreferenceOracle,
+        learner: RewardLearner,
+        store: PreferenceStore,
+        config: PreferenceLoopConfig,
+        rng: np.random.Generator,
+        logger: Logger | None = None,
+    ) -> None:
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+        self.inner, self.source, self.selector, self.oracle = inner, source, selector, oracle
+        self.learner, self.store, self.config, self.rng = learner, store, config, rng
+        self.logger = logger if logger is not None else Logger(None)
+        self.num_timesteps = 0
+        self.rounds = 0
+
+    # ------------------------------------------------------------------ labels
+    @property
+    def labels_asked(self) -> int:
+        """Queries posed so far (the store's queries: answered or pending)."""
+        return self.store.counts()["queries"]
+
+    def _ask(self, n: int) -> None:
+        """Pose up to `n` new queries (within the budget) and re-ask pending ones; store every answer."""
+        n = min(n, self.config.total_labels - self.labels_asked)
+        pending = self.store.pending()
+        new: list[Query] = []
+        if n > 0:
+            candidates = self.source.propose(n * self.config.oversample)
+            known = {q.query_id for q in pending}
+            candidates = [q for q in candidates if q.query_id not in known]
+            new = self.selector.select(candidates, n, self.learner, self.rng) if candidates else []
+        if pending or new:
+            collect(self.oracle, list(pending) + new, self.store)
+        counts = self.store.counts()
+        self.logger.record("oracle/labels_total", counts["answers"])
+        self.logger.record("oracle/queries_total", counts["queries"])
+        self.logger.record("oracle/answered_fraction", counts["answers"] / max(counts["queries"], 1))
+
+    def _retrain(self) -> dict[str, float]:
+        comparisons = self.store.comparisons(include_ties=True)
+        if not any(not c.is_tie for c in comparisons):
+            return {}  # nothing answered yet (a slow human): keep the reward model we have
+        metrics = self.learner.fit(comparisons, fresh=self.config.mode == "rounds")
+        for key in ("heldout_accuracy", "train_accuracy", "gold_agreement"):
+            if key in metrics:
+                name = "accuracy" if key == "heldout_accuracy" else key
+                self.logger.record(f"reward_model/{name}", metrics[key])
+        return metrics
+
+    # ------------------------------------------------------------------ agent interface
+    def learn(self, total_steps: int, callback: Callback | None = None) -> PreferenceLoop:
+        """Train the inner agent for `total_steps` environment steps in total, asking for labels on schedule."""
+        if not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
+        cfg = self.config
+        if self.rounds == 0:
+            self._ask(cfg.initial_labels - self.labels_asked)
+            self._retrain()
+            self.logger.dump(self.num_timesteps)
+        while self.num_timesteps < total_steps:
+            target = min(total_steps, self.num_timesteps + cfg.steps_per_round)
+            self.inner.learn(target)
+            self.num_timesteps = target
+            self.rounds += 1
+            if self.labels_asked < cfg.total_labels or self.store.counts()["pending"]:
+                self._ask(cfg.labels_per_round)
+                self._retrain()
+            self.logger.dump(self.num_timesteps)
+            if callback is not None and callback(self, self.num_timesteps) is False:
+                break
+        return self
+
+    def act(self, observations: Sequence[Any]) -> list[Any]:
+        """The inner agent's actions."""
+        return self.inner.act(observations)
+
+    def save(self, path: str | PathLike[str]) -> None:
+        """Save the inner agent; labels are already durable in the store."""
+        self.inner.save(path)
+
+    @classmethod
+    def load(cls, path: str | PathLike[str], **components: Any) -> PreferenceLoop:
+        """Rebuild from parts: pass `inner` (e.g. `PPO.load(path, ...)`) and the other components again.
+
+        The store holds every label, so `learn` retrains the reward model on them and goes on
+        with the remaining budget.
+        """
+        return cls(**components)
