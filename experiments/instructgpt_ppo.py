@@ -122,7 +122,10 @@ def main() -> None:
     parser.add_argument("--ptx-coef", type=float, default=1.0, help="InstructGPT's gamma for the PPO-ptx run")
     parser.add_argument("--labels", type=int, default=2000, help="synthetic comparisons for the reward model")
     parser.add_argument("--eval-prompts", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 avoids OpenMP oversubscription on a shared 2-core machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     parts = set(args.parts.split(","))
     t0 = time.perf_counter()
