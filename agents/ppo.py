@@ -123,7 +123,7 @@ class PPOConfig:
     kl_explosion: float = 50.0
     """Warn when the mean KL per completion exceeds this many nats."""
     overopt_window: int = 5
-    """Iterations per window when comparing RM and gold trends."""
+    """Iterations per window when comparing RM and gold trends (the last two windows are compared)."""
     overopt_patience: int = 3
     """Consecutive iterations of RM-up/gold-down before warning about over-optimisation."""
     log_samples_every: int = 10
@@ -150,6 +150,8 @@ class PPOConfig:
             raise ValueError(f"PPOConfig.gamma and gae_lambda must be in [0, 1], got {self.gamma}, {self.gae_lambda}")
         if self.clip_range_vf is not None and not self.clip_range_vf > 0:
             raise ValueError(f"PPOConfig.clip_range_vf must be > 0 or None, got {self.clip_range_vf!r}")
+        if self.overopt_window < 2:
+            raise ValueError(f"PPOConfig.overopt_window must be >= 2 (a trend needs a spread), got {self.overopt_window}")
         for name in ("log_samples_every", "checkpoint_every"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
@@ -457,9 +459,11 @@ class PPO(Agent):
         w = cfg.overopt_window
         if len(self._rm_history) < 2 * w:
             return
-        rm, gd = list(self._rm_history), list(self._gold_history)
-        rm_up = np.mean(rm[w:]) > np.mean(rm[:w])
-        gold_down = np.mean(gd[w:]) < np.mean(gd[:w])
+        rm, gd = np.array(self._rm_history), np.array(self._gold_history)
+        # a trend counts only when the two windows' means differ by more than two standard errors
+        # of their difference: per-iteration scores are noisy, and a warning that cries wolf is ignored
+        rm_up = _clear_change(rm[:w], rm[w:]) > 0
+        gold_down = _clear_change(gd[:w], gd[w:]) < 0
         self._overopt_streak = self._overopt_streak + 1 if (rm_up and gold_down) else 0
         if self._overopt_streak == cfg.overopt_patience:
             warnings.warn(
@@ -558,6 +562,13 @@ class PPO(Agent):
         agent._overopt_streak = state["overopt_streak"]
         agent.logger.resume_at(agent.num_timesteps + 1)
         return agent
+
+
+def _clear_change(before: np.ndarray, after: np.ndarray) -> int:
+    """+1 / -1 when `after`'s mean is clearly above / below `before`'s (beyond 2 standard errors), else 0."""
+    diff = float(np.mean(after) - np.mean(before))
+    se = math.sqrt(np.var(before, ddof=1) / len(before) + np.var(after, ddof=1) / len(after))
+    return int(np.sign(diff)) if abs(diff) > 2 * se else 0
 
 
 def _frozen_copy(policy: Policy) -> Policy:

@@ -422,7 +422,7 @@ class MLPRewardLearner:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         with torch.no_grad():
             logits = torch.stack([self._logits(m, obs, act, mask) for m in self.members]).mean(0)
         metrics["train_accuracy"] = self._accuracy(logits, target)
@@ -475,7 +475,7 @@ class MLPRewardLearner:
 # --------------------------------------------------------------------------------------
 
 
-class LearnedRewardWrapper(gym.Wrapper):
+class LearnedRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Pays a learned reward; keeps the env's own reward in ``info["true_reward"]``.
 
     Each step calls ``reward_fn(obs[None], action[None])`` on the observation the action was
@@ -495,7 +495,8 @@ class LearnedRewardWrapper(gym.Wrapper):
         reward_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
         buffer: SegmentBuffer | None = None,
     ) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, reward_fn=reward_fn, buffer=buffer)
+        gym.Wrapper.__init__(self, env)
         self.reward_fn, self.buffer = reward_fn, buffer
         self.stream = next(LearnedRewardWrapper._streams)
         self._obs: Any = None
@@ -552,12 +553,23 @@ class SB3Agent(Agent):
     Off-policy algorithms (SAC, TD3, DQN) keep old rewards in their replay buffer; with
     `relabel` (the learned reward function) every stored reward is recomputed with the
     current reward model before each `learn`, so the critic never trains on stale rewards.
+
+    SB3 schedules (learning rate, clip range) run on the progress of one `model.learn` call;
+    in chunks they would restart every chunk. With `planned_steps` (the run's total) they run
+    over the whole run instead: progress is ``1 - num_timesteps / planned_steps``.
     """
 
-    def __init__(self, model: Any, logger: Logger | None = None, relabel: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        logger: Logger | None = None,
+        relabel: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+        planned_steps: int | None = None,
+    ) -> None:
         self.model = model
         self.logger = logger if logger is not None else Logger(None)
         self.relabel = relabel
+        self.planned_steps = planned_steps
 
     @property
     def num_timesteps(self) -> int:
@@ -581,7 +593,17 @@ class SB3Agent(Agent):
                         return callback(agent, agent.num_timesteps) is not False
 
                 sb3_callback = _Stop()
-            self.model.learn(remaining, reset_num_timesteps=False, callback=sb3_callback)
+            if self.planned_steps is not None:
+                planned, model = self.planned_steps, self.model
+
+                def progress(num_timesteps: int, total_timesteps: int) -> None:
+                    model._current_progress_remaining = max(0.0, 1.0 - num_timesteps / planned)
+
+                model._update_current_progress_remaining = progress  # instance attribute, removed below (never saved)
+            try:
+                self.model.learn(remaining, reset_num_timesteps=False, callback=sb3_callback)
+            finally:
+                self.model.__dict__.pop("_update_current_progress_remaining", None)
         self._log()
         return self
 

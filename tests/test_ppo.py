@@ -194,12 +194,15 @@ def test_rm_up_gold_down_warns_of_over_optimisation(policy: Policy) -> None:
     with pytest.warns(OverOptimizationWarning, match="sign is flipped"):
         for r, g in zip(rm, gold):
             agent._health_checks(kl, r, g)
-    # both rising: no warning
+    # both rising, or gold flat with noise: no warning
     healthy = make_agent(policy, count_token("the"), overopt_window=3, overopt_patience=2)
+    noisy = make_agent(policy, count_token("the"), overopt_window=3, overopt_patience=2)
+    flat_gold = [0.74, 0.70, 0.75, 0.72, 0.73, 0.71, 0.74, 0.72]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for r in rm:
+        for r, g in zip(rm, flat_gold):
             healthy._health_checks(kl, r, r)
+            noisy._health_checks(kl, r, g)
 
 
 @pytest.mark.slow
@@ -208,10 +211,10 @@ def test_flipped_reward_sign_is_loud_in_training(policy: Policy) -> None:
     gold = count_letter("e")
     env = PromptBanditVecEnv(PROMPTS, count_letter("e", sign=-1.0), num_envs=8, gold_fn=gold)
     config = PPOConfig(sampling=SamplingConfig(max_new_tokens=10), learning_rate=3e-3, n_epochs=2, minibatch_size=4,
-                       kl_coef=0.0, overopt_window=3, overopt_patience=2, log_samples_every=0)
+                       kl_coef=0.0, overopt_window=4, overopt_patience=2, log_samples_every=0)
     agent = PPO(policy, env, config, rng=np.random.default_rng(0))
     with pytest.warns(OverOptimizationWarning):
-        for _ in range(16):
+        for _ in range(24):
             agent.train_iteration()
 
 
@@ -225,6 +228,7 @@ def test_flipped_reward_sign_is_loud_in_training(policy: Policy) -> None:
         ({"clip_range_vf": 0.0}, "clip_range_vf"),
         ({"minibatch_size": 2.5}, "minibatch_size"),
         ({"checkpoint_every": -1}, "checkpoint_every"),
+        ({"overopt_window": 1}, "overopt_window"),
     ],
 )
 def test_config_validation(kwargs, match) -> None:
