@@ -29,6 +29,11 @@ What is measured
        completions of ranking i are the two completions of pairwise query i, so the two
        arms share prompts and half their completions.
 
+       Reference row `noiseless`: the same 2,000 pairwise queries labelled by the gold order
+       itself (`SyntheticOracle(temperature=0, flip_prob=0)`), trained the same way. It shows
+       what this RM and trainer reach from 2,000 labels when the labels carry no noise, i.e.
+       how much of the gap to 100% is label noise and how much is data size / the model.
+
     2. Throughput. 64 held-out (prompt, completion) text pairs scored (a) end to end with
        `rm.score(prompts, completions, batch_size=64)` -- tokenizing, padding, backbone,
        head, offset, `.cpu().numpy()` -- vs (b) a bare forward of the same backbone
@@ -96,6 +101,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16, help="comparisons per optimizer step")
     p.add_argument("--ties", default="skip", choices=("skip", "half"))
     p.add_argument("--repeats", type=int, default=30, help="timed repeats per side for the throughput measurement")
+    p.add_argument("--no-noiseless-reference", dest="noiseless_reference", action="store_false",
+                   help="skip the reference run on the same pairwise queries labelled without noise (gold order)")
     p.add_argument("--skip-accuracy", action="store_true")
     p.add_argument("--skip-throughput", action="store_true")
     return p.parse_args()
@@ -134,13 +141,13 @@ def make_data(policy: Policy, task, args: argparse.Namespace, seed: int, n_pair:
     return {"pair_queries": pair_queries, "rank_queries": rank_queries, "eval": (ev, e1, e2)}
 
 
-def label(queries: list[Query], store_path: Path, seed: int) -> list[Comparison]:
+def label(queries: list[Query], store_path: Path, seed: int, temperature: float = 1.0, flip_prob: float = 0.1) -> list[Comparison]:
     """Label with the synthetic oracle into a fresh store; the comparisons in query order (one per answer row)."""
     if store_path.exists():
         store_path.unlink()  # our own output from an earlier run: start fresh (answers are append-only)
     for suffix in ("-wal", "-shm"):
         Path(str(store_path) + suffix).unlink(missing_ok=True)
-    oracle = SyntheticOracle(GoldScorer(), rng=np.random.default_rng(seed), temperature=1.0, flip_prob=0.1)
+    oracle = SyntheticOracle(GoldScorer(), rng=np.random.default_rng(seed), temperature=temperature, flip_prob=flip_prob)
     with PreferenceStore(store_path) as store:
         collect(oracle, queries, store)
         return store.comparisons()
@@ -174,6 +181,8 @@ def run_accuracy(policy: Policy, model_path: Path, task, args: argparse.Namespac
     for b in k4_budgets:
         arms.append(("K=4 (K-1)", b, round(b / 3)))  # a 4-way ranking = K-1 = 3 pairwise judgements
         arms.append(("K=4 (bits)", b, round(b / math.log2(24))))  # = log2(4!) = 4.58 bits
+    if args.noiseless_reference:
+        arms.append(("noiseless", max(budgets), max(budgets)))  # reference: the same queries, labels = gold order
     n_pair = max(budgets)
     n_rank = max([n for arm, _, n in arms if arm.startswith("K=4")], default=0)
 
@@ -188,6 +197,7 @@ def run_accuracy(policy: Policy, model_path: Path, task, args: argparse.Namespac
     pair_comps = label(data["pair_queries"], seed_dir / "pairwise.sqlite", seed)
     rank_comps = label(data["rank_queries"], seed_dir / "rank4.sqlite", seed + 1) if n_rank else []
     t_label = time.perf_counter() - t0
+    clean_comps = label(data["pair_queries"], seed_dir / "noiseless.sqlite", seed, 0.0, 0.0) if args.noiseless_reference else []
 
     ev, e1, e2 = data["eval"]
     g1, g2 = gold(ev, e1), gold(ev, e2)
@@ -204,8 +214,9 @@ def run_accuracy(policy: Policy, model_path: Path, task, args: argparse.Namespac
 
     results = []
     for arm, budget, n_queries in arms:
-        queries = data["pair_queries"] if arm == "pairwise" else data["rank_queries"]
-        comps = prefix(pair_comps if arm == "pairwise" else rank_comps, queries, n_queries)
+        queries = data["rank_queries"] if arm.startswith("K=4") else data["pair_queries"]
+        source = {"pairwise": pair_comps, "noiseless": clean_comps}.get(arm, rank_comps)
+        comps = prefix(source, queries, n_queries)
         t0 = time.perf_counter()
         rm = RewardModel.from_pretrained(model_path, head_seed=seed)
         config = RewardTrainerConfig(

@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from os import PathLike
 from pathlib import Path
 from typing import NamedTuple
@@ -48,6 +49,7 @@ __all__ = [
     "document_batch",
     "lm_loss",
     "perplexity",
+    "task_fingerprint",
     "train_tokenizer",
 ]
 
@@ -111,9 +113,27 @@ class TinyLMConfig:
         return cls(task=task, vocab_size=512, n_layer=1, n_head=2, n_embd=32, train_steps=80, batch_size=16, seq_len=48)
 
     def cache_key(self) -> str:
-        """A short hash of everything that determines the built model."""
-        blob = json.dumps({"v": _FORMAT_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        """A short hash of everything that determines the built model.
+
+        It covers the config *and* the text the task generator produces for it, so a change
+        to the generator (a new template, a fixed word list) builds a new model instead of
+        silently reusing one pretrained on the old corpus.
+        """
+        blob = json.dumps(
+            {"v": _FORMAT_VERSION, "corpus": task_fingerprint(self.task), **dataclasses.asdict(self)}, sort_keys=True
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+@lru_cache(maxsize=8)
+def task_fingerprint(config: ReviewTaskConfig) -> str:
+    """sha256 of every text the task generator produces for `config` (what the model is trained on)."""
+    task = generate_review_task(config)
+    h = hashlib.sha256()
+    for part in (task.pretrain_texts, task.heldout_texts, task.prompts, task.eval_prompts):
+        h.update("\x1e".join(part).encode())
+    h.update("\x1e".join(d.prompt + "\x1f" + d.completion for d in task.demonstrations).encode())
+    return h.hexdigest()
 
 
 class PretrainReport(NamedTuple):

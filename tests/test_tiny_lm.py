@@ -37,6 +37,12 @@ def test_cache_is_reused_and_keyed_by_config(tiny_model: PretrainReport, model_c
     other = TinyLMConfig(task=TinyLMConfig.smoke().task, n_layer=2, n_embd=32, n_head=2, vocab_size=512, seq_len=48)
     assert other.cache_key() != TinyLMConfig.smoke().cache_key()
     assert not any(p.name.startswith(".") for p in model_cache.iterdir()), "no temporary build folder is left behind"
+    # the key follows the generated corpus, not only the config: another corpus seed is another model
+    from llm_gym import ReviewTaskConfig
+    from llm_gym.tiny_lm import task_fingerprint
+
+    smoke = TinyLMConfig.smoke()
+    assert task_fingerprint(smoke.task) != task_fingerprint(ReviewTaskConfig(**{**vars(smoke.task), "seed": 1}))
 
 
 def test_tokenizer_round_trips_any_text() -> None:
