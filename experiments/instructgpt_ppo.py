@@ -85,21 +85,29 @@ def train_ppo(name: str, args, sft_path: Path, env, config: PPOConfig, ptx_texts
     return policy, agent.reference, seconds
 
 
-def label_and_train_rm(args, sft_path: Path, task, gold) -> tuple[RewardModel, int, dict]:
-    """Sample pairs from SFT, label them with the noisy synthetic oracle, train the RM on them."""
+def label_and_train_rm(args, sft_path: Path, pretrained_path: Path, task, gold) -> tuple[RewardModel, int, dict]:
+    """Sample pairs, label them with the noisy synthetic oracle, train the RM on them.
+
+    Half of the pairs are two samples of the pretrained model (mixed sentiment: informative
+    labels), half two samples of SFT (the distinctions PPO will need); InstructGPT likewise
+    collected comparisons of outputs from several models.
+    """
     out = Path(args.out)
-    sft = Policy.from_pretrained(sft_path)
     n = args.labels
     prompts = [task.prompts[i % len(task.prompts)] for i in range(n)]
-    a = [c for i in range(0, n, 64) for c in sft.sample(prompts[i : i + 64], SAMPLING, seed=10_000 + i).completions]
-    b = [c for i in range(0, n, 64) for c in sft.sample(prompts[i : i + 64], SAMPLING, seed=20_000 + i).completions]
+    a, b = [], []
+    for source, lo, hi in ((Policy.from_pretrained(pretrained_path), 0, n // 2), (Policy.from_pretrained(sft_path), n // 2, n)):
+        for i in range(lo, hi, 64):
+            chunk = prompts[i : min(i + 64, hi)]
+            a += source.sample(chunk, SAMPLING, seed=10_000 + i).completions
+            b += source.sample(chunk, SAMPLING, seed=20_000 + i).completions
     oracle = SyntheticOracle(gold, rng=np.random.default_rng(args.seed), temperature=1.0, flip_prob=0.1)
     store_path = out / "labels.sqlite"
     store_path.unlink(missing_ok=True)
     with PreferenceStore(store_path) as store:
         collect(oracle, [Query(p, (x, y)) for p, x, y in zip(prompts, a, b) if x != y], store)
         comparisons = store.comparisons()
-    rm = RewardModel.from_pretrained(sft_path, head_seed=args.seed)
+    rm = RewardModel.from_pretrained(sft_path, head_seed=args.seed, pooling="mean")
     with Logger(make_run_dir(args.out, "reward_model", seed=args.seed)) as logger:
         trainer = RewardTrainer(RewardTrainerConfig(epochs=2, learning_rate=3e-4), logger=logger, rng=np.random.default_rng(args.seed))
         metrics = trainer.train(rm, comparisons, gold_fn=gold)
@@ -119,7 +127,7 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, default=64, help="prompts per PPO iteration")
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--kl-coef", type=float, default=0.05)
-    parser.add_argument("--ptx-coef", type=float, default=1.0, help="InstructGPT's gamma for the PPO-ptx run")
+    parser.add_argument("--ptx-coef", type=float, default=0.2, help="InstructGPT's gamma for the PPO-ptx run")
     parser.add_argument("--labels", type=int, default=2000, help="synthetic comparisons for the reward model")
     parser.add_argument("--eval-prompts", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1,
@@ -156,7 +164,7 @@ def main() -> None:
         rows["PPO (gold reward)"]["train_seconds"] = secs
 
     if "rm" in parts:
-        rm, n_labels, rm_metrics = label_and_train_rm(args, sft_path, task, gold)
+        rm, n_labels, rm_metrics = label_and_train_rm(args, sft_path, report.path, task, gold)
         env = gymnasium.make_vec("llm_gym/ReviewSentiment-v0", num_envs=args.num_envs, reward_fn=rm)
         policy, _, secs = train_ppo("ppo_rm", args, sft_path, env, ppo_config(args))
         evaluate("PPO (RM reward)", policy, reward_fn=rm)

@@ -100,6 +100,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--batch-size", type=int, default=16, help="comparisons per optimizer step")
     p.add_argument("--ties", default="skip", choices=("skip", "half"))
+    p.add_argument("--pooling", default="mean", choices=("last", "mean"),
+                   help="reward head reads the mean of the token states (default) or the final EOS state")
     p.add_argument("--repeats", type=int, default=30, help="timed repeats per side for the throughput measurement")
     p.add_argument("--no-noiseless-reference", dest="noiseless_reference", action="store_false",
                    help="skip the reference run on the same pairwise queries labelled without noise (gold order)")
@@ -218,7 +220,7 @@ def run_accuracy(policy: Policy, model_path: Path, task, args: argparse.Namespac
         source = {"pairwise": pair_comps, "noiseless": clean_comps}.get(arm, rank_comps)
         comps = prefix(source, queries, n_queries)
         t0 = time.perf_counter()
-        rm = RewardModel.from_pretrained(model_path, head_seed=seed)
+        rm = RewardModel.from_pretrained(model_path, head_seed=seed, pooling=args.pooling)
         config = RewardTrainerConfig(
             epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, heldout_fraction=0.0, ties=args.ties
         )
@@ -254,7 +256,7 @@ def run_accuracy(policy: Policy, model_path: Path, task, args: argparse.Namespac
 
 def run_throughput(model_path: Path, task, policy: Policy, args: argparse.Namespace, threads: int) -> dict:
     torch.set_num_threads(threads)
-    rm = RewardModel.from_pretrained(model_path, head_seed=args.seed).eval()
+    rm = RewardModel.from_pretrained(model_path, head_seed=args.seed, pooling=args.pooling).eval()
     prompts = [task.eval_prompts[i % len(task.eval_prompts)] for i in range(64)]
     completions = sample_round(policy, prompts, SamplingConfig(max_new_tokens=args.max_new_tokens), round_seed(args.seed, 200))
     ids, mask = rm.encode(prompts, completions)
@@ -325,7 +327,8 @@ def main() -> None:
           f"{config.n_layer} layers x {config.n_embd} hidden")
     print(f"oracle        SyntheticOracle(GoldScorer(), temperature=1.0, flip_prob=0.1); sampling T=1, max_new_tokens={args.max_new_tokens}")
     print(f"trainer       epochs={args.epochs}, lr={args.lr}, batch={args.batch_size} comparisons, ties={args.ties}, "
-          f"no held-out split (all labels trained on); RM = RewardModel.from_pretrained(policy), head_seed=seed")
+          f"no held-out split (all labels trained on); RM = RewardModel.from_pretrained(policy), head_seed=seed, "
+          f"pooling={args.pooling}")
     print("labelling     a 4-way ranking costs K-1 = 3 pairwise judgements ('K=4 (K-1)'); "
           "alternative: log2(4!) = 4.58 bits ('K=4 (bits)')")
 

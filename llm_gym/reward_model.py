@@ -214,11 +214,23 @@ def _context_length(backbone: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     return int(tok_max) if tok_max and tok_max < 1_000_000 else 1024
 
 
-class _RewardNet(nn.Module):
-    """Backbone + scalar head + normalisation offset: `head(h_last) - offset`."""
+Pooling = Literal["last", "mean"]
 
-    def __init__(self, backbone: PreTrainedModel, generator: torch.Generator | None = None) -> None:
+
+class _RewardNet(nn.Module):
+    """Backbone + scalar head + normalisation offset: `head(pooled hidden state) - offset`.
+
+    `pooling="last"` reads the hidden state of the appended EOS (the usual RM design);
+    `pooling="mean"` averages the hidden states of all real tokens, so the reward is a mean
+    of per-token contributions -- a strong inductive bias when the true reward is roughly
+    additive over words (sentiment lexicons, repetition), and a help when labels are few.
+    """
+
+    def __init__(self, backbone: PreTrainedModel, generator: torch.Generator | None = None, pooling: Pooling = "last") -> None:
         super().__init__()
+        if pooling not in ("last", "mean"):
+            raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
+        self.pooling = pooling
         self.backbone = backbone
         hidden = _hidden_size(backbone)
         self.head = nn.Linear(hidden, 1)
@@ -232,8 +244,12 @@ class _RewardNet(nn.Module):
         # position ids count real tokens only, so left padding leaves the scores unchanged
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).last_hidden_state
-        last = hidden[:, -1].to(self.head.weight.dtype)  # left padding: the last real token is at -1
-        return self.head(last).squeeze(-1) - self.offset
+        if self.pooling == "mean":
+            weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        else:
+            pooled = hidden[:, -1]  # left padding: the last real token is at -1
+        return self.head(pooled.to(self.head.weight.dtype)).squeeze(-1) - self.offset
 
 
 def _check_pairs(prompts: Sequence[str], completions: Sequence[str]) -> None:
@@ -270,6 +286,8 @@ class RewardModel:
             the backbone's context length by default.
         head_seed: an int or `torch.Generator` for the head's initialisation (ensemble
             members differ by it); None uses torch's global generator.
+        pooling: `"last"` (the appended EOS's hidden state) or `"mean"` (the average over
+            all real tokens: a reward additive over tokens, which learns from fewer labels).
 
     Example:
         >>> rm = RewardModel.from_pretrained("path/to/sft_model")  # doctest: +SKIP
@@ -284,6 +302,7 @@ class RewardModel:
         device: torch.device | str | None = None,
         max_length: int | None = None,
         head_seed: int | torch.Generator | None = None,
+        pooling: Pooling = "last",
     ) -> None:
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token (the reward is read at the appended EOS)")
@@ -297,7 +316,7 @@ class RewardModel:
         if max_length > context:
             raise ValueError(f"max_length={max_length} exceeds the backbone's context of {context} tokens; pass max_length<={context}")
         self.device = torch.device(device) if device is not None else default_device()
-        self.net = _RewardNet(backbone, _as_generator(head_seed)).to(self.device)
+        self.net = _RewardNet(backbone, _as_generator(head_seed), pooling).to(self.device)
         self.net.eval()
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -313,6 +332,7 @@ class RewardModel:
         max_length: int | None = None,
         dtype: torch.dtype | None = None,
         head_seed: int | torch.Generator | None = None,
+        pooling: Pooling = "last",
         **model_kwargs: object,
     ) -> RewardModel:
         """A new reward model on a pretrained backbone (Hub name or local path) with a fresh head.
@@ -325,7 +345,7 @@ class RewardModel:
         if dtype is not None:
             model_kwargs["dtype"] = dtype
         backbone = AutoModel.from_pretrained(name_or_path, **model_kwargs)
-        return cls(backbone, tokenizer, device=device, max_length=max_length, head_seed=head_seed)
+        return cls(backbone, tokenizer, device=device, max_length=max_length, head_seed=head_seed, pooling=pooling)
 
     # ------------------------------------------------------------------ nn.Module-like delegation
     def parameters(self) -> Iterator[nn.Parameter]:
@@ -470,6 +490,7 @@ class RewardModel:
             "backbone_dtype": str(next(self.net.backbone.parameters()).dtype).removeprefix("torch."),
             "head": {"in_features": self.net.head.in_features, "out_features": self.net.head.out_features},
             "max_length": self.max_length,
+            "pooling": self.net.pooling,
             "offset": self.offset,
             "sha256": _sha256(weights),
         }
@@ -521,7 +542,7 @@ class RewardModel:
                 f"mismatched checkpoint {path}: the backbone config has hidden size {_hidden_size(backbone)} "
                 f"but the head takes {head_in}; the config and the weights come from different models"
             )
-        rm = cls(backbone, tokenizer, device="cpu", max_length=max_length)
+        rm = cls(backbone, tokenizer, device="cpu", max_length=max_length, pooling=meta.get("pooling", "last"))
         try:
             missing, unexpected = load_model(rm.net, str(weights), strict=False)
         except RuntimeError as exc:  # shape mismatches
