@@ -100,8 +100,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--batch-size", type=int, default=16, help="comparisons per optimizer step")
     p.add_argument("--ties", default="skip", choices=("skip", "half"))
-    p.add_argument("--pooling", default="mean", choices=("last", "mean"),
-                   help="reward head reads the mean of the token states (default) or the final EOS state")
+    p.add_argument("--pooling", default="last", choices=("last", "mean"),
+                   help="reward head reads the final EOS state (default) or the mean of the token states")
     p.add_argument("--repeats", type=int, default=30, help="timed repeats per side for the throughput measurement")
     p.add_argument("--no-noiseless-reference", dest="noiseless_reference", action="store_false",
                    help="skip the reference run on the same pairwise queries labelled without noise (gold order)")
