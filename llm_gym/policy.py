@@ -23,7 +23,6 @@ from os import PathLike
 from typing import Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["Evaluation", "Policy", "Rollout", "SamplingConfig", "process_logits", "default_device"]

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-
 import numpy as np
 import pytest
 import torch
 
 from llm_gym import (
-    Answer,
     GoldScorer,
     Logger,
     Policy,
     PreferenceStore,
-    Query,
     RewardEnsemble,
     RewardModel,
     RewardTrainer,
@@ -31,25 +27,11 @@ from llm_gym.agents.preference_loop import (
     RandomSelector,
 )
 from llm_gym.envs import PromptBanditVecEnv
-from llm_gym.oracles import PreferenceOracle
+
+from doubles import SlowOracle
 
 PROMPTS = ["the film was", "review of the blender :", "i bought this laptop and", "the hotel is", "this novel"]
 SAMPLING = SamplingConfig(max_new_tokens=8)
-
-
-class HalfOracle(PreferenceOracle):
-    """A slow labeller: answers only every other query it is shown, and nothing on its first call."""
-
-    name = "slow-human"
-
-    def __init__(self, inner: PreferenceOracle) -> None:
-        self.inner, self.calls = inner, 0
-
-    def answer(self, queries: Sequence[Query]) -> Iterator[Answer]:
-        self.calls += 1
-        if self.calls == 1:
-            return iter(())
-        return (a for i, a in enumerate(self.inner.answer(queries)) if i % 2 == 0)
 
 
 def build(tiny_model, store_path, oracle_wrapper=None, ensemble=False, selector=None, logger=None, **schedule):
@@ -99,7 +81,7 @@ def test_offline_asks_everything_up_front(tiny_model, tmp_path) -> None:
 
 
 def test_partial_and_late_answers_are_folded_in(tiny_model, tmp_path) -> None:
-    loop, store, _ = build(tiny_model, tmp_path / "labels.sqlite", oracle_wrapper=HalfOracle, total_labels=24,
+    loop, store, _ = build(tiny_model, tmp_path / "labels.sqlite", oracle_wrapper=SlowOracle, total_labels=24,
                            initial_labels=8, labels_per_round=8)
     loop.learn(total_steps=8)
     first = store.counts()

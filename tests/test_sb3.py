@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -13,7 +12,7 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from llm_gym import Answer, Comparison, Logger, PreferenceStore, Query
+from llm_gym import Logger, PreferenceStore, Query
 from llm_gym.agents.preference_loop import DisagreementSelector, PreferenceLoop, PreferenceLoopConfig
 from llm_gym.agents.sb3 import (
     LearnedRewardWrapper,
@@ -25,7 +24,9 @@ from llm_gym.agents.sb3 import (
     SegmentSource,
     segment_oracle,
 )
-from llm_gym.oracles import PreferenceOracle, collect
+from llm_gym.oracles import collect
+
+from doubles import SlowOracle
 
 
 @pytest.fixture(autouse=True)
@@ -165,21 +166,6 @@ def test_sb3_agent_learn_is_cumulative_and_save_load_round_trips(tmp_path) -> No
         SB3Agent.load(tmp_path / "agent")
 
 
-class LateOracle(PreferenceOracle):
-    """Answers nothing on its first call, then every other query."""
-
-    name = "late"
-
-    def __init__(self, inner: PreferenceOracle) -> None:
-        self.inner, self.calls = inner, 0
-
-    def answer(self, queries: Sequence[Query]) -> Iterator[Answer]:
-        self.calls += 1
-        if self.calls == 1:
-            return iter(())
-        return (a for i, a in enumerate(self.inner.answer(queries)) if i % 2 == 0)
-
-
 @pytest.mark.parametrize("late", [False, True])
 def test_preference_loop_on_cartpole_end_to_end(tmp_path, late) -> None:
     logger = Logger(None)
@@ -189,7 +175,7 @@ def test_preference_loop_on_cartpole_end_to_end(tmp_path, late) -> None:
     inner = make_agent(buffer, learner, logger)
     oracle = segment_oracle(buffer, np.random.default_rng(1), temperature=1.0, flip_prob=0.05)
     if late:
-        oracle = LateOracle(oracle)
+        oracle = SlowOracle(oracle)
     store = PreferenceStore(tmp_path / "labels.sqlite")
     config = PreferenceLoopConfig(total_labels=50, initial_labels=20, labels_per_round=10, steps_per_round=512, oversample=2)
     loop = PreferenceLoop(inner, SegmentSource(buffer, "CartPole-v1", np.random.default_rng(2)), DisagreementSelector(),
