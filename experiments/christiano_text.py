@@ -91,7 +91,7 @@ def run_arm(arm: str, budget: int, args, sft_path: Path, task, gold) -> dict:
     store_path = run_dir / "labels.sqlite"
     with Logger(run_dir) as logger, PreferenceStore(store_path) as store:
         logger.log_hparams({"arm": arm, "budget": budget, **{k: v for k, v in vars(config).items()}})
-        ppo = PPO(policy, env, PPOConfig(sampling=SAMPLING, minibatch_size=16, log_samples_every=0),
+        ppo = PPO(policy, env, PPOConfig(sampling=SAMPLING, minibatch_size=16, kl_coef=args.kl_coef, log_samples_every=0),
                   rng=np.random.default_rng(seed), logger=logger)
         trainer = RewardTrainer(RewardTrainerConfig(epochs=args.rm_epochs, learning_rate=3e-4), logger=logger,
                                 rng=np.random.default_rng(seed + 1))
@@ -125,6 +125,8 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the 'rounds' arm (online uses twice as many)")
     parser.add_argument("--rm-epochs", type=int, default=2)
+    parser.add_argument("--kl-coef", type=float, default=0.2,
+                        help="PPO's KL penalty: a learned RM from a few hundred noisy labels is easy to over-optimise")
     parser.add_argument("--eval-prompts", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)

@@ -36,6 +36,7 @@ from llm_gym import (
     Policy,
     PreferenceStore,
     Query,
+    RewardEnsemble,
     RewardModel,
     RewardTrainer,
     RewardTrainerConfig,
@@ -85,7 +86,7 @@ def train_ppo(name: str, args, sft_path: Path, env, config: PPOConfig, ptx_texts
     return policy, agent.reference, seconds
 
 
-def label_and_train_rm(args, sft_path: Path, pretrained_path: Path, task, gold) -> tuple[RewardModel, int, dict]:
+def label_and_train_rm(args, sft_path: Path, pretrained_path: Path, task, gold) -> tuple[RewardModel | RewardEnsemble, int, dict]:
     """Sample pairs, label them with the noisy synthetic oracle, train the RM on them.
 
     Half of the pairs are two samples of the pretrained model (mixed sentiment: informative
@@ -107,10 +108,14 @@ def label_and_train_rm(args, sft_path: Path, pretrained_path: Path, task, gold) 
     with PreferenceStore(store_path) as store:
         collect(oracle, [Query(p, (x, y)) for p, x, y in zip(prompts, a, b) if x != y], store)
         comparisons = store.comparisons()
-    rm = RewardModel.from_pretrained(sft_path, head_seed=args.seed, pooling="mean")
     with Logger(make_run_dir(args.out, "reward_model", seed=args.seed)) as logger:
         trainer = RewardTrainer(RewardTrainerConfig(epochs=2, learning_rate=3e-4), logger=logger, rng=np.random.default_rng(args.seed))
-        metrics = trainer.train(rm, comparisons, gold_fn=gold)
+        if args.rm_members > 1:  # an ensemble's mean is harder to game than one model's quirks
+            rm = RewardEnsemble.from_pretrained(sft_path, args.rm_members, seed=args.seed)
+            metrics = rm.train(trainer, comparisons, np.random.default_rng(args.seed + 1), gold_fn=gold)
+        else:
+            rm = RewardModel.from_pretrained(sft_path, head_seed=args.seed)
+            metrics = trainer.train(rm, comparisons, gold_fn=gold)
     rm.normalize([d.prompt for d in task.demonstrations], [d.completion for d in task.demonstrations])
     print(f"reward model: {len(comparisons)} comparisons, held-out accuracy {metrics['heldout_accuracy']:.3f}, "
           f"gold agreement {metrics.get('gold_agreement', float('nan')):.3f}")
@@ -128,6 +133,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--kl-coef", type=float, default=0.05)
     parser.add_argument("--ptx-coef", type=float, default=0.2, help="InstructGPT's gamma for the PPO-ptx run")
+    parser.add_argument("--rm-kl-coef", type=float, default=0.2,
+                        help="beta of the runs against the learned RM (a stronger leash: the RM is easy to over-optimise)")
+    parser.add_argument("--rm-members", type=int, default=3, help="reward-model ensemble size (1 = a single model)")
     parser.add_argument("--labels", type=int, default=2000, help="synthetic comparisons for the reward model")
     parser.add_argument("--eval-prompts", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1,
@@ -166,11 +174,12 @@ def main() -> None:
     if "rm" in parts:
         rm, n_labels, rm_metrics = label_and_train_rm(args, sft_path, report.path, task, gold)
         env = gymnasium.make_vec("llm_gym/ReviewSentiment-v0", num_envs=args.num_envs, reward_fn=rm)
-        policy, _, secs = train_ppo("ppo_rm", args, sft_path, env, ppo_config(args))
+        policy, _, secs = train_ppo("ppo_rm", args, sft_path, env, ppo_config(args, kl_coef=args.rm_kl_coef))
         evaluate("PPO (RM reward)", policy, reward_fn=rm)
         rows["PPO (RM reward)"].update(train_seconds=secs, labels=n_labels)
         env = gymnasium.make_vec("llm_gym/ReviewSentiment-v0", num_envs=args.num_envs, reward_fn=rm)
-        policy, _, secs = train_ppo("ppo_ptx_rm", args, sft_path, env, ppo_config(args, ptx_coef=args.ptx_coef),
+        policy, _, secs = train_ppo("ppo_ptx_rm", args, sft_path, env,
+                                    ppo_config(args, kl_coef=args.rm_kl_coef, ptx_coef=args.ptx_coef),
                                     ptx_texts=task.pretrain_texts)
         evaluate("PPO-ptx (RM reward)", policy, reward_fn=rm)
         rows["PPO-ptx (RM reward)"].update(train_seconds=secs, labels=n_labels)
