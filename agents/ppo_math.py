@@ -56,7 +56,6 @@ def kl_penalized_rewards(
     kl = (logprobs - ref_logprobs) * mask
     rewards = -kl_coef * kl
     last = (mask.sum(-1).long() - 1).clamp(min=0)
-    rewards = rewards.clone()
     rows = torch.arange(rewards.shape[0], device=rewards.device)
     has_tokens = mask.sum(-1) > 0
     rewards[rows[has_tokens], last[has_tokens]] += scores[has_tokens].to(rewards.dtype)

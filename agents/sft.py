@@ -19,6 +19,7 @@ import torch
 from llm_gym.logger import Logger
 from llm_gym.policy import Policy
 from llm_gym.task import Demonstration
+from llm_gym.tiny_lm import lm_loss
 
 __all__ = ["SFTConfig", "SFTTrainer", "SFTBatch", "sft_batch"]
 
@@ -87,13 +88,9 @@ def sft_batch(policy: Policy, demos: Sequence[Demonstration]) -> SFTBatch:
 
 
 def _answer_loss(policy: Policy, batch: SFTBatch) -> tuple[torch.Tensor, int]:
-    """Summed next-token NLL over answer tokens, and their count."""
-    logits = policy.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
-    labels = batch.labels[:, 1:]
-    nll = torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
-    )
-    return nll, int((labels != -100).sum())
+    """Summed next-token NLL over answer tokens (the only labelled ones), and their count."""
+    nll = lm_loss(policy.model, batch.input_ids, batch.attention_mask, batch.labels, reduction="sum")
+    return nll, int((batch.labels[:, 1:] != -100).sum())
 
 
 class SFTTrainer:

@@ -199,8 +199,7 @@ class Policy:
                     f"prompt {i} has {len(ids)} tokens but the context ({self.context_length}) minus max_new_tokens "
                     f"({max_new_tokens}) leaves {limit}; shorten it, lower max_new_tokens, or use overflow='truncate_left'"
                 )
-            keep_bos = bos is not None and ids[0] == bos
-            encoded[i] = ([bos] if keep_bos else []) + ids[len(ids) - limit + int(keep_bos) :]
+            encoded[i] = truncate_left(ids, limit, bos)
             truncated += 1
         if truncated:
             self.num_truncated_prompts += truncated
@@ -340,6 +339,12 @@ class Policy:
         `Rollout.logprobs` to float precision.
         """
         return self.evaluate(prompt_ids, prompt_mask, completion_ids, completion_mask, config).logprobs
+
+
+def truncate_left(ids: list[int], limit: int, bos: int | None) -> list[int]:
+    """The last `limit` tokens of `ids`, keeping a leading BOS (the model was trained to see one)."""
+    keep_bos = bos is not None and ids[0] == bos
+    return ([bos] if keep_bos else []) + ids[len(ids) - limit + int(keep_bos) :]
 
 
 def _as_generator(seed: int | torch.Generator | None, device: torch.device) -> torch.Generator | None:

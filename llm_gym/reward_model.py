@@ -60,7 +60,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_gym.logger import Logger
-from llm_gym.policy import default_device
+from llm_gym.policy import default_device, truncate_left
 from llm_gym.preferences import Comparison
 from llm_gym.reward import RewardFn, score_batch
 
@@ -398,8 +398,7 @@ class RewardModel:
             if not ids or ids[-1] != eos or len(ids) == 1:  # a tokenizer that adds EOS itself keeps one EOS
                 ids = ids + [eos]
             if len(ids) > limit:
-                keep_bos = bos is not None and ids[0] == bos
-                ids = ([bos] if keep_bos else []) + ids[len(ids) - limit + int(keep_bos) :]
+                ids = truncate_left(ids, limit, bos)
                 truncated += 1
             seqs.append(torch.tensor(ids, dtype=torch.long))
         if truncated:
