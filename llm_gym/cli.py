@@ -1,103 +1,176 @@
 """The `llm-gym` command (also `python -m llm_gym`).
 
-    llm-gym demo                 # the main job: built-in task, tiny pretrained model, an episode loop
+    llm-gym demo                 # the main job: the InstructGPT study's default config, end to end
+    llm-gym run CONFIG           # an experiment file: pretrain -> SFT -> RM -> PPO -> evaluation (resumable)
+    llm-gym sweep CONFIG --grid KEY=V1,V2 [--seeds N]   # one run per grid point: sweep.csv, sweep.png, HPARAMS
+    llm-gym eval RUN_DIR         # re-evaluate a run's policies
+    llm-gym label STORE          # answer pending preference queries at the terminal
     llm-gym build-model          # build (or find cached) the built-in pretrained model, print perplexities
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
-import numpy as np
 
 __all__ = ["main"]
 
 EXAMPLES = """examples:
   llm-gym demo
-  llm-gym demo --episodes 2 --num-envs 4 --out runs
+  llm-gym run experiments/instructgpt/config.toml --out runs/instructgpt
+  llm-gym run experiments/instructgpt/config.toml --set ppo.ppo.config.kl_coef=0.1 --out runs/beta01
+  llm-gym sweep experiments/instructgpt/config.toml --grid ppo.ppo.config.kl_coef=0.05,0.2 --seeds 2
+  llm-gym eval runs/instructgpt
+  llm-gym label runs/instructgpt/labels.sqlite
   llm-gym build-model --cache-dir /tmp/llm_gym_cache
 """
 
+RUN_EXAMPLES = """examples:
+  llm-gym run experiments/instructgpt/config.toml
+  llm-gym run experiments/instructgpt/config.toml --out runs/quick --set ppo.ppo.iterations=5 --set ppo.ppo_ptx.iterations=5
+  llm-gym run experiments/instructgpt/config.toml --set oracle.temperature=0.5 --set reward_model.k=4
 
-def _build_model(args: argparse.Namespace):
-    from llm_gym.logger import Logger, make_run_dir
-    from llm_gym.tiny_lm import TinyLMConfig, build_builtin_model, find_builtin_model
+Rerun the same command after an interruption: finished stages are reused, a PPO run
+continues from its last checkpoint, and labels already in labels.sqlite are kept.
+"""
+
+
+def _cmd_build_model(args: argparse.Namespace) -> int:
+    from llm_gym.tiny_lm import TinyLMConfig, build_builtin_model
 
     config = TinyLMConfig.smoke() if args.smoke else TinyLMConfig()
     print(f"built-in model: {config.n_layer} layers x {config.n_embd} dims, vocab {config.vocab_size}, "
           f"{config.train_steps} pretraining steps (cache: {args.cache_dir or 'default'})", flush=True)
-    report = find_builtin_model(config, cache_dir=args.cache_dir)
-    if report is None:  # build it, logging the pretraining curve when there is a run folder
-        logger = Logger(make_run_dir(args.out, "pretrain", seed=config.seed)) if getattr(args, "out", None) else None
-        report = build_builtin_model(config, cache_dir=args.cache_dir, logger=logger)
-        if logger is not None:
-            logger.close()
+    report = build_builtin_model(config, cache_dir=args.cache_dir)
     status = "found in cache" if report.cached else f"pretrained in {report.seconds:.0f}s"
     print(f"  {status}: {report.path}")
     print(f"  held-out perplexity: untrained {report.perplexity_before:.1f} -> pretrained {report.perplexity_after:.2f}")
-    return report, config
+    return 0
 
 
-def _cmd_build_model(args: argparse.Namespace) -> int:
-    _build_model(args)
+def _load_experiment(config_path: str | None, overrides: Sequence[str], cache_dir: str | None):
+    """The experiment of `config_path` (or the default InstructGPT study) with `--set` overrides applied."""
+    from llm_gym.configio import apply_overrides, from_dict, load_config
+    from llm_gym.pipeline import ExperimentConfig
+
+    extra = [f"model.cache_dir={json.dumps(cache_dir)}"] if cache_dir else []
+    if config_path is None:
+        return from_dict(ExperimentConfig, apply_overrides({}, [*extra, *overrides]))
+    return load_config(ExperimentConfig, config_path, [*extra, *overrides])
+
+
+def _run_pipeline(config, out: str, progress: bool = True) -> dict:
+    from llm_gym.pipeline import Pipeline, format_summary
+
+    t0 = time.perf_counter()
+    print(f"experiment {config.name!r} (seed {config.seed}) -> {out}", flush=True)
+    summary = Pipeline(config, out, on_event=lambda line: print(line, flush=True), progress=progress).run()
+    print()
+    print(format_summary(summary))
+    print(f"\nsummary: {Path(out) / 'summary.json'}")
+    print(f"TensorBoard logs: {summary['tensorboard']}  (tensorboard --logdir {out})")
+    print(f"done in {time.perf_counter() - t0:.0f}s")
+    return summary
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    config = _load_experiment(args.config, args.set, args.cache_dir)
+    _run_pipeline(config, args.out or config.out, progress=not args.no_progress)
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import gymnasium
-
-    import llm_gym  # noqa: F401  (registers the environments)
-    from llm_gym.logger import Logger, make_run_dir
-    from llm_gym.policy import Policy, SamplingConfig
-    from llm_gym.task import generate_review_task
-
-    t0 = time.perf_counter()
-    report, config = _build_model(args)
-    task = generate_review_task(config.task)
-    print(f"built-in task (seed {config.task.seed}): {len(task.pretrain_texts)} pretraining reviews, "
-          f"{len(task.heldout_texts)} held-out, {len(task.prompts)} prompts, {len(task.demonstrations)} demonstrations")
-
-    policy = Policy.from_pretrained(report.path)
-    env = gymnasium.make_vec("llm_gym/ReviewSentiment-v0", num_envs=args.num_envs, task_config=config.task)
-    run_dir = make_run_dir(args.out, "demo", seed=args.seed)
-    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)
-    with Logger(run_dir) as logger:
-        logger.log_hparams({"model": str(report.path), "num_envs": args.num_envs, "seed": args.seed,
-                            "max_new_tokens": args.max_new_tokens, "temperature": sampling.temperature})
-        prompts, _ = env.reset(seed=args.seed)
-        for episode in range(args.episodes):
-            rollout = policy.sample(list(prompts), sampling, seed=args.seed + episode)
-            prompts, rewards, terminated, truncated, info = env.step(rollout.completions)
-            assert terminated.all() and not truncated.any()
-            lengths = rollout.completion_mask.sum(-1).float()
-            logger.record("rollout/reward_mean", float(rewards.mean()))
-            logger.record("objective/gold", float(info["gold"].mean()))
-            logger.record("rollout/completion_tokens", float(lengths.mean()))
-            logger.record("rollout/logprob_mean", float(rollout.logprobs.sum(-1).mean()))
-            logger.dump(step=(episode + 1) * args.num_envs)
-            sample = "\n".join(f"{p} |{c}   [{r:+.3f}]" for p, c, r in zip(info["prompt"], info["completion"], rewards))
-            logger.log_text("rollout/samples", sample, step=(episode + 1) * args.num_envs)
-            print(f"\nbatch {episode + 1}/{args.episodes}: mean reward {rewards.mean():+.3f}, "
-                  f"mean completion length {lengths.mean():.1f} tokens")
-            for p, c, r in list(zip(info["prompt"], info["completion"], rewards))[: args.show]:
-                print(f"  [{r:+.3f}] {p} |{c}")
-    demo_scores = task_scores(task)
-    print(f"\nfor scale, gold score of the task's demonstrations: {demo_scores:+.3f} (what SFT will aim for)")
-    print(f"TensorBoard logs: {run_dir}  (tensorboard --logdir {args.out})")
-    print(f"done in {time.perf_counter() - t0:.0f}s")
+    config = _load_experiment(None, args.set, args.cache_dir)
+    print("the main job: the InstructGPT study's default config (pretrain -> SFT -> reward model from synthetic "
+          "comparisons -> PPO and PPO-ptx) on the built-in task")
+    _run_pipeline(config, args.out or config.out, progress=not args.no_progress)
     return 0
 
 
-def task_scores(task) -> float:
-    """Mean gold score of the task's demonstrations."""
-    from llm_gym.task import GoldScorer
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from llm_gym.configio import apply_overrides, from_dict
+    from llm_gym.pipeline import ExperimentConfig, Pipeline, format_summary
 
-    demos = task.demonstrations
-    return float(np.mean(GoldScorer()([d.prompt for d in demos], [d.completion for d in demos])))
+    run_dir = Path(args.run_dir)
+    resolved = run_dir / "config.json"
+    if not resolved.is_file():
+        print(f"error: {run_dir} is not a run folder (no config.json); give the --out folder of `llm-gym run`",
+              file=sys.stderr)
+        return 2
+    config = from_dict(ExperimentConfig, apply_overrides(json.loads(resolved.read_text()), args.set))
+    pipeline = Pipeline(config, run_dir, on_event=lambda line: print(line, flush=True))
+    summary = pipeline.evaluate(force=True)
+    print()
+    print(format_summary(summary))
+    return 0
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    from llm_gym.oracles import TerminalOracle, collect
+    from llm_gym.store import PreferenceStore
+
+    path = Path(args.store)
+    if not path.is_file():
+        print(f"error: no preference store at {path}; pass the labels.sqlite of a run (e.g. runs/instructgpt/labels.sqlite)",
+              file=sys.stderr)
+        return 2
+    if args.web:
+        print("error: the web labelling page is not built yet (issue 7); label in the terminal without --web",
+              file=sys.stderr)
+        return 2
+    with PreferenceStore(path) as store:
+        pending = store.pending(limit=args.limit)
+        print(f"{store.counts()} in {path}; {len(pending)} pending queries to label now "
+              "(1/2 = the better one, t = tie, s = skip, q = quit; every answer is saved at once)")
+        answers = collect(TerminalOracle(name=args.name), pending, store)
+        print(f"saved {len(answers)} answers; {len(store.pending())} queries still pending")
+    return 0
+
+
+SWEEP_EXAMPLES = """examples:
+  llm-gym sweep experiments/instructgpt/config.toml --grid ppo.ppo.config.kl_coef=0.05,0.2 --seeds 2
+  llm-gym sweep experiments/instructgpt/config.toml --grid oracle.temperature=0,0.5,1 --grid reward_model.k=2,4 --parallel 2
+  llm-gym sweep experiments/instructgpt/config.toml --grid ppo.ppo_ptx.config.ptx_coef=0.1,1 --metric ppo_ptx.gold --set ppo.ppo_ptx.iterations=10
+
+Values are read like --set values (numbers, true/false, bare strings). Each point is an
+`llm-gym run` in OUT/<point> (its output in OUT/<point>/run.log); rerun the same command to
+resume. Results: OUT/sweep.csv, OUT/sweep.json, OUT/sweep.png; compare the points in
+TensorBoard's HPARAMS tab with `tensorboard --logdir OUT`.
+"""
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from llm_gym.sweep import SweepError, format_table, parse_grid, plan_sweep, run_sweep
+
+    grid = parse_grid(args.grid)
+    config = _load_experiment(args.config, args.set, args.cache_dir)
+    out = Path(args.out or (f"{config.out.rstrip('/')}_sweep" if config.out.strip("/") else "runs/sweep"))
+    points = plan_sweep(args.config, grid, seeds=args.seeds, overrides=args.set, cache_dir=args.cache_dir)
+    shape = " x ".join([*(f"{len(v)} {k}" for k, v in grid.items()), f"{args.seeds} seed(s)"])
+    print(f"sweep of {config.name!r}: {len(points)} runs ({shape}), {args.parallel} at a time -> {out}", flush=True)
+    t0 = time.perf_counter()
+    error: SweepError | None = None
+    try:
+        results = run_sweep(args.config, grid, seeds=args.seeds, out=out, overrides=args.set, parallel=args.parallel,
+                            cache_dir=args.cache_dir, metric=args.metric, on_event=lambda line: print(line, flush=True))
+    except SweepError as err:
+        error, results = err, err.points
+    print()
+    print(format_table(results, args.metric))
+    print(f"\ntable: {out / 'sweep.csv'}  (and {out / 'sweep.json'})")
+    print(f"plot: {out / 'sweep.png'}  ({args.metric} per grid point)")
+    print(f"TensorBoard: tensorboard --logdir {out}  (HPARAMS tab compares the points)")
+    print(f"done in {time.perf_counter() - t0:.0f}s")
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,16 +184,59 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--cache-dir", default=None, help="where built models are cached (default: $LLM_GYM_CACHE or ~/.cache/llm_gym)")
         p.add_argument("--smoke", action="store_true", help="use the seconds-to-build smoke model instead of the default")
 
-    p = sub.add_parser("demo", help="run the main job on the built-in task", epilog="example:\n  llm-gym demo --episodes 2",
+    def overrides(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one config value by its dotted path (repeatable), e.g. --set ppo.ppo.iterations=10")
+
+    def run_options(p: argparse.ArgumentParser, out_help: str) -> None:
+        overrides(p)
+        p.add_argument("--out", default=None, help=out_help)
+        p.add_argument("--cache-dir", default=None, help="where the built-in model is cached (sets model.cache_dir)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("run", help="run an experiment config (pretrain -> SFT -> RM -> PPO -> evaluation), resuming",
+                       epilog=RUN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="the experiment file (TOML or JSON), e.g. experiments/instructgpt/config.toml")
+    run_options(p, "run folder (default: the config's `out`); rerun into it to resume")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("sweep", help="run an experiment over a grid of config values (and seeds); table, plot, HPARAMS",
+                       epilog=SWEEP_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="the experiment file (TOML or JSON), e.g. experiments/instructgpt/config.toml")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a dotted config key and its values (repeatable: the grid is their product), "
+                        "e.g. --grid ppo.ppo.config.kl_coef=0.05,0.2")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="runs per grid point, with seeds config.seed .. config.seed+N-1 (default 1)")
+    p.add_argument("--parallel", type=int, default=1, metavar="N", help="run N points at once, each in its own process (default 1)")
+    overrides(p)
+    p.add_argument("--out", default=None, help="sweep folder (default: the config's `out` + '_sweep'); rerun into it to resume")
+    p.add_argument("--metric", default="ppo.gold", metavar="ROW.KEY",
+                   help="the summary column plotted and shown per point (default ppo.gold), e.g. ppo_ptx.win_rate")
+    p.add_argument("--cache-dir", default=None, help="where the built-in model is cached (sets model.cache_dir)")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("demo", help="the main job: the InstructGPT study's default config, end to end",
+                       epilog="examples:\n  llm-gym demo\n  llm-gym demo --out runs/demo --set ppo.ppo.iterations=20",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    common(p)
-    p.add_argument("--out", default="runs", help="root folder of TensorBoard runs (default: runs)")
-    p.add_argument("--seed", type=int, default=0, help="seed of prompts and samples")
-    p.add_argument("--episodes", type=int, default=3, help="batches of prompts to answer")
-    p.add_argument("--num-envs", type=int, default=8, help="prompts per batch")
-    p.add_argument("--max-new-tokens", type=int, default=24, help="tokens per completion at most")
-    p.add_argument("--show", type=int, default=4, help="completions printed per batch")
+    run_options(p, "run folder (default: runs/instructgpt); rerun into it to resume")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("eval", help="re-evaluate a finished run: gold, RM score, KL and win rate vs SFT, perplexity",
+                       epilog="examples:\n  llm-gym eval runs/instructgpt\n  llm-gym eval runs/instructgpt --set evaluation.prompts=50",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="the folder `llm-gym run` wrote (it holds config.json and state.json)")
+    overrides(p)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("label", help="answer a preference store's pending queries at the terminal",
+                       epilog="examples:\n  llm-gym label runs/instructgpt/labels.sqlite\n  llm-gym label labels.sqlite --limit 20 --name alice",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("store", help="a PreferenceStore file (SQLite), e.g. the labels.sqlite of a run")
+    p.add_argument("--limit", type=int, default=None, help="label at most this many queries now")
+    p.add_argument("--name", default="human", help="your labeller id, stored with every answer")
+    p.add_argument("--web", action="store_true", help="serve a labelling page instead (not built yet)")
+    p.set_defaults(func=_cmd_label)
 
     p = sub.add_parser("build-model", help="build (or find cached) the built-in pretrained model",
                        epilog="example:\n  llm-gym build-model --smoke", formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,7 +249,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `llm-gym` console script."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    from transformers.utils import logging as hf_logging
+
+    from llm_gym.configio import ConfigError
+    from llm_gym.data import DatasetError
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars on every from_pretrained drown the stage lines
+    try:
+        return int(args.func(args))
+    except (ConfigError, DatasetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

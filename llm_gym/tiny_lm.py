@@ -342,9 +342,17 @@ def build_builtin_model(
             "corpus_tokens": int(len(stream)),
         }
         (tmp / _REPORT_FILE).write_text(json.dumps(info, indent=2))
-        if path.exists():  # rebuild, or another process finished first: replace atomically-enough
-            shutil.rmtree(path)
+        if (path / _REPORT_FILE).exists() and not rebuild:
+            # another process built the same config first: keep its copy, which a reader may be loading now
+            _log.info("%s was built by another process meanwhile; keeping that copy", path)
+            return find_builtin_model(config, cache_dir) or PretrainReport(path, ppl_before, ppl_after, seconds, cached=True)
+        old = None
+        if path.exists():  # a rebuild: move the old copy aside first, so the folder is never half-written
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
         os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -21,3 +21,26 @@ class SlowOracle(PreferenceOracle):
         if self.calls == 1:
             return iter(())
         return (a for i, a in enumerate(self.inner.answer(queries)) if i % 2 == 0)
+
+
+def tiny_experiment_dict(model_cache) -> dict:
+    """A seconds-long pipeline config as a plain dict (what a TOML file holds): the session's
+    smoke model (`TinyLMConfig.smoke()`, already in `model_cache`), tiny stages, few prompts."""
+    from llm_gym import TinyLMConfig
+    from llm_gym.configio import to_dict
+
+    return {
+        "name": "tiny",
+        "model": {"cache_dir": str(model_cache)},
+        "pretrain": to_dict(TinyLMConfig.smoke()),
+        "sft": {"epochs": 1},
+        "reward_model": {"queries": 24, "k": 2, "trainer": {"epochs": 1}},
+        "ppo": {
+            "ppo": {"iterations": 3, "num_envs": 8, "checkpoint_every": 2,
+                    "config": {"minibatch_size": 4, "kl_coef": 0.2, "sampling": {"max_new_tokens": 8}}},
+            "ppo_ptx": {"iterations": 2, "num_envs": 8, "checkpoint_every": 0,
+                        "config": {"minibatch_size": 4, "ptx_coef": 0.2, "ptx_batch_size": 4,
+                                   "sampling": {"max_new_tokens": 8}}},
+        },
+        "evaluation": {"prompts": 8, "sampling": {"max_new_tokens": 8}},
+    }
