@@ -56,12 +56,12 @@ def _cmd_build_model(args: argparse.Namespace) -> int:
 
 def _load_experiment(config_path: str | None, overrides: Sequence[str], cache_dir: str | None):
     """The experiment of `config_path` (or the default InstructGPT study) with `--set` overrides applied."""
-    from llm_gym.configio import apply_overrides, from_dict, load_config
+    from llm_gym.configio import apply_overrides, from_dict, load_config, to_dict
     from llm_gym.pipeline import ExperimentConfig
 
     extra = [f"model.cache_dir={json.dumps(cache_dir)}"] if cache_dir else []
-    if config_path is None:
-        return from_dict(ExperimentConfig, apply_overrides({}, [*extra, *overrides]))
+    if config_path is None:  # the defaults written out in full, so --set changes one value of a run, not the set of runs
+        return from_dict(ExperimentConfig, apply_overrides(to_dict(ExperimentConfig()), [*extra, *overrides]))
     return load_config(ExperimentConfig, config_path, [*extra, *overrides])
 
 

@@ -28,7 +28,8 @@ Type rules (``from_dict``):
   ``X`` (path ``key.name``); ``list[X]`` and ``tuple[X, ...]`` an array whose items are
   converted as ``X`` (path ``key[i]``).
 - Keys missing from the table take the dataclass default; a field without a default must
-  be given. Errors raised by a dataclass's own ``__post_init__`` come back as
+  be given. A nested table is merged onto its field's default (see ``from_dict``); a
+  ``dict[str, X]`` table replaces the default dict. Errors raised by a dataclass's own ``__post_init__`` come back as
   ``ConfigError`` prefixed with the path of its table.
 
 Only stdlib is used, so reading a config never imports torch.
@@ -80,7 +81,7 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------- from_dict
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
+def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "", base: Any = None) -> T:
     """Build the dataclass `cls` from the table `data`, recursively and strictly.
 
     Args:
@@ -89,6 +90,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
         data: The table, e.g. from ``tomllib.loads``. Missing keys take the defaults.
         path: Dotted key path of `data` in the whole config, used in error messages
             (``""`` for the top level).
+        base: An instance of `cls` whose values the keys missing from `data` take
+            (default: the dataclass's own defaults). A nested table is merged onto the
+            value its field has in `base` (or its default), so ``[ppo.ppo.config]
+            kl_coef = 0.1`` changes that one value of the run's default config and keeps
+            the others. A ``dict[str, X]`` table is not merged: it replaces the default
+            dict, each of its entries starting from ``X``'s defaults.
 
     Raises:
         ConfigError: An unknown key (with a "did you mean" hint), a missing required key,
@@ -111,14 +118,31 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     kwargs: dict[str, Any] = {}
     for name, f in init_fields.items():
         key_path = _join(path, name)
+        tp = hints.get(name, Any)
         if name in data:
-            kwargs[name] = _convert(data[name], hints.get(name, Any), key_path)
+            value = data[name]
+            inherited = getattr(base, name) if base is not None else _default(f)
+            if isinstance(tp, type) and dataclasses.is_dataclass(tp) and isinstance(value, Mapping) and isinstance(inherited, tp):
+                kwargs[name] = from_dict(tp, value, key_path, base=inherited)
+            else:
+                kwargs[name] = _convert(value, tp, key_path)
+        elif base is not None:
+            kwargs[name] = getattr(base, name)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{key_path}: missing required key of {cls.__name__}; set it in the file or with --set {key_path}=...")
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{where}: {err}") from err
+
+
+def _default(f: dataclasses.Field) -> Any:
+    """The field's default value (a fresh one from its factory), or None when it has none."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def _type_hints(cls: type) -> dict[str, Any]:

@@ -24,13 +24,14 @@ again. Change a hyperparameter and rerun into the same folder: only the stages i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from os import PathLike
 from pathlib import Path
@@ -338,7 +339,7 @@ class Pipeline:
         config: the experiment.
         out: the run folder (created; reused on resume).
         on_event: receives one line per stage start/finish (the command prints them; library code does not).
-        progress: show a progress bar (tqdm, on stderr) for PPO iterations.
+        progress: show progress bars (tqdm, on stderr) for PPO runs and preference loops.
         device: where models run (CUDA when present by default).
         input_fn: how the terminal oracle reads answers (tests pass a fake).
     """
@@ -388,6 +389,26 @@ class Pipeline:
                 f"stage {key!r} has not run in {self.out}; add it to `stages` (or run the full pipeline first)"
             )
         return entry
+
+    @contextlib.contextmanager
+    def _bar(self, total: int, done: int, desc: str) -> Iterator[Callable[[Any, int], bool]]:
+        """A progress bar over an agent's completions (when `progress`), advanced by the agent's callback."""
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, initial=done, desc=desc, unit="completions")
+
+        def tick(_agent: Any, step: int) -> bool:
+            if bar is not None:
+                bar.update(step - bar.n)
+            return True
+
+        try:
+            yield tick
+        finally:
+            if bar is not None:
+                bar.close()
 
     def _logger(self, stage: str, purge_step: int | None = None) -> Logger:
         return Logger(self.out / "tb" / stage, purge_step=purge_step)
@@ -584,21 +605,10 @@ class Pipeline:
                             checkpoint_dir=folder)
                 logger.log_hparams({"run": name, "reward": run.reward, "iterations": run.iterations,
                                     "num_envs": run.num_envs, **_flat(ppo_config.to_dict())})
-            bar = None
-            if self.progress:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=run.iterations, initial=agent.iteration, desc=f"ppo.{name}", unit="it")
             try:
-                def tick(_agent: Any, _step: int) -> bool:
-                    if bar is not None:
-                        bar.update(1)
-                    return True
-
-                agent.learn(total, callback=tick)
+                with self._bar(total, agent.num_timesteps, f"ppo.{name}") as tick:
+                    agent.learn(total, callback=tick)
             finally:
-                if bar is not None:
-                    bar.close()
                 logger.close()
             agent.save(ckpt)
             agent.policy.save_pretrained(folder / "policy")
@@ -647,7 +657,8 @@ class Pipeline:
                 selector = DisagreementSelector() if loop.selector == "disagreement" else RandomSelector()
                 agent = PreferenceLoop(ppo, source, selector, oracle, learner, store, loop.schedule,
                                        rng=np.random.default_rng(seed + 5), logger=logger)
-                agent.learn(loop.iterations * loop.num_envs)
+                with self._bar(loop.iterations * loop.num_envs, 0, f"preference_loop.{name}") as tick:
+                    agent.learn(loop.iterations * loop.num_envs, callback=tick)
                 labels = store.counts()["answers"]
             policy.save_pretrained(folder / "policy")
             rm.save(folder / "reward_model")

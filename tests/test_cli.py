@@ -40,6 +40,10 @@ def test_demo_runs_the_default_study(monkeypatch, tmp_path) -> None:
     assert main(["demo", "--out", str(tmp_path), "--set", "seed=3"]) == 0
     assert seen["config"] == ExperimentConfig(seed=3) and seen["out"] == str(tmp_path)
     assert main(["demo"]) == 0 and seen["out"] == "runs/instructgpt"
+    assert main(["demo", "--set", "ppo.ppo.iterations=5"]) == 0
+    runs = seen["config"].ppo
+    assert runs["ppo"].iterations == 5 and runs["ppo"].config == ExperimentConfig().ppo["ppo"].config
+    assert runs["ppo_ptx"] == ExperimentConfig().ppo["ppo_ptx"], "--set changes one value, not the set of runs"
 
 
 def test_build_model_finds_the_cached_model(model_cache, tiny_model, capsys) -> None:

@@ -270,3 +270,23 @@ def test_a_stage_gives_the_same_result_alone_and_in_a_full_run(tmp_path, model_c
     first = json.loads((out / "state.json").read_text())["sft"]["result"]
     again = json.loads((tmp_path / "run" / "state.json").read_text())["sft"]["result"]
     assert again["sft_loss"] == first["sft_loss"] and again["sft_heldout_loss"] == first["sft_heldout_loss"]
+
+
+def test_a_nested_table_changes_only_the_values_it_names(tmp_path) -> None:
+    """[ppo.ppo.config] kl_coef = 0.1 keeps the run's other defaults (minibatch 16, 24 new tokens), not PPOConfig's."""
+    f = tmp_path / "beta.toml"
+    f.write_text("[ppo.ppo.config]\nkl_coef = 0.1\n[ppo.ppo.config.sampling]\ntemperature = 0.7\n")
+    config = load_config(ExperimentConfig, f)
+    run = config.ppo["ppo"]
+    assert run.config.kl_coef == 0.1 and run.config.minibatch_size == 16 and run.config.sampling.max_new_tokens == 24
+    assert run.config.sampling.temperature == 0.7
+    assert list(config.ppo) == ["ppo"], "a table of runs replaces the default runs"
+    f.write_text("[sft]\nepochs = 3\n")
+    assert load_config(ExperimentConfig, f).sft.learning_rate == ExperimentConfig().sft.learning_rate
+
+
+def test_progress_bars_follow_the_agents(tmp_path, model_cache, tiny_model, capsys) -> None:
+    Pipeline(tiny(model_cache, "stages=['pretrain','sft','reward_model','ppo']", runs=("ppo",)), tmp_path / "run",
+             progress=True).run()
+    err = capsys.readouterr().err
+    assert "ppo.ppo" in err and "24/24" in err  # 3 iterations x 8 prompts
