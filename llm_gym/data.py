@@ -1,4 +1,4 @@
-"""Prompt datasets: the prompts a `PromptBanditEnv` hands out, from a list, JSONL or CSV.
+"""Prompt datasets (the prompts a `PromptBanditEnv` hands out, from a list, JSONL or CSV) and SFT demonstrations (JSONL).
 
 Every loader reports bad input with the file and line at fault and says how to fix it:
 a missing file, a line that is not UTF-8, a malformed JSON line, a missing field, an
@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 
-__all__ = ["PromptDataset", "DatasetError", "load_prompts"]
+from llm_gym.task import Demonstration
+
+__all__ = ["PromptDataset", "DatasetError", "load_demonstrations", "load_prompts"]
 
 
 class DatasetError(ValueError):
@@ -62,16 +64,7 @@ class PromptDataset(Sequence[str]):
 
         A `.txt` file holds one prompt per line.
         """
-        p = Path(path)
-        if not p.exists():
-            raise DatasetError(f"prompt file {p} does not exist; check the path (cwd is {Path.cwd()})")
-        if not p.is_file():
-            raise DatasetError(f"prompt file {p} is not a regular file")
-        try:
-            raw = p.read_bytes()
-        except OSError as exc:
-            raise DatasetError(f"cannot read prompt file {p}: {exc.strerror}; check its permissions") from exc
-        lines = _decode_lines(raw, p)
+        p, lines = _read_lines(path, "prompt")
         suffix = p.suffix.lower()
         if suffix == ".jsonl":
             prompts = list(_parse_jsonl(lines, p, field))
@@ -128,7 +121,8 @@ def _decode_lines(raw: bytes, path: Path) -> list[str]:
     return out
 
 
-def _parse_jsonl(lines: list[str], path: Path, key: str) -> Iterator[str]:
+def _jsonl_records(lines: list[str], path: Path, keys: Sequence[str]) -> Iterator[dict]:
+    """The objects of a JSONL file, each checked to have string values under `keys` (errors name the line)."""
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -136,12 +130,47 @@ def _parse_jsonl(lines: list[str], path: Path, key: str) -> Iterator[str]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{path} line {lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
-        if not isinstance(obj, dict) or key not in obj:
-            found = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-            raise DatasetError(f"{path} line {lineno}: expected an object with a {key!r} field, found {found}")
-        if not isinstance(obj[key], str):
-            raise DatasetError(f"{path} line {lineno}: {key!r} must be a string, got {type(obj[key]).__name__}")
+        for key in keys:
+            if not isinstance(obj, dict) or key not in obj:
+                found = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+                raise DatasetError(f"{path} line {lineno}: expected an object with a {key!r} field, found {found}")
+            if not isinstance(obj[key], str):
+                raise DatasetError(f"{path} line {lineno}: {key!r} must be a string, got {type(obj[key]).__name__}")
+        yield obj
+
+
+def _parse_jsonl(lines: list[str], path: Path, key: str) -> Iterator[str]:
+    for obj in _jsonl_records(lines, path, (key,)):
         yield obj[key]
+
+
+def _read_lines(path: str | PathLike[str], what: str) -> tuple[Path, list[str]]:
+    p = Path(path)
+    if not p.exists():
+        raise DatasetError(f"{what} file {p} does not exist; check the path (cwd is {Path.cwd()})")
+    if not p.is_file():
+        raise DatasetError(f"{what} file {p} is not a regular file")
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"cannot read {what} file {p}: {exc.strerror}; check its permissions") from exc
+    return p, _decode_lines(raw, p)
+
+
+def load_demonstrations(path: str | PathLike[str]) -> list[Demonstration]:
+    """Demonstrations for SFT from a JSONL file: one ``{"prompt": str, "completion": str}`` object per line.
+
+    Raises:
+        DatasetError: naming the file and line, for a missing file, text that is not UTF-8,
+            invalid JSON, a missing or non-string field, or a file with no demonstrations.
+    """
+    p, lines = _read_lines(path, "demonstration")
+    if p.suffix.lower() != ".jsonl":
+        raise DatasetError(f"{p}: demonstrations must be a .jsonl file of {{\"prompt\": ..., \"completion\": ...}} lines")
+    demos = [Demonstration(obj["prompt"], obj["completion"]) for obj in _jsonl_records(lines, p, ("prompt", "completion"))]
+    if not demos:
+        raise DatasetError(f"{p} holds no demonstrations; add lines like {{\"prompt\": \"the film was\", \"completion\": \" great .\"}}")
+    return demos
 
 
 def _parse_csv(lines: list[str], path: Path, key: str) -> Iterator[str]:

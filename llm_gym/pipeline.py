@@ -45,8 +45,8 @@ from llm_gym.agents.ppo import PPO, PPOConfig
 from llm_gym.agents.preference_loop import DisagreementSelector, PreferenceLoop, PreferenceLoopConfig, RandomSelector
 from llm_gym.agents.sft import SFTConfig, SFTTrainer
 from llm_gym.configio import to_dict
-from llm_gym.data import DatasetError
-from llm_gym.envs.review import ReviewSentimentVecEnv
+from llm_gym.data import DatasetError, load_demonstrations, load_prompts
+from llm_gym.envs.prompt_bandit import PromptBanditVecEnv
 from llm_gym.evaluation import evaluate_policy
 from llm_gym.logger import Logger
 from llm_gym.oracles import PreferenceOracle, RecordedOracle, SyntheticOracle, TerminalOracle, collect
@@ -54,7 +54,7 @@ from llm_gym.policy import Policy, SamplingConfig
 from llm_gym.preferences import Query
 from llm_gym.reward_model import RewardEnsemble, RewardModel, RewardTrainer, RewardTrainerConfig
 from llm_gym.store import PreferenceStore
-from llm_gym.task import GoldScorer, ReviewTask, generate_review_task
+from llm_gym.task import Demonstration, GoldScorer, ReviewTask, generate_review_task
 from llm_gym.tiny_lm import TinyLMConfig, build_builtin_model
 
 __all__ = [
@@ -67,6 +67,7 @@ __all__ = [
     "Pipeline",
     "RewardModelStage",
     "STAGES",
+    "TaskSpec",
     "format_summary",
 ]
 
@@ -88,6 +89,29 @@ class ModelSpec:
         for name in ("name_or_path", "cache_dir"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"ModelSpec.{name} must be a string, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Where prompts and demonstrations come from: the built-in review task (`pretrain.task`) or your files.
+
+    The gold scorer (and so the synthetic oracle, `objective/gold` and the win-rate judge) is the
+    built-in task's sentiment-and-fluency scorer whatever the prompts; held-out perplexity is
+    measured on the built-in task's held-out text.
+    """
+
+    prompts: str = ""
+    """Training prompts for PPO, the preference loops and the reward model's queries: a .jsonl (key
+    "prompt"), .csv (column "prompt") or .txt (one per line) file; "" = the built-in task's prompts."""
+    eval_prompts: str = ""
+    """Held-out prompts for the evaluation, same formats; "" = the built-in task's held-out prompts."""
+    demonstrations: str = ""
+    """SFT data: a .jsonl file of {"prompt": ..., "completion": ...} lines; "" = the built-in demonstrations."""
+
+    def __post_init__(self) -> None:
+        for name in ("prompts", "eval_prompts", "demonstrations"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"TaskSpec.{name} must be a file path string or \"\", got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -282,6 +306,8 @@ class ExperimentConfig:
     """torch CPU threads (1 avoids OpenMP oversubscription on small shared machines; 0 = torch's default)."""
     model: ModelSpec = field(default_factory=ModelSpec)
     """The starting model."""
+    task: TaskSpec = field(default_factory=TaskSpec)
+    """Prompt and demonstration files ("" = the built-in task's)."""
     pretrain: TinyLMConfig = field(default_factory=TinyLMConfig)
     """The built-in task (`pretrain.task`) and, when `model.name_or_path` is "", the tiny GPT built on it."""
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -372,6 +398,34 @@ class Pipeline:
         if self._task is None:
             self._task = generate_review_task(self.config.pretrain.task)
         return self._task
+
+    @property
+    def prompts(self) -> list[str]:
+        """Training prompts (the `task.prompts` file, or the built-in task's)."""
+        spec = self.config.task
+        return list(load_prompts(spec.prompts)) if spec.prompts else list(self.task.prompts)
+
+    @property
+    def eval_prompts(self) -> list[str]:
+        spec = self.config.task
+        return list(load_prompts(spec.eval_prompts)) if spec.eval_prompts else list(self.task.eval_prompts)
+
+    @property
+    def demonstrations(self) -> list[Demonstration]:
+        spec = self.config.task
+        return load_demonstrations(spec.demonstrations) if spec.demonstrations else list(self.task.demonstrations)
+
+    def _data_fingerprint(self, *names: str) -> list[str]:
+        """Content hashes of the task files a stage reads (so editing a file reruns what depends on it)."""
+        out = []
+        for name in names:
+            path = getattr(self.config.task, name)
+            out.append(hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path else "builtin")
+        return out
+
+    def _env(self, reward_fn: Any, num_envs: int) -> PromptBanditVecEnv:
+        """The batched prompt-bandit environment over the training prompts, reporting the gold score."""
+        return PromptBanditVecEnv(self.prompts, reward_fn, num_envs=num_envs, gold_fn=GoldScorer())
 
     def _done(self, key: str, fingerprint: str) -> dict[str, Any] | None:
         entry = self.state.get(key)
@@ -464,13 +518,13 @@ class Pipeline:
     def _stage_sft(self) -> dict[str, Any]:
         cfg = self.config
         base = self._need("pretrain")
-        fp = _fingerprint(base["fingerprint"], to_dict(cfg.sft), cfg.seed)
+        fp = _fingerprint(base["fingerprint"], to_dict(cfg.sft), cfg.seed, self._data_fingerprint("demonstrations"))
         path = self.out / "sft"
 
         def body() -> dict[str, Any]:
             policy = Policy.from_pretrained(base["result"]["path"], device=self.device)
             with self._logger("sft") as logger:
-                metrics = SFTTrainer(cfg.sft, rng=np.random.default_rng(cfg.seed), logger=logger).train(policy, self.task.demonstrations)
+                metrics = SFTTrainer(cfg.sft, rng=np.random.default_rng(cfg.seed), logger=logger).train(policy, self.demonstrations)
             policy.save_pretrained(path)
             return {"path": str(path), **metrics}
 
@@ -490,7 +544,7 @@ class Pipeline:
         if isinstance(oracle, RecordedOracle):
             return oracle.queries()[: rm_cfg.queries]
         paths = {"pretrained": self._need("pretrain")["result"]["path"], "sft": self._need("sft")["result"]["path"]}
-        prompts = self.task.prompts
+        prompts = self.prompts
         queries: list[Query] = []
         share = np.array_split(np.arange(rm_cfg.queries), len(rm_cfg.sources))
         sampling = cfg.evaluation.sampling
@@ -514,7 +568,7 @@ class Pipeline:
         cfg, rm_cfg = self.config, self.config.reward_model
         sft = self._need("sft")
         upstream = [self._need("pretrain")["fingerprint"], sft["fingerprint"]]
-        fp = _fingerprint(upstream, to_dict(rm_cfg), to_dict(cfg.oracle), cfg.seed)
+        fp = _fingerprint(upstream, to_dict(rm_cfg), to_dict(cfg.oracle), cfg.seed, self._data_fingerprint("prompts"))
         path = self.out / "reward_model"
         gold = GoldScorer()
 
@@ -542,7 +596,7 @@ class Pipeline:
                 else:
                     rm = RewardModel.from_pretrained(init, head_seed=cfg.seed, pooling=rm_cfg.pooling, device=self.device)
                     metrics = trainer.train(rm, comparisons, gold_fn=gold)
-            demos = self.task.demonstrations
+            demos = self.demonstrations
             rm.normalize([d.prompt for d in demos], [d.completion for d in demos])  # demonstrations score 0 on average
             rm.save(path)
             return {"path": str(path), "labels": len(comparisons), "queries_posed": len(queries),
@@ -566,18 +620,19 @@ class Pipeline:
         return upstream
 
     def _ppo_fingerprint(self, run: PPOStage) -> str:
-        return _fingerprint(self._ppo_upstream(run), to_dict(run), self.config.seed)
+        return _fingerprint(self._ppo_upstream(run), to_dict(run), self.config.seed, self._data_fingerprint("prompts"))
 
     def _ppo_run(self, name: str, run: PPOStage) -> dict[str, Any]:
         cfg = self.config
         fp = self._ppo_fingerprint(run)
-        fp_inputs = json.dumps([self._ppo_upstream(run), to_dict(replace(run, iterations=1, checkpoint_every=0)), cfg.seed])
+        fp_inputs = json.dumps([self._ppo_upstream(run), to_dict(replace(run, iterations=1, checkpoint_every=0)), cfg.seed,
+                                self._data_fingerprint("prompts")])
         folder = self.out / "ppo" / name
 
         def body() -> dict[str, Any]:
             gold = GoldScorer()
             reward_fn = gold if run.reward == "gold" else self._load_rm()
-            env = ReviewSentimentVecEnv(reward_fn=reward_fn, num_envs=run.num_envs, task_config=cfg.pretrain.task)
+            env = self._env(reward_fn, run.num_envs)
             ppo_config = run.config
             ptx = list(self.task.pretrain_texts) if ppo_config.ptx_coef > 0 else None
             ckpt = folder / "checkpoint"
@@ -623,7 +678,8 @@ class Pipeline:
 
     def _loop_fingerprint(self, loop: LoopStage) -> str:
         upstream = [self._need("sft")["fingerprint"]]
-        return _fingerprint(upstream, to_dict(loop), to_dict(self.config.oracle), self.config.seed)
+        return _fingerprint(upstream, to_dict(loop), to_dict(self.config.oracle), self.config.seed,
+                            self._data_fingerprint("prompts"))
 
     def _loop_run(self, name: str, loop: LoopStage) -> dict[str, Any]:
         """A preference loop from SFT. Its labels live in its own store, which survives an interruption:
@@ -640,8 +696,8 @@ class Pipeline:
             rm: RewardModel | RewardEnsemble = (
                 RewardEnsemble.from_pretrained(sft_path, loop.members, seed=seed, device=self.device)
                 if loop.members > 1 else RewardModel.from_pretrained(sft_path, head_seed=seed, device=self.device))
-            env = ReviewSentimentVecEnv(reward_fn=rm, num_envs=loop.num_envs, task_config=cfg.pretrain.task)
-            demos = self.task.demonstrations
+            env = self._env(rm, loop.num_envs)
+            demos = self.demonstrations
             folder.mkdir(parents=True, exist_ok=True)
             with self._logger(f"loop_{name}", purge_step=0) as logger, PreferenceStore(folder / "labels.sqlite") as store:
                 logger.log_hparams({"run": name, "iterations": loop.iterations, "num_envs": loop.num_envs, "k": loop.k,
@@ -651,7 +707,7 @@ class Pipeline:
                 trainer = RewardTrainer(loop.trainer, logger=logger, rng=np.random.default_rng(seed + 1))
                 learner = RewardModelLearner(rm, trainer, rng=np.random.default_rng(seed + 2), gold_fn=gold,
                                              reference=([d.prompt for d in demos], [d.completion for d in demos]))
-                source = CompletionSource(policy, self.task.prompts, loop.config.sampling, rng=np.random.default_rng(seed + 3),
+                source = CompletionSource(policy, self.prompts, loop.config.sampling, rng=np.random.default_rng(seed + 3),
                                           k=loop.k)
                 oracle = self._oracle(gold, np.random.default_rng(seed + 4))
                 selector = DisagreementSelector() if loop.selector == "disagreement" else RandomSelector()
@@ -680,15 +736,17 @@ class Pipeline:
                 policies[name] = self.state[key]
         rm_entry = self.state.get("reward_model")
         fp = _fingerprint({k: v["fingerprint"] for k, v in policies.items()},
-                          rm_entry["fingerprint"] if rm_entry else None, to_dict(cfg.evaluation), cfg.seed)
+                          rm_entry["fingerprint"] if rm_entry else None, to_dict(cfg.evaluation), cfg.seed,
+                          self._data_fingerprint("eval_prompts"))
 
         def body() -> dict[str, Any]:
             gold = GoldScorer()
             rm = self._load_rm() if rm_entry else None
             task = self.task
-            prompts = list(task.eval_prompts[: cfg.evaluation.prompts])
+            prompts = self.eval_prompts[: cfg.evaluation.prompts]
             if not prompts:
-                raise RuntimeError("the task has no held-out prompts (pretrain.task.n_eval_prompts = 0)")
+                raise RuntimeError("there are no held-out prompts (pretrain.task.n_eval_prompts = 0); "
+                                   "raise it or give task.eval_prompts")
             sft = Policy.from_pretrained(policies["sft"]["result"]["path"], device=self.device)
             judge = SyntheticOracle(gold, rng=np.random.default_rng(cfg.seed + 3),
                                     temperature=cfg.evaluation.judge_temperature,

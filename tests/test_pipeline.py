@@ -290,3 +290,32 @@ def test_progress_bars_follow_the_agents(tmp_path, model_cache, tiny_model, caps
              progress=True).run()
     err = capsys.readouterr().err
     assert "ppo.ppo" in err and "24/24" in err  # 3 iterations x 8 prompts
+
+
+def test_prompts_and_demonstrations_from_files(tmp_path, model_cache, tiny_model) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the soup was\nmy new phone is\n")
+    evals = tmp_path / "eval.jsonl"
+    evals.write_text(json.dumps({"prompt": "the hotel was"}) + "\n")
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text("\n".join(json.dumps({"prompt": "the soup was", "completion": f" great and warm {i} ."})
+                               for i in range(6)) + "\n")
+    paths = [f"task.prompts={json.dumps(str(prompts))}", f"task.eval_prompts={json.dumps(str(evals))}",
+             f"task.demonstrations={json.dumps(str(demos))}"]
+    out = tmp_path / "run"
+    pipeline = Pipeline(tiny(model_cache, *paths, "ppo.ppo.iterations=1", runs=("ppo",)), out)
+    summary = pipeline.run()
+    assert pipeline.prompts == ["the soup was", "my new phone is"] and pipeline.eval_prompts == ["the hotel was"]
+    assert json.loads((out / "state.json").read_text())["evaluation"]["result"]["prompts"] == 1
+    with PreferenceStore(out / "labels.sqlite") as store:
+        assert {q.prompt for q in store.queries()} <= {"the soup was", "my new phone is"}
+    assert math.isfinite(summary["rows"]["ppo"]["gold"])
+    # editing a file reruns what reads it
+    demos.write_text(json.dumps({"prompt": "the soup was", "completion": " fine ."}) + "\n")
+    events: list[str] = []
+    Pipeline(tiny(model_cache, *paths, "ppo.ppo.iterations=1", runs=("ppo",)), out, on_event=events.append).run()
+    assert "[sft] running" in events
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n')
+    with pytest.raises(Exception, match=r"bad.jsonl line 1: expected an object with a 'completion' field"):
+        Pipeline(tiny(model_cache, f"task.demonstrations={json.dumps(str(bad))}"), tmp_path / "run2").run()
