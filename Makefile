@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench clean browser
 
 setup: $(STAMP)
 
@@ -17,8 +17,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# The web labelling page is tested in a real browser: Debian's chromium and chromedriver
+# (Selenium drives them by path and downloads nothing). Installed here when missing.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  echo "installing chromium and chromium-driver (apt) for the browser tests"; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); log=$$(mktemp); \
+	  if ! { $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium chromium-driver; } >$$log 2>&1 \
+	     || [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	    cat $$log >&2; rm -f $$log; \
+	    echo "error: could not install chromium and chromium-driver, which tests/test_web.py needs; install them with apt-get and rerun make test" >&2; \
+	    exit 1; \
+	  fi; \
+	  rm -f $$log; \
+	fi
 
 demo: $(STAMP)
 	$(VENV)/bin/llm-gym demo

@@ -6,7 +6,7 @@ prompt, the agent answers with a completion, a reward function scores it. Import
 `llm_gym/ReviewSentiment-v0`) with Gymnasium.
 """
 
-from llm_gym.data import DatasetError, PromptDataset, load_prompts
+from llm_gym.data import DatasetError, PromptDataset, load_demonstrations, load_prompts
 from llm_gym.logger import Logger, make_run_dir
 from llm_gym.oracles import PreferenceOracle, RecordedOracle, SyntheticOracle, TerminalOracle, collect
 from llm_gym.policy import Evaluation, Policy, Rollout, SamplingConfig, default_device, process_logits
@@ -32,6 +32,7 @@ from llm_gym.tiny_lm import (
     perplexity,
     train_tokenizer,
 )
+from llm_gym.web import WebOracle
 
 from llm_gym import envs  # noqa: E402  (registers the environments)
 from llm_gym import agents  # noqa: E402
@@ -60,6 +61,7 @@ __all__ = [
     "StoreError",
     "SyntheticOracle",
     "TerminalOracle",
+    "WebOracle",
     "collect",
     "Demonstration",
     "GoldScorer",
@@ -80,6 +82,7 @@ __all__ = [
     "envs",
     "find_builtin_model",
     "generate_review_task",
+    "load_demonstrations",
     "load_prompts",
     "make_run_dir",
     "perplexity",

@@ -4,7 +4,7 @@
     llm-gym run CONFIG           # an experiment file: pretrain -> SFT -> RM -> PPO -> evaluation (resumable)
     llm-gym sweep CONFIG --grid KEY=V1,V2 [--seeds N]   # one run per grid point: sweep.csv, sweep.png, HPARAMS
     llm-gym eval RUN_DIR         # re-evaluate a run's policies
-    llm-gym label STORE          # answer pending preference queries at the terminal
+    llm-gym label STORE [--web]  # answer pending preference queries at the terminal (or in the browser)
     llm-gym build-model          # build (or find cached) the built-in pretrained model, print perplexities
 """
 
@@ -28,6 +28,7 @@ EXAMPLES = """examples:
   llm-gym sweep experiments/instructgpt/config.toml --grid ppo.ppo.config.kl_coef=0.05,0.2 --seeds 2
   llm-gym eval runs/instructgpt
   llm-gym label runs/instructgpt/labels.sqlite
+  llm-gym label runs/instructgpt/labels.sqlite --web
   llm-gym build-model --cache-dir /tmp/llm_gym_cache
 """
 
@@ -111,6 +112,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+LABEL_EXAMPLES = """examples:
+  llm-gym label runs/instructgpt/labels.sqlite
+  llm-gym label labels.sqlite --limit 20 --name alice
+  llm-gym label labels.sqlite --web
+  llm-gym label labels.sqlite --web --port 8765 --lease-seconds 600
+
+With --web the command prints the page's address with its access token
+(http://127.0.0.1:PORT/?token=...) and serves until Ctrl-C; every answer is saved to the
+store as it is given. Keys on the page: 1 / 2 = the better completion, t = tie, s = skip;
+to rank K completions type their numbers best first, then Enter.
+"""
+
+
 def _cmd_label(args: argparse.Namespace) -> int:
     from llm_gym.oracles import TerminalOracle, collect
     from llm_gym.store import PreferenceStore
@@ -121,15 +135,38 @@ def _cmd_label(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     if args.web:
-        print("error: the web labelling page is not built yet (issue 7); label in the terminal without --web",
-              file=sys.stderr)
-        return 2
+        return _label_web(path, args)
     with PreferenceStore(path) as store:
         pending = store.pending(limit=args.limit)
         print(f"{store.counts()} in {path}; {len(pending)} pending queries to label now "
               "(1/2 = the better one, t = tie, s = skip, q = quit; every answer is saved at once)")
         answers = collect(TerminalOracle(name=args.name), pending, store)
         print(f"saved {len(answers)} answers; {len(store.pending())} queries still pending")
+    return 0
+
+
+def _label_web(path: Path, args: argparse.Namespace) -> int:
+    from llm_gym.web import serve
+
+    if args.limit is not None:
+        print("error: --limit is for labelling in the terminal; the page serves every pending query", file=sys.stderr)
+        return 2
+
+    def announce(server) -> None:
+        counts = server.store.counts()
+        print(f"labelling page for {path}: {counts['pending']} pending of {counts['queries']} queries "
+              f"(a query goes back to the queue after {server.lease_seconds:g} s without an answer)")
+        print(f"open {server.url}")
+        print("the token in that link is required for every request; Ctrl-C stops the server "
+              "(every answer is already saved)", flush=True)
+
+    try:
+        serve(path, host=args.host, port=args.port, token=args.token, lease_seconds=args.lease_seconds,
+              labeller=args.name, on_start=announce)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("stopped")
     return 0
 
 
@@ -229,13 +266,21 @@ def build_parser() -> argparse.ArgumentParser:
     overrides(p)
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("label", help="answer a preference store's pending queries at the terminal",
-                       epilog="examples:\n  llm-gym label runs/instructgpt/labels.sqlite\n  llm-gym label labels.sqlite --limit 20 --name alice",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("label", help="answer a preference store's pending queries at the terminal or in the browser",
+                       epilog=LABEL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("store", help="a PreferenceStore file (SQLite), e.g. the labels.sqlite of a run")
-    p.add_argument("--limit", type=int, default=None, help="label at most this many queries now")
-    p.add_argument("--name", default="human", help="your labeller id, stored with every answer")
-    p.add_argument("--web", action="store_true", help="serve a labelling page instead (not built yet)")
+    p.add_argument("--limit", type=int, default=None, help="label at most this many queries now (terminal only)")
+    p.add_argument("--name", default="human",
+                   help="your labeller id, stored with every answer (with --web: the default the page can change)")
+    p.add_argument("--web", action="store_true", help="serve a labelling page in the browser instead of the terminal")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="with --web: the address to listen on (default 127.0.0.1, this machine only; "
+                        "another address needs --token)")
+    p.add_argument("--port", type=int, default=0, help="with --web: the port (default 0: a free port, printed)")
+    p.add_argument("--token", default=None,
+                   help="with --web: the access token (16+ URL-safe characters; default: a random one, printed)")
+    p.add_argument("--lease-seconds", type=float, default=300.0, metavar="S",
+                   help="with --web: a query a labeller holds goes back to the queue after S seconds unanswered (default 300)")
     p.set_defaults(func=_cmd_label)
 
     p = sub.add_parser("build-model", help="build (or find cached) the built-in pretrained model",

@@ -3,18 +3,28 @@
 Human labels are the most expensive data of RLHF (Christiano et al. 2017 learned from a
 few hundred to a few thousand; Stiennon et al. 2020 paid trained labellers for each), so
 none may be lost to a crash, a Ctrl-C or a double-clicked submit button. The store keeps
-two tables:
+two tables of data:
 
 ``queries(query_id, prompt, completions, created_at)``
     every comparison query ever posed (completions as a JSON list).
 ``answers(answer_id, query_id, ranks, labeller, answered_at)``
     one row per answer (ranks as a JSON list, 0 = best, equal ranks = tie).
 
+and one of bookkeeping for labelling sessions (the web page, `llm_gym.web`):
+
+``leases(lease_id, query_id, holder, labeller, leased_at, expires_at, outcome, answer_id, closed_at)``
+    a pending query handed to one labeller for a limited time (`lease_next`), closed by
+    an answer or a skip (`close_lease`, which fills in ``outcome``, ``answer_id`` and
+    ``closed_at``: the only rows that ever change). Store files from before this table
+    get it when they are first opened (``CREATE TABLE IF NOT EXISTS``); older versions of
+    llm_gym ignore it.
+
 Guarantees:
 
-* **Append-only.** Rows are never updated or deleted. A second, *different* answer to a
-  query (another labeller, or the same labeller changing their mind) is a new row, so
-  contradictory labels are kept and measured (`agreement`), not silently resolved.
+* **Append-only.** Queries and answers are never updated or deleted. A second,
+  *different* answer to a query (another labeller, or the same labeller changing their
+  mind) is a new row, so contradictory labels are kept and measured (`agreement`), not
+  silently resolved.
 * **Idempotent.** ``answer_id`` is a hash of (query_id, labeller, ranks): submitting the
   same answer again (a retried request, a replayed file) inserts nothing. Adding a query
   that is already there inserts nothing.
@@ -31,6 +41,15 @@ Guarantees:
 
 `pending` (queries with no answer yet, oldest first) is the work list of a labelling UI,
 and `comparisons` is the training set of a reward model.
+
+**Leases** let several labellers (browser tabs, processes) share one store without doing
+the same query twice. `lease_next(holder, ...)` hands out the oldest pending query that no
+one holds, in one ``BEGIN IMMEDIATE`` transaction, so two labellers never get the same
+query at once; a lease not closed within its time expires and the query goes back to the
+queue. `close_lease(lease_id, ranks)` stores the answer and closes the lease in one
+transaction; closing it again with the same answer (a replayed request) stores nothing and
+returns the same `LeaseOutcome`. A holder who skipped a query is handed the other pending
+queries before it again (it comes back once nothing else is left).
 
 >>> from llm_gym.preferences import Answer, Query
 >>> with PreferenceStore(":memory:") as store:
@@ -52,18 +71,21 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
+import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
 
 from llm_gym.preferences import Answer, Comparison, Query
 
-__all__ = ["PreferenceStore", "StoreError", "SCHEMA_VERSION"]
+__all__ = ["PreferenceStore", "StoreError", "SCHEMA_VERSION", "Lease", "LeaseOutcome", "LeaseConflict"]
 
 SCHEMA_VERSION = 1
 """Stored in ``PRAGMA user_version``; a file from a newer llm_gym is refused, not rewritten."""
@@ -88,9 +110,58 @@ CREATE TABLE answers (
 CREATE INDEX answers_by_query ON answers(query_id);
 """
 
+# Added after schema version 1 shipped; created on open where missing, so version-1 files still open
+# (and older llm_gym versions, which do not know the table, ignore it).
+_LEASE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (
+    lease_id    TEXT PRIMARY KEY,       -- random, an answer is submitted with it (replays are recognised)
+    query_id    TEXT NOT NULL REFERENCES queries(query_id),
+    holder      TEXT NOT NULL,          -- the labelling session holding the lease
+    labeller    TEXT NOT NULL,          -- written into the answer
+    leased_at   REAL NOT NULL,
+    expires_at  REAL NOT NULL,
+    outcome     TEXT,                   -- NULL while open, then 'answered' or 'skipped'
+    answer_id   TEXT,                   -- the answer row stored under this lease
+    closed_at   REAL
+);
+CREATE INDEX IF NOT EXISTS leases_by_query ON leases(query_id);
+CREATE INDEX IF NOT EXISTS leases_by_holder ON leases(holder);
+"""
+
+_MAX_NAME = 100  # characters of a lease holder or labeller name
+
 
 class StoreError(ValueError):
     """The file cannot be used as a preference store; the message says why and what to do."""
+
+
+class LeaseConflict(ValueError):
+    """A lease cannot be closed this way: it was already closed with another answer, or it
+    expired and its query was handed to someone else. Nothing was written."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A pending query handed to one labelling session until `expires_at` (store clock time)."""
+
+    lease_id: str
+    query: Query
+    holder: str
+    labeller: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class LeaseOutcome:
+    """How a lease was closed: ``"answered"`` with `ranks`, or ``"skipped"`` (ranks None).
+
+    A replayed close (same lease, same answer) returns an equal `LeaseOutcome`.
+    """
+
+    lease_id: str
+    query_id: str
+    outcome: str
+    ranks: tuple[int, ...] | None
 
 
 def answer_id(answer: Answer) -> str:
@@ -168,6 +239,11 @@ class PreferenceStore:
         conn.execute("PRAGMA journal_mode=WAL")  # persistent in the file; a no-op when already set
         conn.execute("PRAGMA synchronous=FULL")  # fsync at every commit: a committed answer survives power loss
         conn.execute("PRAGMA foreign_keys=ON")
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'leases'").fetchone():
+            with self._transaction():
+                for statement in _LEASE_SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
 
     def _header(self) -> tuple[int, int, int]:
         conn = self._conn
@@ -268,6 +344,130 @@ class PreferenceStore:
                 )
                 inserted += cur.rowcount
         return inserted
+
+    # -- leases (labelling sessions) -------------------------------------------------------
+
+    def lease_next(self, holder: str, *, labeller: str, lease_seconds: float) -> Lease | None:
+        """Hand the oldest pending query that no one holds to `holder` for `lease_seconds`; None when none is left.
+
+        Atomic across threads and processes (one ``BEGIN IMMEDIATE`` transaction): two
+        holders never get the same query while a lease on it is open and unexpired. A holder
+        that still has an open, unexpired lease on an unanswered query gets that lease back
+        (its expiry pushed out), so a reloaded page does not strand its query. Queries this
+        holder skipped come after every other pending query.
+
+        Args:
+            holder: the labelling session (e.g. one browser tab), at most 100 characters.
+            labeller: the name written into the answer given under this lease.
+            lease_seconds: how long the holder may take; after that the query is pending for others again.
+        """
+        _check_name("holder", holder)
+        _check_name("labeller", labeller)
+        if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float)) or not (
+            0 < lease_seconds < math.inf
+        ):
+            raise ValueError(f"lease_seconds must be a positive number of seconds, got {lease_seconds!r}")
+        with self._transaction() as conn:
+            now = self._clock()
+            held = conn.execute(
+                "SELECT l.lease_id, q.query_id, q.prompt, q.completions, l.labeller FROM leases l "
+                "JOIN queries q ON q.query_id = l.query_id "
+                "WHERE l.holder = ? AND l.outcome IS NULL AND l.expires_at > ? "
+                "AND NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = l.query_id) "
+                "ORDER BY l.rowid LIMIT 1",
+                (holder, now),
+            ).fetchone()
+            if held is not None:
+                lease_id, *query_row, held_labeller = held
+                conn.execute("UPDATE leases SET expires_at = ? WHERE lease_id = ?", (now + lease_seconds, lease_id))
+                return Lease(lease_id, _query(tuple(query_row)), holder, held_labeller, now + lease_seconds)
+            row = conn.execute(
+                "SELECT q.query_id, q.prompt, q.completions FROM queries q "
+                "WHERE NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = q.query_id) "
+                "AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.query_id = q.query_id "
+                "                AND l.outcome IS NULL AND l.expires_at > ?) "
+                "ORDER BY EXISTS (SELECT 1 FROM leases s WHERE s.query_id = q.query_id "
+                "                 AND s.holder = ? AND s.outcome = 'skipped'), q.rowid "
+                "LIMIT 1",
+                (now, holder),
+            ).fetchone()
+            if row is None:
+                return None
+            lease = Lease(secrets.token_urlsafe(16), _query(row), holder, labeller, now + lease_seconds)
+            conn.execute(
+                "INSERT INTO leases (lease_id, query_id, holder, labeller, leased_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (lease.lease_id, lease.query.query_id, holder, labeller, now, lease.expires_at),
+            )
+            return lease
+
+    def close_lease(self, lease_id: str, ranks: Sequence[int] | None, *, query_id: str | None = None) -> LeaseOutcome:
+        """Answer the leased query with `ranks` (stored under the lease's labeller), or skip it (None).
+
+        The answer row and the closed lease are one transaction. Closing a lease again the
+        same way (a replayed request) writes nothing and returns an equal outcome. A lease
+        past its expiry is still honoured while no one else has been handed its query.
+        Pass `query_id` to check that the lease is the one handed out for that query.
+
+        Raises:
+            KeyError: no lease has this id.
+            ValueError: the ranks do not fit the query, or the lease is for another query
+                than `query_id` (nothing is written).
+            LeaseConflict: the lease was already closed differently, or it expired and its
+                query went to another holder (nothing is written).
+        """
+        if ranks is not None:
+            ranks = tuple(ranks)
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT l.query_id, l.labeller, l.outcome, a.ranks, q.completions, "
+                "       EXISTS (SELECT 1 FROM leases n WHERE n.query_id = l.query_id AND n.rowid > l.rowid) "
+                "FROM leases l JOIN queries q ON q.query_id = l.query_id "
+                "LEFT JOIN answers a ON a.answer_id = l.answer_id WHERE l.lease_id = ?",
+                (lease_id,),
+            ).fetchone()
+            if row is None:
+                raise KeyError(f"no lease {lease_id!r} in preference store {self.path}")
+            leased_query, labeller, outcome, stored_ranks, completions, superseded = row
+            if query_id is not None and query_id != leased_query:
+                raise ValueError(f"lease {lease_id} was handed out for query {leased_query}, not {query_id}")
+            query_id = leased_query
+            asked = LeaseOutcome(lease_id, query_id, "skipped" if ranks is None else "answered", ranks)
+            if outcome is not None:
+                done = LeaseOutcome(lease_id, query_id, outcome, None if stored_ranks is None else tuple(json.loads(stored_ranks)))
+                if done != asked:
+                    given = "a skip" if done.ranks is None else f"ranks {list(done.ranks)}"
+                    raise LeaseConflict(f"lease {lease_id} was already closed with {given}; a lease takes one answer")
+                return done
+            if superseded:
+                raise LeaseConflict(
+                    f"lease {lease_id} expired and query {query_id} was handed to another labeller; "
+                    "ask for the next query"
+                )
+            now = self._clock()
+            answer = None
+            if ranks is not None:
+                answer = Answer(query_id, ranks, labeller, answered_at=now)
+                k = len(json.loads(completions))
+                if len(answer.ranks) != k:
+                    raise ValueError(f"{len(ranks)} ranks for query {query_id} with {k} completions; give one rank per completion")
+                conn.execute(
+                    "INSERT OR IGNORE INTO answers (answer_id, query_id, ranks, labeller, answered_at) VALUES (?, ?, ?, ?, ?)",
+                    (answer_id(answer), query_id, json.dumps(list(answer.ranks)), labeller, now),
+                )
+            conn.execute(
+                "UPDATE leases SET outcome = ?, answer_id = ?, closed_at = ? WHERE lease_id = ?",
+                (asked.outcome, None if answer is None else answer_id(answer), now, lease_id),
+            )
+            return asked
+
+    def active_leases(self) -> int:
+        """How many leases are open and unexpired on queries still without an answer (being labelled now)."""
+        (row,) = self._read(
+            "SELECT count(DISTINCT l.query_id) FROM leases l WHERE l.outcome IS NULL AND l.expires_at > ? "
+            "AND NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = l.query_id)",
+            (self._clock(),),
+        )
+        return row[0]
 
     # -- reading -------------------------------------------------------------------------
 
@@ -383,6 +583,11 @@ class PreferenceStore:
 def _query(row: tuple) -> Query:
     query_id, prompt, completions = row
     return Query(prompt, tuple(json.loads(completions)), query_id)
+
+
+def _check_name(what: str, name: object) -> None:
+    if not isinstance(name, str) or not name.strip() or len(name) > _MAX_NAME:
+        raise ValueError(f"{what} must be a non-empty string of at most {_MAX_NAME} characters, got {name!r}")
 
 
 def _sign(x: int) -> int:

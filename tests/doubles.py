@@ -1,8 +1,9 @@
-"""Test doubles shared by the preference-loop tests."""
+"""Test doubles and helpers shared by the tests."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from llm_gym import Answer, Query
 from llm_gym.oracles import PreferenceOracle
@@ -21,6 +22,25 @@ class SlowOracle(PreferenceOracle):
         if self.calls == 1:
             return iter(())
         return (a for i, a in enumerate(self.inner.answer(queries)) if i % 2 == 0)
+
+
+def run_in_threads(work: Callable[[str], None], names: Iterable[str]) -> None:
+    """Run `work(name)` for every name at once, one thread each; re-raise the first error any thread hit."""
+    errors: list[BaseException] = []
+
+    def guarded(name: str) -> None:
+        try:
+            work(name)
+        except BaseException as exc:  # pragma: no cover - re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(name,)) for name in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def tiny_experiment_dict(model_cache) -> dict:
