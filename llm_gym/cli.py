@@ -117,6 +117,7 @@ LABEL_EXAMPLES = """examples:
   llm-gym label labels.sqlite --limit 20 --name alice
   llm-gym label labels.sqlite --web
   llm-gym label labels.sqlite --web --port 8765 --lease-seconds 600
+  llm-gym label labels.sqlite --web --port 8765 --origin https://labels.example.org  # behind an HTTPS proxy
 
 With --web the command prints the page's address with its access token
 (http://127.0.0.1:PORT/?token=...) and serves until Ctrl-C; every answer is saved to the
@@ -157,12 +158,14 @@ def _label_web(path: Path, args: argparse.Namespace) -> int:
         print(f"labelling page for {path}: {counts['pending']} pending of {counts['queries']} queries "
               f"(a query goes back to the queue after {server.lease_seconds:g} s without an answer)")
         print(f"open {server.url}")
+        if server.public_origin is not None:
+            print(f"or, through the proxy, {server.public_origin}/?token={server.token}")
         print("the token in that link is required for every request; Ctrl-C stops the server "
               "(every answer is already saved)", flush=True)
 
     try:
         serve(path, host=args.host, port=args.port, token=args.token, lease_seconds=args.lease_seconds,
-              labeller=args.name, on_start=announce)
+              labeller=args.name, public_origin=args.origin, on_start=announce)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -281,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --web: the access token (16+ URL-safe characters; default: a random one, printed)")
     p.add_argument("--lease-seconds", type=float, default=300.0, metavar="S",
                    help="with --web: a query a labeller holds goes back to the queue after S seconds unanswered (default 300)")
+    p.add_argument("--origin", default=None, metavar="URL",
+                   help="with --web behind an HTTPS reverse proxy: the scheme://host[:port] the browser reaches the page at "
+                        "(e.g. https://labels.example.org); answers posted from there are accepted")
     p.set_defaults(func=_cmd_label)
 
     p = sub.add_parser("build-model", help="build (or find cached) the built-in pretrained model",

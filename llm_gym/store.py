@@ -353,8 +353,9 @@ class PreferenceStore:
         Atomic across threads and processes (one ``BEGIN IMMEDIATE`` transaction): two
         holders never get the same query while a lease on it is open and unexpired. A holder
         that still has an open, unexpired lease on an unanswered query gets that lease back
-        (its expiry pushed out), so a reloaded page does not strand its query. Queries this
-        holder skipped come after every other pending query.
+        (its expiry pushed out, and its labeller now `labeller`: the answer goes under the
+        name the holder gave last), so a reloaded page does not strand its query. Queries
+        this holder skipped come after every other pending query.
 
         Args:
             holder: the labelling session (e.g. one browser tab), at most 100 characters.
@@ -370,7 +371,7 @@ class PreferenceStore:
         with self._transaction() as conn:
             now = self._clock()
             held = conn.execute(
-                "SELECT l.lease_id, q.query_id, q.prompt, q.completions, l.labeller FROM leases l "
+                "SELECT l.lease_id, q.query_id, q.prompt, q.completions FROM leases l "
                 "JOIN queries q ON q.query_id = l.query_id "
                 "WHERE l.holder = ? AND l.outcome IS NULL AND l.expires_at > ? "
                 "AND NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = l.query_id) "
@@ -378,9 +379,10 @@ class PreferenceStore:
                 (holder, now),
             ).fetchone()
             if held is not None:
-                lease_id, *query_row, held_labeller = held
-                conn.execute("UPDATE leases SET expires_at = ? WHERE lease_id = ?", (now + lease_seconds, lease_id))
-                return Lease(lease_id, _query(tuple(query_row)), holder, held_labeller, now + lease_seconds)
+                lease_id, *query_row = held
+                conn.execute("UPDATE leases SET expires_at = ?, labeller = ? WHERE lease_id = ?",
+                             (now + lease_seconds, labeller, lease_id))
+                return Lease(lease_id, _query(tuple(query_row)), holder, labeller, now + lease_seconds)
             row = conn.execute(
                 "SELECT q.query_id, q.prompt, q.completions FROM queries q "
                 "WHERE NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = q.query_id) "

@@ -25,18 +25,23 @@ URL at start, or given): the URL's ``?token=`` sets an HttpOnly, SameSite=Strict
 the page and its two local files (``/static/app.js``, ``/static/app.css``: nothing is
 fetched from the internet), and API calls send it in the ``X-LLM-Gym-Token`` header.
 State-changing requests (POST) are refused (403) without that header, or when their
-Origin/Referer is not the server's own origin, or when their body is not JSON; while the
-server is on loopback, a Host header other than a loopback name is refused (DNS
-rebinding). Binding to another address requires an explicit token and logs a warning.
-Completions are inserted into the page as text (``textContent``), never as HTML, and a
-Content-Security-Policy without inline scripts backs that up.
+Origin/Referer is not the server's own origin (or the ``public_origin`` it was given, e.g.
+``https://labels.example.org`` for an HTTPS proxy in front of it), or when their body is not
+JSON; while the server is on loopback, a Host header other than a loopback name (or the
+public origin's) is refused (DNS rebinding). Binding to another address requires an
+explicit token and logs a warning. Completions are inserted into the page as text
+(``textContent``), never as HTML, and a Content-Security-Policy without inline scripts
+backs that up.
 
-API (JSON; errors are 4xx with ``{"error": "what is wrong and how to fix it"}`` and change nothing):
+API (JSON; errors are 4xx with ``{"error": "what is wrong and how to fix it"}`` and change
+nothing; an unexpected failure is logged and answered with a JSON 500):
 
 ``POST /api/next`` ``{"session": ID, "labeller": NAME}``
     lease the next pending query to this session: ``{"done": false, "query_id",
     "lease_id", "prompt", "completions", "k", "expires_in", "progress"}``, or
     ``{"done": true, "progress"}`` when nothing is pending. (POST, not GET: it takes a lease.)
+    A session that still holds a query gets it back, now under the `labeller` it sent: the
+    answer is stored under the name of the session's latest /api/next.
 ``POST /api/answer`` ``{"lease_id", "query_id", "choice": "first"|"second"|"tie"|"skip"}``
     or ``{"lease_id", "query_id", "ranking": [indices of the completions, best first]}``:
     ``{"ok": true, "outcome": "answered"|"skipped", "query_id", "lease_id", "ranks"}``.
@@ -58,7 +63,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from http import HTTPStatus
-from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from os import PathLike
 from typing import Any
@@ -90,7 +94,9 @@ _SECURITY_HEADERS = {
 }
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_\-.~]{16,256}")
 _SESSION_RE = re.compile(r"[A-Za-z0-9_\-]{8,64}")
+_ORIGIN_RE = re.compile(r"(https?)://([a-z0-9](?:[a-z0-9.\-]*[a-z0-9])?|\[[0-9a-f:.]+\])(?::([0-9]{1,5}))?")
 _MAX_BODY = 64 * 1024
+_MAX_LABELLER = 100
 
 
 def is_loopback(host: str) -> bool:
@@ -101,6 +107,32 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _host_name(host: str) -> str:
+    """The host name of a ``Host`` header or netloc, lowercased and without IPv6 brackets or port ('' if malformed)."""
+    try:
+        return urlsplit("//" + host).hostname or ""
+    except ValueError:  # e.g. an unclosed '[' or a port that is not a number
+        return ""
+
+
+def _check_labeller(name: object, what: str = "labeller") -> None:
+    """A ValueError unless `name` is a labeller name the page accepts: 1 to 100 printable characters, not only spaces."""
+    if not (isinstance(name, str) and name.strip() and len(name) <= _MAX_LABELLER and name.isprintable()):
+        raise ValueError(f"{what} must be a name of 1 to {_MAX_LABELLER} printable characters, got {name!r}")
+
+
+def _public_origin(origin: str) -> str:
+    """`origin` as ``scheme://host[:port]`` in lowercase (one trailing '/' dropped); ValueError when it is not one."""
+    normal = origin.lower().removesuffix("/") if isinstance(origin, str) else ""
+    match = _ORIGIN_RE.fullmatch(normal)
+    if match is None or (match[3] is not None and not 0 < int(match[3]) <= 65535):
+        raise ValueError(
+            f"public_origin must be scheme://host[:port] as the browser shows it behind the proxy, e.g. "
+            f"https://labels.example.org or https://10.0.0.5:8443 (no path), got {origin!r}"
+        )
+    return normal
 
 
 def _open_store(store: PreferenceStore | str | PathLike[str]) -> tuple[PreferenceStore, bool]:
@@ -134,14 +166,19 @@ class LabelServer:
         token: the access token every request must carry (at least 16 URL-safe characters);
             None generates a random one.
         lease_seconds: how long a labeller holds a query before it goes back to the queue.
-        labeller: the labeller name answers get when the page gives none.
+        labeller: the labeller name answers get when the page gives none (1 to 100 printable characters).
+        public_origin: the ``scheme://host[:port]`` the page is also reached at, e.g.
+            ``https://labels.example.org`` for an HTTPS reverse proxy in front of this
+            server: POSTs from that origin are accepted as the page's own (and, on
+            loopback, its host name in the Host header).
 
     Use `serve_forever` (blocking) or `start` (a background thread), then `close`; or `serve`.
 
     Raises:
         ValueError: for a non-loopback `host` without a `token`, a malformed token, a port
-            outside 0..65535, or a non-positive `lease_seconds`.
-        OSError: when the address cannot be bound (port in use, unknown host).
+            outside 0..65535, a non-positive `lease_seconds`, a malformed `labeller` or
+            `public_origin`.
+        OSError: when the address cannot be bound (port in use, unknown host, no IPv6).
     """
 
     def __init__(
@@ -153,6 +190,7 @@ class LabelServer:
         token: str | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         labeller: str = "human",
+        public_origin: str | None = None,
     ) -> None:
         self.loopback = is_loopback(host)
         if token is None:
@@ -170,15 +208,18 @@ class LabelServer:
             )
         if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float)) or not 0 < lease_seconds < 1e9:
             raise ValueError(f"lease_seconds must be a positive number of seconds, got {lease_seconds!r}")
-        if not isinstance(labeller, str) or not labeller.strip():
-            raise ValueError(f"labeller must be a non-empty name, got {labeller!r}")
+        _check_labeller(labeller)
+        self.public_origin = None if public_origin is None else _public_origin(public_origin)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an int in 0..65535 (0 = a free port), got {port!r}")
         self.token, self.lease_seconds, self.labeller = token, float(lease_seconds), labeller
         self.store, self._owns_store = _open_store(store)
         try:
             server_class = _IPv6Server if ":" in host else _Server
-            self._httpd = server_class((host.strip("[]"), port), _Handler)
+            try:
+                self._httpd = server_class((host.strip("[]"), port), _Handler)
+            except OSError as err:
+                raise OSError(err.errno, f"cannot listen on {host} port {port}: {err.strerror or err}") from err
         except BaseException:
             if self._owns_store:
                 self.store.close()
@@ -187,15 +228,19 @@ class LabelServer:
         self.host = host
         self.port: int = self._httpd.server_address[1]
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._serving = self._closed = False
         if not self.loopback:
             log.warning(
                 "the labelling page listens on %s:%d and is reachable from the network; anyone who has the token can "
-                "label. Plain HTTP: use it on a trusted network only (or behind an HTTPS proxy).", host, self.port,
+                "label. Plain HTTP: use it on a trusted network only, or behind an HTTPS proxy whose address you pass "
+                "as --origin (public_origin=...).", host, self.port,
             )
 
     @property
     def origin(self) -> str:
-        """``http://host:port`` as a browser on this machine reaches it (loopback for a wildcard address)."""
+        """``http://host:port`` as a browser on this machine reaches it (loopback for a wildcard address; an IPv6
+        address in brackets)."""
         host = self.host.strip("[]")
         if host in ("0.0.0.0", ""):
             host = "127.0.0.1"
@@ -209,8 +254,19 @@ class LabelServer:
         return f"{self.origin}/?token={self.token}"
 
     def serve_forever(self) -> None:
-        """Serve requests until `close` is called from another thread (or Ctrl-C in the main thread)."""
-        self._httpd.serve_forever(poll_interval=0.2)
+        """Serve requests until `close` is called from another thread (or Ctrl-C in the main thread).
+
+        Returns at once when the server is already closed.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._serving = True  # from here `close` stops this loop (shutdown before the loop starts stops it too)
+        try:
+            self._httpd.serve_forever(poll_interval=0.2)
+        finally:
+            with self._lock:
+                self._serving = False
 
     def start(self) -> LabelServer:
         """Serve in a background (daemon) thread; returns self."""
@@ -220,9 +276,13 @@ class LabelServer:
         return self
 
     def close(self) -> None:
-        """Stop serving and release the port (and the store, if this server opened it). Idempotent."""
+        """Stop serving (in whatever thread `serve_forever` runs) and release the port (and the store, if this
+        server opened it). Idempotent."""
+        with self._lock:
+            self._closed, serving = True, self._serving
+        if serving:
+            self._httpd.shutdown()  # waits for the loop to end; never called without one (it would wait forever)
         if self._thread is not None:
-            self._httpd.shutdown()
             self._thread.join()
             self._thread = None
         self._httpd.server_close()
@@ -268,8 +328,10 @@ class LabelServer:
                 f"(got {session!r})",
             )
         labeller = body.get("labeller", self.labeller)
-        if not isinstance(labeller, str) or not labeller.strip() or len(labeller) > 100 or not labeller.isprintable():
-            raise _RequestError(HTTPStatus.BAD_REQUEST, f"'labeller' must be a name of 1 to 100 printable characters, got {labeller!r}")
+        try:
+            _check_labeller(labeller, "'labeller'")
+        except ValueError as err:
+            raise _RequestError(HTTPStatus.BAD_REQUEST, str(err)) from None
         lease = self.store.lease_next(session, labeller=labeller.strip(), lease_seconds=self.lease_seconds)
         if lease is None:
             return {"done": True, "progress": self.progress()}
@@ -342,17 +404,17 @@ def _ranks_from_body(body: dict[str, Any], query: Query) -> tuple[int, ...] | No
     k = query.k
     if "choice" in body:
         choice = body["choice"]
+        if not isinstance(choice, str) or (choice != "skip" and choice not in PAIRWISE_CHOICES):
+            raise _RequestError(
+                HTTPStatus.BAD_REQUEST, f"unknown choice {choice!r}; use \"first\", \"second\", \"tie\" or \"skip\""
+            )
         if choice == "skip":
             return None
-        if k != 2 and choice in PAIRWISE_CHOICES:
+        if k != 2:
             raise _RequestError(
                 HTTPStatus.BAD_REQUEST,
                 f"query {query.query_id} ranks {k} completions: send 'ranking' (e.g. {list(range(k))}, best first) "
                 "or choice \"skip\"",
-            )
-        if choice not in PAIRWISE_CHOICES:
-            raise _RequestError(
-                HTTPStatus.BAD_REQUEST, f"unknown choice {choice!r}; use \"first\", \"second\", \"tie\" or \"skip\""
             )
         return PAIRWISE_CHOICES[choice]
     ranking = body["ranking"]
@@ -418,44 +480,60 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(err.status, {"error": err.message})
 
     def _cookie_token(self) -> str | None:
-        try:
-            morsel = SimpleCookie(self.headers.get("Cookie", "")).get(self.app.cookie_name)
-        except CookieError:
-            return None
-        return None if morsel is None else morsel.value
+        # Parsed by hand: SimpleCookie stops at the first cookie it cannot parse (another app's on this host,
+        # e.g. `ui=dark mode`) and drops ours after it.
+        for pair in "; ".join(self.headers.get_all("Cookie", [])).split(";"):
+            name, sep, value = pair.partition("=")
+            if sep and name.strip() == self.app.cookie_name:
+                return value.strip()
+        return None
 
     def _check_host(self) -> None:
         """On loopback, refuse Host names that are not loopback (a DNS-rebinding page would send its own)."""
         if not self.app.loopback:
             return
         host = self.headers.get("Host", "")
-        name = (host if host.endswith("]") or host.count(":") != 1 else host.rsplit(":", 1)[0]).strip("[]").lower()
-        if not is_loopback(name) and name != self.app.host.strip("[]").lower():
+        name = _host_name(host)
+        allowed = {self.app.host.strip("[]").lower()}
+        if self.app.public_origin is not None:
+            allowed.add(urlsplit(self.app.public_origin).hostname)
+        if not is_loopback(name) and name not in allowed:
             raise _RequestError(
                 HTTPStatus.FORBIDDEN,
                 f"unexpected Host header {host!r}: open the page at {self.app.origin} (the address the server printed)",
             )
 
+    def _check_token(self) -> None:
+        """The token in the header or the page's cookie (a 401 without it)."""
+        if not (self.app.check_token(self.headers.get(TOKEN_HEADER)) or self.app.check_token(self._cookie_token())):
+            raise _RequestError(
+                HTTPStatus.UNAUTHORIZED,
+                f"missing or wrong access token: open the page through the URL the server printed (…/?token=…), "
+                f"or send the token in the {TOKEN_HEADER} header",
+            )
+
     def _check_same_origin(self) -> None:
         """A state-changing request must come from this server's own page (or from a non-browser client)."""
         own = f"http://{self.headers.get('Host', '')}".lower()
+        allowed = {own} if self.app.public_origin is None else {own, self.app.public_origin}
+        expected = " or ".join(repr(o) for o in sorted(allowed))
         origin = self.headers.get("Origin")
         if origin is not None:
-            if origin.lower() != own:
-                raise _RequestError(HTTPStatus.FORBIDDEN, f"cross-site request refused: Origin {origin!r} is not {own!r}")
+            if origin.lower() not in allowed:
+                raise _RequestError(HTTPStatus.FORBIDDEN, f"cross-site request refused: Origin {origin!r} is not {expected}")
             return
         referer = self.headers.get("Referer")
         if referer is not None:
             parts = urlsplit(referer)
-            if f"{parts.scheme}://{parts.netloc}".lower() != own:
-                raise _RequestError(HTTPStatus.FORBIDDEN, f"cross-site request refused: Referer is not from {own!r}")
+            if f"{parts.scheme}://{parts.netloc}".lower() not in allowed:
+                raise _RequestError(HTTPStatus.FORBIDDEN, f"cross-site request refused: Referer is not from {expected}")
 
     def _read_json(self) -> Any:
         if self.headers.get("Transfer-Encoding"):
             raise _RequestError(HTTPStatus.LENGTH_REQUIRED, "send the JSON body with a Content-Length, not chunked")
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise _RequestError(HTTPStatus.LENGTH_REQUIRED, "a POST needs a Content-Length header and a JSON body")
+        if length is None or not re.fullmatch(r"[0-9]{1,9}", length):  # not isdigit(): it takes '²', which int() refuses
+            raise _RequestError(HTTPStatus.LENGTH_REQUIRED, "a POST needs a Content-Length header (bytes) and a JSON body")
         if int(length) > _MAX_BODY:
             raise _RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is over {_MAX_BODY} bytes")
         raw = self.rfile.read(int(length))
@@ -466,38 +544,60 @@ class _Handler(BaseHTTPRequestHandler):
                 f"send the body as JSON with Content-Type: application/json (got {content_type or 'none'!r})",
             )
         try:
-            return json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise _RequestError(HTTPStatus.BAD_REQUEST, f"the body is not valid UTF-8 JSON ({err}); send a JSON object") from None
+            body = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError) as err:  # ValueError: bad UTF-8 or JSON, or a number of over 4300 digits
+            reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+            raise _RequestError(
+                HTTPStatus.BAD_REQUEST, f"the body is not valid UTF-8 JSON ({reason}); send a JSON object"
+            ) from None
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise _RequestError(
+                HTTPStatus.BAD_REQUEST, "the body has a string that is not valid Unicode (a lone surrogate such as \\ud800)"
+            ) from None
+        return body
+
+    def _handle(self, route: Callable[[], None]) -> None:
+        """Run `route`; a refusal is answered with its 4xx, anything unexpected is logged and answered with a JSON 500."""
+        try:
+            route()
+        except _RequestError as err:
+            self.close_connection = True  # a POST body may be unread: it must not be taken for the next request
+            self._error(err)
+        except ConnectionError:  # the client went away mid-reply: no one is left to answer
+            self.close_connection = True
+        except Exception:
+            log.exception("%s %s failed", self.command, urlsplit(self.path).path)
+            self.close_connection = True
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {
+                "error": "the labelling server failed on this request (its log has the details); try again: "
+                         "an answer is never stored twice",
+            })
 
     # -- routes --------------------------------------------------------------------------
 
     def do_GET(self) -> None:
-        try:
-            self._check_host()
-            parts = urlsplit(self.path)
-            if parts.path == "/":
-                self._page(parse_qs(parts.query).get("token", [None])[0])
-                return
-            if not (self.app.check_token(self.headers.get(TOKEN_HEADER)) or self.app.check_token(self._cookie_token())):
-                raise _RequestError(
-                    HTTPStatus.UNAUTHORIZED,
-                    f"missing or wrong access token: open the page through the URL the server printed (…/?token=…), "
-                    f"or send the token in the {TOKEN_HEADER} header",
-                )
-            if parts.path in _STATIC:
-                content_type, body = _STATIC[parts.path]
-                self._send(HTTPStatus.OK, body, content_type)
-            elif parts.path == "/api/progress":
-                self._json(HTTPStatus.OK, self.app.progress())
-            elif parts.path in ("/api/next", "/api/answer"):
-                raise _RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"{parts.path} takes a POST with a JSON body")
-            else:
-                raise _RequestError(HTTPStatus.NOT_FOUND, f"no such page {parts.path!r}; the API is /api/next, /api/answer, /api/progress")
-        except _RequestError as err:
-            self._error(err)
+        self._handle(self._get)
 
     do_HEAD = do_GET
+
+    def _get(self) -> None:
+        self._check_host()
+        parts = urlsplit(self.path)
+        if parts.path == "/":
+            self._page(parse_qs(parts.query).get("token", [None])[0])
+            return
+        self._check_token()
+        if parts.path in _STATIC:
+            content_type, body = _STATIC[parts.path]
+            self._send(HTTPStatus.OK, body, content_type)
+        elif parts.path == "/api/progress":
+            self._json(HTTPStatus.OK, self.app.progress())
+        elif parts.path in ("/api/next", "/api/answer"):
+            raise _RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"{parts.path} takes a POST with a JSON body")
+        else:
+            raise _RequestError(HTTPStatus.NOT_FOUND, f"no such page {parts.path!r}; the API is /api/next, /api/answer, /api/progress")
 
     def _page(self, query_token: str | None) -> None:
         cookie_ok = self.app.check_token(self._cookie_token())
@@ -517,27 +617,31 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, page.encode(), "text/html; charset=utf-8", extra)
 
     def do_POST(self) -> None:
-        try:
-            self._check_host()
-            if self.headers.get(TOKEN_HEADER) is None:
-                raise _RequestError(
-                    HTTPStatus.FORBIDDEN,
-                    f"a POST must carry the access token in the {TOKEN_HEADER} header (cross-site protection)",
-                )
-            if not self.app.check_token(self.headers.get(TOKEN_HEADER)):
-                raise _RequestError(HTTPStatus.UNAUTHORIZED, f"wrong access token in {TOKEN_HEADER}; use the one the server printed")
-            self._check_same_origin()
-            path = urlsplit(self.path).path
-            if path not in ("/api/next", "/api/answer"):
-                raise _RequestError(HTTPStatus.NOT_FOUND, f"no such endpoint {path!r}; POST to /api/next or /api/answer")
-            body = self._read_json()
-            result = self.app.next_query(body) if path == "/api/next" else self.app.answer(body)
-            self._json(HTTPStatus.OK, result)  # the store committed the answer before this line
-        except _RequestError as err:
-            self.close_connection = True  # the body may be unread: it must not be taken for the next request
-            self._error(err)
+        self._handle(self._post)
+
+    def _post(self) -> None:
+        self._check_host()
+        if self.headers.get(TOKEN_HEADER) is None:
+            raise _RequestError(
+                HTTPStatus.FORBIDDEN,
+                f"a POST must carry the access token in the {TOKEN_HEADER} header (cross-site protection)",
+            )
+        if not self.app.check_token(self.headers.get(TOKEN_HEADER)):
+            raise _RequestError(HTTPStatus.UNAUTHORIZED, f"wrong access token in {TOKEN_HEADER}; use the one the server printed")
+        self._check_same_origin()
+        path = urlsplit(self.path).path
+        if path not in ("/api/next", "/api/answer"):
+            raise _RequestError(HTTPStatus.NOT_FOUND, f"no such endpoint {path!r}; POST to /api/next or /api/answer")
+        body = self._read_json()
+        result = self.app.next_query(body) if path == "/api/next" else self.app.answer(body)
+        self._json(HTTPStatus.OK, result)  # the store committed the answer before this line
 
     def _refuse_method(self) -> None:
+        self._handle(self._other_method)
+
+    def _other_method(self) -> None:
+        self._check_host()
+        self._check_token()  # who may not use the server learns nothing, not even which methods it takes
         self.close_connection = True
         self._send(
             HTTPStatus.METHOD_NOT_ALLOWED,
@@ -562,6 +666,7 @@ def serve(
     token: str | None = None,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     labeller: str = "human",
+    public_origin: str | None = None,
     on_start: Callable[[LabelServer], None] | None = None,
 ) -> None:
     """Serve the labelling page until Ctrl-C; `on_start(server)` is called once it listens (announce `server.url`).
@@ -569,7 +674,8 @@ def serve(
     The arguments are `LabelServer`'s. Every answer is committed as it is given, so stopping
     the server loses nothing.
     """
-    with LabelServer(store, host=host, port=port, token=token, lease_seconds=lease_seconds, labeller=labeller) as server:
+    with LabelServer(store, host=host, port=port, token=token, lease_seconds=lease_seconds, labeller=labeller,
+                     public_origin=public_origin) as server:
         if on_start is not None:
             on_start(server)
         try:
@@ -796,6 +902,8 @@ _JS = r"""
   let order = [];       // K-way: completion indices picked so far, best first
   let busy = false;
   let timer = null;
+  let shownAt = 0;      // when the current query was shown: keys are ignored for KEY_GUARD_MS after
+  const KEY_GUARD_MS = 150;
 
   async function api(method, path, payload) {
     const options = { method, headers: { "X-LLM-Gym-Token": TOKEN }, cache: "no-store", credentials: "same-origin" };
@@ -859,6 +967,7 @@ _JS = r"""
     }
     const q = current;
     const pair = q.k === 2;
+    shownAt = performance.now();
     $("query").dataset.queryId = q.query_id;
     $("prompt").textContent = q.prompt;
     $("instructions").textContent = pair
@@ -950,6 +1059,8 @@ _JS = r"""
 
   document.addEventListener("keydown", (e) => {
     if (!current || e.ctrlKey || e.metaKey || e.altKey || e.target === nameInput) return;
+    // A held key (auto-repeat), or a press meant for the query just answered, must not answer the next one.
+    if (e.repeat || performance.now() - shownAt < KEY_GUARD_MS) return;
     const key = e.key.toLowerCase();
     if (key === "s") choose("skip");
     else if (current.k === 2) {

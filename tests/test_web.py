@@ -3,8 +3,11 @@ leases between labellers, a server killed mid-answer, `WebOracle` inside a train
 
 from __future__ import annotations
 
+import http.client
 import json
+import logging
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +32,7 @@ from browser import start_chromium
 from doubles import run_in_threads
 
 PAGE_TITLE = "llm_gym · preference labelling"
+KEY_GUARD = 0.2  # seconds: the page ignores keys for 150 ms after it shows a new query
 
 
 # --------------------------------------------------------------------------------------
@@ -119,6 +123,7 @@ def open_page(browser, server: LabelServer) -> None:
     browser.delete_all_cookies()
     browser.get(server.url)
     wait_for(browser, lambda: state(browser) in ("query", "done"))
+    time.sleep(KEY_GUARD)
 
 
 def state(browser) -> str | None:
@@ -146,6 +151,7 @@ def answer_and_wait(browser, do) -> None:
     before = shown_query(browser)
     do()
     wait_for(browser, lambda: state(browser) in ("query", "done") and shown_query(browser) != before)
+    time.sleep(KEY_GUARD)
 
 
 def test_pairwise_queries_answered_by_click_and_keyboard(browser, serve_store, store_path) -> None:
@@ -203,6 +209,36 @@ def test_k_completions_ranked_in_the_page(browser, serve_store, store_path) -> N
     assert state(browser) == "done"
     with PreferenceStore(store_path) as store:
         assert {a.query_id: a.ranks for a in store.answers()} == {four.query_id: (2, 3, 0, 1), three.query_id: (2, 0, 1)}
+
+
+def test_a_held_key_answers_one_query(browser, serve_store, store_path) -> None:
+    qs = pairs(3)
+    server = serve_store(qs)
+    open_page(browser, server)
+    # The first press answers q0; the same key auto-repeating (repeat: true) while q1 shows answers nothing.
+    browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const key = (repeat) => document.dispatchEvent(new KeyboardEvent("keydown", {key: "1", repeat, bubbles: true}));
+        key(false);
+        let n = 0;
+        const held = setInterval(() => { key(true); if (++n === 30) { clearInterval(held); done(); } }, 30);
+    """)
+    assert shown_query(browser) == qs[1].query_id
+    # A second press the moment q1 shows was meant for q0: it is ignored too.
+    browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const key = () => document.dispatchEvent(new KeyboardEvent("keydown", {key: "2", bubbles: true}));
+        const shown = () => document.getElementById("query").dataset.queryId;
+        const before = shown();
+        key();
+        const wait = setInterval(() => {
+          if (shown() !== before && document.body.dataset.state === "query") { clearInterval(wait); key(); done(); }
+        }, 5);
+    """)
+    time.sleep(0.5)
+    assert shown_query(browser) == qs[2].query_id
+    with PreferenceStore(store_path) as store:
+        assert {a.query_id: a.ranks for a in store.answers()} == {qs[0].query_id: (0, 1), qs[1].query_id: (1, 0)}
 
 
 def test_markup_in_a_completion_is_shown_as_text_and_runs_nothing(browser, serve_store) -> None:
@@ -344,8 +380,17 @@ BAD_ANSWERS = [
     ({"lease_id": "L", "query_id": "Q2", "choice": "first"}, 400, "was handed out for query"),
     ({"lease_id": "L", "query_id": "Q", "choice": "better"}, 400, "unknown choice 'better'"),
     ({"lease_id": "L", "query_id": "Q", "choice": 1}, 400, "unknown choice 1"),
+    ({"lease_id": "L", "query_id": "Q", "choice": []}, 400, "unknown choice []"),  # unhashable: not a TypeError
+    ({"lease_id": "L", "query_id": "Q", "choice": {}}, 400, "unknown choice {}"),
+    ({"lease_id": "L4", "query_id": "Q4", "choice": ["first"]}, 400, "unknown choice ['first']"),
     ({"lease_id": "L", "query_id": "Q", "ranking": [0, 0]}, 400, "each completion index 0 to 1 once"),
     ({"lease_id": "L", "query_id": "Q", "ranking": [True, 0]}, 400, "each completion index"),
+    ({"lease_id": "L", "query_id": "Q", "ranking": [{}, []]}, 400, "each completion index"),
+    ("[" * 60_000, 400, "nested too deeply"),  # a RecursionError in json.loads
+    ("9" * 5_000, 400, "not valid UTF-8 JSON"),  # a ValueError (int digits limit), not a JSONDecodeError
+    ({"lease_id": "\ud800", "query_id": "Q", "choice": "first"}, 400, "lone surrogate"),  # SQLite cannot encode it
+    ({"lease_id": "L", "query_id": "\ud800", "choice": "first"}, 400, "lone surrogate"),
+    ({"lease_id": "L", "query_id": "Q", "choice": "first", "\udfff": 1}, 400, "lone surrogate"),
     ({"lease_id": "L", "query_id": "Q", "choice": "first", "ranking": [0, 1]}, 400, "exactly one of 'choice'"),
     ({"lease_id": "L", "query_id": "Q"}, 400, "exactly one of 'choice'"),
     ({"lease_id": "L4", "query_id": "Q4", "choice": "first"}, 400, "ranks 4 completions: send 'ranking'"),
@@ -366,15 +411,155 @@ def test_bad_requests_get_a_4xx_and_change_nothing(serve_store, store_path) -> N
         got, reply = call(server, "POST", "/api/answer", raw=raw)
         assert (got, phrase in reply["error"]) == (status, True), (body, reply)
     for body, phrase in [({"session": "short"}, "'session' must be"), ({"session": "session-x", "labeller": ""}, "'labeller'"),
+                         ({"session": "session-x", "labeller": "x" * 101}, "'labeller'"),
+                         ({"session": "session-x", "labeller": "\ud800"}, "lone surrogate"),
                          ({"session": "session-x", "who": 1}, "unknown field")]:
         got, reply = call(server, "POST", "/api/next", body)
         assert got == 400 and phrase in reply["error"]
     assert call(server, "POST", "/api/answer", raw=b"x" * 70_000)[0] == 413
+    for length in ("²", "-1", "1e3", "", "9" * 10):  # '²'.isdigit() is True but int('²') raises
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            conn.putrequest("POST", "/api/answer")
+            conn.putheader(TOKEN_HEADER, server.token)
+            conn.putheader("Content-Type", "application/json")
+            conn.putheader("Content-Length", length)
+            conn.endheaders(b"{}")
+            reply = conn.getresponse()
+            assert (reply.status, "Content-Length" in json.loads(reply.read())["error"]) == (411, True), length
+        finally:
+            conn.close()
     assert call(server, "GET", "/api/answer")[0] == 405
     assert call(server, "PUT", "/api/answer", {"a": 1})[0] == 405
+    for method in ("PUT", "DELETE", "PATCH", "OPTIONS"):  # who has no token, or a foreign Host, learns nothing more
+        assert call(server, method, "/api/answer", token=None)[0] == 401, method
+        assert call(server, method, "/api/answer", token="wrong-token-of-some-length")[0] == 401, method
+        assert call(server, method, "/api/answer", headers={"Host": "evil.example"})[0] == 403, method
+        assert call(server, method, "/api/answer", token=None,
+                    headers={"Cookie": f"{server.cookie_name}={server.token}"})[0] == 405, method
     assert call(server, "GET", "/nowhere")[0] == 404
     assert call(server, "POST", "/nowhere", {})[0] == 404
     assert snapshot(store_path) == before, "no answer and no lease changed"
+
+
+def test_an_unexpected_failure_is_a_logged_json_500(serve_store, store_path, monkeypatch, caplog) -> None:
+    server = serve_store(pairs(1))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the disk is on fire")
+
+    monkeypatch.setattr(server, "progress", broken)
+    with caplog.at_level(logging.ERROR, logger="llm_gym.web"):
+        for method, path, body in [("GET", "/api/progress", None), ("POST", "/api/next", {"session": "session-a"})]:
+            status, reply = call(server, method, path, body)
+            assert status == 500 and "its log has the details" in reply["error"], (path, reply)
+    assert "the disk is on fire" in caplog.text and "GET /api/progress failed" in caplog.text
+    monkeypatch.undo()
+    assert call(server, "GET", "/api/progress")[0] == 200, "the server still serves"
+
+
+@pytest.mark.parametrize("foreign", ["ui=dark mode", 'x={"a":1}', 'x="unterminated'])
+def test_a_foreign_cookie_on_the_host_does_not_hide_the_token(serve_store, foreign) -> None:
+    server = serve_store(pairs(1))
+    cookie = {"Cookie": f"{foreign}; {server.cookie_name}={server.token}; after=1"}
+    for path in ("/", "/static/app.js", "/static/app.css", "/api/progress"):
+        assert call(server, "GET", path, token=None, headers=cookie)[0] == 200, path
+    wrong_name = {"Cookie": f"{foreign}; {server.cookie_name}0={server.token}; x{server.cookie_name}={server.token}"}
+    assert call(server, "GET", "/static/app.js", token=None, headers=wrong_name)[0] == 401, "the name must match exactly"
+
+
+def test_host_headers_are_parsed_like_urls(serve_store) -> None:
+    server = serve_store(pairs(1))
+    port = server.port
+    for host, status in [(f"[::1]:{port}", 200), ("[::1]", 200), (f"LOCALHOST:{port}", 200), (f"127.0.0.2:{port}", 200),
+                         (f"[::1:{port}", 403), (f"[::2]:{port}", 403), (f"127.0.0.1.evil.example:{port}", 403),
+                         (f"evil.example:{port}:1", 403), ("", 403)]:
+        assert call(server, "GET", "/api/progress", headers={"Host": host})[0] == status, host
+
+
+def test_an_ipv6_loopback_server_accepts_its_own_url(store_path) -> None:
+    PreferenceStore(store_path).close()
+    ipv6 = socket.has_ipv6
+    if ipv6:
+        try:
+            with socket.socket(socket.AF_INET6) as probe:
+                probe.bind(("::1", 0))
+        except OSError:
+            ipv6 = False
+    if not ipv6:  # no IPv6 loopback on this machine: the error says what could not be done
+        with pytest.raises(OSError, match=r"cannot listen on ::1 port 0"):
+            LabelServer(store_path, host="::1")
+        return
+    for host in ("::1", "[::1]"):
+        with LabelServer(store_path, host=host).start() as server:
+            assert server.origin == f"http://[::1]:{server.port}" and server.url.startswith(server.origin + "/?token=")
+            with urllib.request.urlopen(server.url, timeout=10) as r:  # Host: [::1]:PORT
+                assert r.status == 200
+            status, body = call(server, "POST", "/api/next", {"session": "session-a"}, headers={"Origin": server.origin})
+            assert (status, body["done"]) == (200, True)
+            assert call(server, "GET", "/api/progress", headers={"Host": f"evil.example:{server.port}"})[0] == 403
+
+
+def test_a_public_origin_behind_a_proxy_may_post(serve_store, store_path) -> None:
+    server = serve_store(pairs(2), public_origin="https://Labels.Example.org/")
+    assert server.public_origin == "https://labels.example.org"
+    lease = take(server)
+    answer = {"lease_id": lease["lease_id"], "query_id": lease["query_id"], "choice": "first"}
+    proxied = {"Origin": "https://labels.example.org", "Host": "labels.example.org"}  # as the proxy forwards it
+    for headers in [{"Origin": "https://evil.example"}, {"Origin": "http://labels.example.org"},
+                    {"Origin": "https://labels.example.org:8443"}, {**proxied, "Origin": "https://evil.example"},
+                    {"Referer": "https://evil.example/"}, {"Host": "evil.example", "Origin": "https://labels.example.org"}]:
+        status, body = call(server, "POST", "/api/answer", answer, headers=headers)
+        assert status == 403 and body["error"], headers
+    assert snapshot(store_path)[0] == []
+    assert call(server, "POST", "/api/answer", answer, headers=proxied)[0] == 200
+    status, body = call(server, "POST", "/api/next", {"session": "session-b"},
+                        headers={"Referer": "https://labels.example.org/", "Host": "127.0.0.1"})
+    assert status == 200 and not body["done"]
+    for bad in ["labels.example.org", "https://labels.example.org/labels", "ftp://labels.example.org",
+                "https://labels.example.org:99999", "https://user@labels.example.org", "https://", "https://a b"]:
+        with pytest.raises(ValueError, match="scheme://host"):
+            LabelServer(store_path, public_origin=bad)
+
+
+def test_bad_default_labeller_names_are_refused(store_path) -> None:
+    PreferenceStore(store_path).close()
+    for bad in ["x" * 101, "tab\there", "line\nbreak", "   ", "", "\ud800", None]:
+        with pytest.raises(ValueError, match="labeller must be a name of 1 to 100 printable characters"):
+            LabelServer(store_path, labeller=bad)
+    LabelServer(store_path, labeller="x" * 100).close()
+
+
+def test_a_held_lease_takes_the_latest_labeller_name(serve_store, store_path) -> None:
+    server = serve_store(pairs(1), labeller="default")
+    first = take(server, "session-a")
+    assert first["labeller"] == "default"
+    status, again = call(server, "POST", "/api/next", {"session": "session-a", "labeller": "alice"})
+    assert status == 200 and (again["lease_id"], again["labeller"]) == (first["lease_id"], "alice")
+    assert call(server, "POST", "/api/answer", {"lease_id": first["lease_id"], "query_id": first["query_id"],
+                                                "choice": "second"})[0] == 200
+    with PreferenceStore(store_path) as store:
+        assert [(a.labeller, a.ranks) for a in store.answers()] == [("alice", (1, 0))]
+
+
+def test_close_stops_serve_forever_in_the_callers_thread(store_path) -> None:
+    PreferenceStore(store_path).close()
+    server = LabelServer(store_path)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    assert call(server, "GET", "/api/progress")[0] == 200
+    server.close()
+    thread.join(timeout=5)
+    assert not thread.is_alive(), "close() stopped the loop"
+    server.close()  # idempotent
+    server.serve_forever()  # returns at once once closed
+
+    early = LabelServer(store_path)  # closed before its thread got to serve
+    early.close()
+    thread = threading.Thread(target=early.serve_forever, daemon=True)
+    thread.start()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
 
 
 def test_a_replayed_submission_stores_one_answer(serve_store, store_path) -> None:
@@ -656,6 +841,13 @@ def test_cli_label_web_serves_until_ctrl_c(store_path, monkeypatch, capsys) -> N
     assert "2 pending of 2 queries" in out and "after 60 s" in out and "stopped" in out
     assert "/?token=cli-test-token-0123456789" in out and seen["status"] == 200
 
+    assert main(["label", str(store_path), "--web", "--token", "cli-test-token-0123456789",
+                 "--origin", "https://labels.example.org"]) == 0
+    assert "through the proxy, https://labels.example.org/?token=cli-test-token-0123456789" in capsys.readouterr().out
+    assert main(["label", str(store_path), "--web", "--origin", "labels.example.org"]) == 2
+    assert "scheme://host[:port]" in capsys.readouterr().err
+    assert main(["label", str(store_path), "--web", "--name", "x" * 101]) == 2
+    assert "labeller must be a name" in capsys.readouterr().err
     assert main(["label", str(store_path), "--web", "--host", "0.0.0.0"]) == 2
     assert "an access token is required" in capsys.readouterr().err
     assert main(["label", str(store_path), "--web", "--limit", "3"]) == 2
