@@ -18,6 +18,16 @@ predicting returns (a freshly initialised value head's large early errors otherw
 disturb the policy, which Ziegler et al. 2019 avoided with separate networks).
 Dropout is off during PPO (the model is kept in eval mode, as TRL does), so the ratio
 pi/pi_old is exactly 1 before the first update.
+
+Data parallel (`distributed=`, see `llm_gym.distributed`): the environment's batch
+(`num_envs`) and `minibatch_size` are global. Every process draws the same prompt batch
+(same rng), samples completions for its contiguous shard with its own seed (rank 0 uses
+the single-process seed), and the completions are gathered so that every process scores
+the whole batch: score whitening, metrics and the KL fed to the controller are then global
+and identical everywhere. Advantage whitening uses all-reduced sums; each global minibatch
+is the processes' shards of one permutation drawn as a single process draws it, and its
+losses are normalised by the global token count, so DDP's gradient average is the
+single-process gradient. Only the main process writes checkpoints.
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ from llm_gym.agents.ppo_math import (
     masked_mean,
     masked_whiten,
 )
+from llm_gym.distributed import Distributed, MixedPrecision, check_training_options, micro_batches, resolve_mixed_precision
 from llm_gym.logger import Logger
 from llm_gym.policy import Policy, Rollout, SamplingConfig
 from llm_gym.tiny_lm import document_batch, lm_loss
@@ -130,8 +141,15 @@ class PPOConfig:
     """Write sample completions to TensorBoard every this many iterations (0 = never)."""
     checkpoint_every: int = 0
     """Write a checkpoint every this many iterations into `checkpoint_dir` (0 = only on request)."""
+    mixed_precision: MixedPrecision = "no"
+    """"bf16" runs sampling, reference and training forward passes under bf16 autocast where the device
+    supports it (CUDA with bf16, CPU); elsewhere PPO falls back to float32 with a logged warning."""
+    gradient_accumulation_steps: int = 1
+    """Each minibatch is processed in this many micro-batches before one optimizer step (less memory;
+    the same update: losses are normalised by the whole minibatch's token count)."""
 
     def __post_init__(self) -> None:
+        check_training_options("PPOConfig", self.mixed_precision, self.gradient_accumulation_steps)
         def positive(name: str, integer: bool = False) -> None:
             v = getattr(self, name)
             if integer and (not isinstance(v, int) or isinstance(v, bool)):
@@ -165,7 +183,7 @@ class PPOConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PPOConfig:
-        data = dict(data)
+        data = dict(data)  # checkpoints written before mixed_precision existed load with the defaults
         data["sampling"] = SamplingConfig(**data["sampling"])
         return cls(**data)
 
@@ -229,6 +247,8 @@ class PPO(Agent):
         ptx_texts: pretraining texts for PPO-ptx (required when `config.ptx_coef > 0`).
         logger: where metrics go.
         checkpoint_dir: where `checkpoint_every` writes `checkpoint/` (atomically).
+        distributed: the process group (data parallel); None = a single process. Every process
+            passes an rng with the same seed, the same environment and its own device's policy.
 
     Example:
         >>> env = gymnasium.make_vec("llm_gym/ReviewSentiment-v0", num_envs=16)  # doctest: +SKIP
@@ -245,7 +265,9 @@ class PPO(Agent):
         ptx_texts: Sequence[str] | None = None,
         logger: Logger | None = None,
         checkpoint_dir: str | PathLike[str] | None = None,
+        distributed: Distributed | None = None,
     ) -> None:
+        dist = distributed if distributed is not None else Distributed()
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
         num_envs = getattr(env, "num_envs", None)
@@ -257,11 +279,16 @@ class PPO(Agent):
             raise ValueError(
                 f"minibatch_size={config.minibatch_size} must divide the environment's batch (num_envs={num_envs})"
             )
+        if num_envs % dist.world_size or config.minibatch_size % dist.world_size:
+            raise ValueError(
+                f"num_envs={num_envs} and minibatch_size={config.minibatch_size} are global batches: both must be "
+                f"divisible by the number of processes ({dist.world_size})"
+            )
         if config.ptx_coef > 0 and not ptx_texts:
             raise ValueError("ptx_coef > 0 needs ptx_texts (pretraining text); pass ptx_texts=... or set ptx_coef=0")
         if config.checkpoint_every and checkpoint_dir is None:
             raise ValueError("checkpoint_every > 0 needs checkpoint_dir")
-        self.policy, self.env, self.config, self.rng = policy, env, config, rng
+        self.policy, self.env, self.config, self.rng, self.dist = policy, env, config, rng, dist
         self.logger = logger if logger is not None else Logger(None)
         self.ptx_texts = list(ptx_texts) if ptx_texts else []
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -281,6 +308,10 @@ class PPO(Agent):
             ],
             eps=1e-5,
         )
+        # training forwards go through the data-parallel wrappers (the modules themselves otherwise)
+        self._train_model, _ = dist.prepare(policy.model)
+        self._train_value_head, _ = dist.prepare(self.value_head)
+        self._amp = resolve_mixed_precision(config.mixed_precision, policy.device)
         self.score_moments = _RunningMoments()
         self.num_timesteps = 0
         self.iteration = 0
@@ -314,44 +345,51 @@ class PPO(Agent):
         # the prompt batch is drawn by a reset seeded from the agent's rng, so a resumed run
         # (rng restored from the checkpoint) sees exactly the prompts an uninterrupted run would
         prompts, _ = self.env.reset(seed=int(self.rng.integers(2**31 - 1)))
+        dist, amp = self.dist, Distributed.autocast(self._amp, self.policy.device)
 
         t = time.perf_counter()
-        rollout = self.policy.sample(list(prompts), cfg.sampling, seed=int(self.rng.integers(2**63 - 1)))
+        seed = _rank_seed(int(self.rng.integers(2**63 - 1)), dist.rank)
+        with amp:
+            rollout = self.policy.sample(dist.shard(list(prompts)), cfg.sampling, seed=seed)
+        completions = [c for part in dist.gather_object(rollout.completions) for c in part]
         timings["generation"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        _, scores, _, _, info = self.env.step(rollout.completions)
-        scores = np.asarray(scores, dtype=np.float64)
+        _, scores, _, _, info = self.env.step(completions)
+        scores = np.asarray(scores, dtype=np.float64)  # the whole batch's scores, on every process
         timings["scoring"] = time.perf_counter() - t
 
         t = time.perf_counter()
         batch_args = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask, cfg.sampling)
-        with torch.no_grad():
+        with torch.no_grad(), amp:
             ref_logprobs = self.reference.log_probs(*batch_args)
             own = self.policy.evaluate(*batch_args, with_hidden=True)
-            old_values = self.value_head(own.hidden)
+            old_values = self.value_head(own.hidden).float()
         timings["reference"] = time.perf_counter() - t
 
         t = time.perf_counter()
         mask = rollout.completion_mask.float()
         paid = scores
         if cfg.whiten_scores:
-            self.score_moments.update(scores)
+            self.score_moments.update(scores)  # global scores: every process keeps the same moments
             paid = self.score_moments.normalize(scores)
-        paid_t = torch.as_tensor(paid * cfg.score_scale, dtype=torch.float32, device=self.policy.device)
+        paid_t = torch.as_tensor(np.asarray(dist.shard(paid * cfg.score_scale)), dtype=torch.float32, device=self.policy.device)
         rewards, kl = kl_penalized_rewards(paid_t, own.logprobs, ref_logprobs, mask, self.kl_ctl.value)
         old_values = old_values * mask
         advantages, returns = compute_gae(rewards, old_values, mask, cfg.gamma, cfg.gae_lambda)
         if cfg.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+            advantages = masked_whiten(advantages, mask, all_reduce=dist.all_reduce_sum if dist.world_size > 1 else None)
         batch = _Batch(rollout, own.logprobs, old_values, advantages, returns)
-        train_stats = self._update(batch)
+        train_stats = self._update(batch, len(scores))
         timings["update"] = time.perf_counter() - t
 
-        kl_per_completion = kl.sum(-1)
+        # per-completion KL, entropy and length of the whole batch (in batch order), on every process
+        local = torch.stack([kl.sum(-1), (own.entropy * mask).sum(-1), mask.sum(-1)], dim=1)
+        gathered = torch.cat([torch.as_tensor(part) for part in dist.gather_object(local.tolist())]) if dist.world_size > 1 else local
+        kl_per_completion, entropy_sum, lengths = gathered.unbind(1)
         mean_kl = float(kl_per_completion.mean())
         kl_coef = self.kl_ctl.value
-        self.kl_ctl.update(mean_kl, n_steps=len(scores))
+        self.kl_ctl.update(mean_kl, n_steps=len(scores))  # the global KL: every process steers beta alike
         self.iteration += 1
         self.num_timesteps += len(scores)
 
@@ -360,11 +398,11 @@ class PPO(Agent):
             "objective/kl": mean_kl,
             "objective/kl_coef": kl_coef,
             "objective/non_score_reward": float((-kl_coef * kl_per_completion).mean()),
-            "objective/entropy": float(masked_mean(own.entropy, mask) * mask.sum(-1).mean()),
-            "rollout/completion_tokens": float(mask.sum(-1).mean()),
-            "rollout/truncated_prompts": float(rollout.num_truncated_prompts),
-            **{f"train/{k}": v for k, v in train_stats.items()},
-            **{f"time/{k}": v for k, v in timings.items()},
+            "objective/entropy": float(entropy_sum.sum() / lengths.sum().clamp(min=1) * lengths.mean()),
+            "rollout/completion_tokens": float(lengths.mean()),
+            "rollout/truncated_prompts": dist.sum_float(rollout.num_truncated_prompts),
+            **{f"train/{k}": v for k, v in dist.reduce_mean(train_stats).items()},
+            **{f"time/{k}": v for k, v in dist.reduce_mean(timings).items()},
         }
         gold = info.get("gold")
         if gold is not None:
@@ -372,52 +410,78 @@ class PPO(Agent):
         self.logger.record_dict(stats)
         self.logger.dump(self.num_timesteps)
         if cfg.log_samples_every and (self.iteration - 1) % cfg.log_samples_every == 0:
-            lines = [f"{p} |{c}   [{s:+.3f}]" for p, c, s in zip(rollout.prompts, rollout.completions, scores)]
+            lines = [f"{p} |{c}   [{s:+.3f}]" for p, c, s in zip(prompts, completions, scores)]
             self.logger.log_text("rollout/samples", "\n".join(lines[:8]), step=self.num_timesteps)
         self._health_checks(kl_per_completion, stats["objective/rm_score"], stats.get("objective/gold"))
         return stats
 
-    def _ptx_loss(self) -> torch.Tensor:
-        """Mean per-token negative log-likelihood of a random batch of pretraining texts (InstructGPT's ptx)."""
-        idx = self.rng.integers(len(self.ptx_texts), size=self.config.ptx_batch_size)
-        batch = document_batch(self.policy.tokenizer, [self.ptx_texts[i] for i in idx], self.policy.context_length)
-        return lm_loss(self.policy.model, *batch)
+    def _ptx_batches(self, steps: int) -> list[tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], float]]:
+        """This process's share of a random batch of pretraining texts (InstructGPT's ptx), as `steps`
+        micro-batches `((ids, mask, labels), weight)`; weight 0 marks a stand-in for an empty share."""
+        idx = self.rng.integers(len(self.ptx_texts), size=self.config.ptx_batch_size)  # the same draw on every process
+        texts = [self.ptx_texts[i] for i in idx]
+        pieces = micro_batches(self.dist.shard(texts), steps)
+        tok, length = self.policy.tokenizer, self.policy.context_length
+        return [(document_batch(tok, p, length), 1.0) if p else (document_batch(tok, texts[:1], length), 0.0) for p in pieces]
 
-    def _update(self, batch: _Batch) -> dict[str, float]:
-        cfg, ro = self.config, batch.rollout
+    def _update(self, batch: _Batch, global_size: int) -> dict[str, float]:
+        cfg, ro, dist = self.config, batch.rollout, self.dist
         n = ro.completion_ids.shape[0]
+        offset = dist.rank * n  # this process holds completions offset .. offset + n - 1 of the batch
+        local_minibatch = cfg.minibatch_size // dist.world_size
+        amp = Distributed.autocast(self._amp, self.policy.device)
         sums: dict[str, float] = {}
         count = 0
         params = list(self.policy.model.parameters()) + list(self.value_head.parameters())
+        models = (self._train_model, self._train_value_head)
         for _ in range(cfg.n_epochs):
-            order = torch.as_tensor(self.rng.permutation(n), device=self.policy.device)
-            for start in range(0, n, cfg.minibatch_size):
-                mb = order[start : start + cfg.minibatch_size]
-                mask = ro.completion_mask[mb].float()
-                ev = self.policy.evaluate(
-                    ro.prompt_ids[mb], ro.prompt_mask[mb], ro.completion_ids[mb], ro.completion_mask[mb], cfg.sampling,
-                    with_hidden=True,
-                )
-                values = self.value_head(ev.hidden) * mask
-                pg = clipped_policy_loss(ev.logprobs, batch.old_logprobs[mb], batch.advantages[mb], mask, cfg.clip_range)
-                vf_loss = clipped_value_loss(values, batch.old_values[mb], batch.returns[mb], mask, cfg.clip_range_vf)
-                entropy = masked_mean(ev.entropy, mask)
-                loss = pg.loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
-                ptx = torch.zeros((), device=loss.device)
-                if cfg.ptx_coef > 0:
-                    ptx = self._ptx_loss()
-                    loss = loss + cfg.ptx_coef * ptx  # maximise gamma * log-likelihood = minimise gamma * NLL
-                parts = {"policy_loss": pg.loss, "value_loss": vf_loss, "ptx_loss": ptx, "entropy": entropy, "loss": loss}
-                bad = [k for k, v in parts.items() if not torch.isfinite(v)]
-                if bad:
-                    raise TrainingDivergedError(
-                        f"non-finite {', '.join(bad)} at iteration {self.iteration + 1} "
-                        f"({', '.join(f'{k}={float(v.detach())}' for k, v in parts.items())}); the update was stopped before "
-                        "the optimizer step and the last checkpoint is untouched. Lower learning_rate, check the "
-                        "reward for extreme values, or enable whiten_scores."
-                    )
+            # one permutation of the whole batch, drawn as a single process draws it; each process
+            # takes its own completions in that order (with one process: the permutation itself)
+            perm = self.rng.permutation(global_size)
+            local = perm[(perm >= offset) & (perm < offset + n)] - offset
+            order = torch.as_tensor(local, device=self.policy.device)
+            for start in range(0, n, local_minibatch):
+                mb = order[start : start + local_minibatch]
+                micro = [m for m in torch.tensor_split(mb, cfg.gradient_accumulation_steps) if len(m)]
+                tokens = dist.sum_float(float(ro.completion_mask[mb].sum()))
+                ptx_batches = self._ptx_batches(len(micro)) if cfg.ptx_coef > 0 else []
+                ptx_tokens = dist.sum_float(sum(float((b[2][:, 1:] != -100).sum()) for b, w in ptx_batches if w))
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                step_parts: dict[str, float] = {}
+                for k in range(len(micro)):
+                    last = k + 1 == len(micro)
+                    ptx = torch.zeros((), device=self.policy.device)
+                    if k < len(ptx_batches):
+                        (ids, pmask, labels), w = ptx_batches[k]
+                        with dist.no_sync(*models), amp:
+                            ptx_sum = lm_loss(self._train_model, ids, pmask, labels, reduction="sum")
+                            ptx = ptx_sum / max(float((labels[:, 1:] != -100).sum()), 1.0)
+                            if not torch.isfinite(ptx):
+                                self._diverged({"ptx_loss": ptx})
+                            # maximise gamma * log-likelihood = minimise gamma * NLL (global token mean)
+                            dist.backward(cfg.ptx_coef * ptx_sum * (w * dist.world_size / max(ptx_tokens, 1.0)))
+                    idx = micro[k]
+                    mask = ro.completion_mask[idx].float()
+                    with dist.no_sync(*models, enabled=not last):
+                        with amp:
+                            ev = self.policy.evaluate(
+                                ro.prompt_ids[idx], ro.prompt_mask[idx], ro.completion_ids[idx], ro.completion_mask[idx],
+                                cfg.sampling, with_hidden=True, model=self._train_model,
+                            )
+                            values = self._train_value_head(ev.hidden).float() * mask
+                        pg = clipped_policy_loss(ev.logprobs, batch.old_logprobs[idx], batch.advantages[idx], mask, cfg.clip_range)
+                        vf_loss = clipped_value_loss(values, batch.old_values[idx], batch.returns[idx], mask, cfg.clip_range_vf)
+                        entropy = masked_mean(ev.entropy, mask)
+                        loss = pg.loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
+                        parts = {"policy_loss": pg.loss, "value_loss": vf_loss, "ptx_loss": ptx, "entropy": entropy, "loss": loss}
+                        if not all(torch.isfinite(v) for v in parts.values()):
+                            self._diverged(parts)
+                        # token mean over the global minibatch: DDP averages over processes, hence world_size
+                        share = float(mask.sum()) * dist.world_size / max(tokens, 1.0)
+                        dist.backward(loss * share)
+                    weight = float(mask.sum()) / max(float(ro.completion_mask[mb].sum()), 1.0)
+                    for key, v in {**parts, "loss": loss + cfg.ptx_coef * ptx, "clipfrac": pg.clipfrac, "approx_kl": pg.approx_kl}.items():
+                        step_parts[key] = step_parts.get(key, 0.0) + weight * float(v.detach())
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 if not torch.isfinite(grad_norm):
                     self.optimizer.zero_grad(set_to_none=True)
@@ -425,10 +489,19 @@ class PPO(Agent):
                         f"non-finite gradient norm at iteration {self.iteration + 1}; the optimizer step was skipped"
                     )
                 self.optimizer.step()
-                for k, v in {**parts, "clipfrac": pg.clipfrac, "approx_kl": pg.approx_kl, "grad_norm": grad_norm}.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                for key, v in {**step_parts, "grad_norm": float(grad_norm)}.items():
+                    sums[key] = sums.get(key, 0.0) + v
                 count += 1
         return {k: v / count for k, v in sums.items()}
+
+    def _diverged(self, parts: dict[str, torch.Tensor]) -> None:
+        bad = [k for k, v in parts.items() if not torch.isfinite(v)]
+        raise TrainingDivergedError(
+            f"non-finite {', '.join(bad)} at iteration {self.iteration + 1} "
+            f"({', '.join(f'{k}={float(v.detach())}' for k, v in parts.items())}); the update was stopped before "
+            "the optimizer step and the last checkpoint is untouched. Lower learning_rate, check the "
+            "reward for extreme values, or enable whiten_scores."
+        )
 
     # ------------------------------------------------------------------ health guards
     def _health_checks(self, kl_per_completion: torch.Tensor, rm_score: float, gold: float | None) -> None:
@@ -480,9 +553,15 @@ class PPO(Agent):
         """Write policy, reference, value head, optimizer, KL controller and rng states to `path`, atomically.
 
         Everything goes to a temporary folder beside `path`, which then replaces it, so a
-        crash mid-save leaves the previous checkpoint intact.
+        crash mid-save leaves the previous checkpoint intact. Under data parallelism every
+        process calls it, the main process writes (the unwrapped modules: the checkpoint loads
+        with any process count) and the others wait for it.
         """
-        path = Path(path)
+        if self.dist.is_main:
+            self._write(Path(path))
+        self.dist.barrier()
+
+    def _write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
         try:
@@ -527,12 +606,15 @@ class PPO(Agent):
         logger: Logger | None = None,
         checkpoint_dir: str | PathLike[str] | None = None,
         device: torch.device | str | None = None,
+        distributed: Distributed | None = None,
     ) -> PPO:
         """Resume from a checkpoint written by `save`.
 
         The environment, pretraining texts and logger are passed in again (they are not
         saved); the rng state is restored into `rng` (a fresh Generator by default). The
         logger is rewound to the checkpoint's step, so its curves continue without duplicates.
+        A checkpoint loads the same with any process count: pass `distributed` (and each
+        process's `device`) to resume data-parallel.
         """
         path = Path(path)
         state_file = path / "trainer_state.json"
@@ -544,11 +626,13 @@ class PPO(Agent):
         if env is None:
             raise ValueError("PPO.load needs the environment: PPO.load(path, env=gymnasium.make_vec(...))")
         config = PPOConfig.from_dict(state["config"])
+        if device is None and distributed is not None:
+            device = distributed.device
         policy = Policy.from_pretrained(path / "policy", device=device)
         reference = Policy.from_pretrained(path / "reference", device=policy.device)
         rng = rng if rng is not None else np.random.default_rng()
         agent = cls(policy, env, config, rng, reference=reference, ptx_texts=ptx_texts, logger=logger,
-                    checkpoint_dir=checkpoint_dir)
+                    checkpoint_dir=checkpoint_dir, distributed=distributed)
         rng.bit_generator.state = state["rng"]
         agent.value_head.load_state_dict(load_file(str(path / "value_head.safetensors"), device=str(policy.device)))
         extra = torch.load(path / "optimizer.pt", map_location=policy.device, weights_only=True)
@@ -562,6 +646,11 @@ class PPO(Agent):
         agent._overopt_streak = state["overopt_streak"]
         agent.logger.resume_at(agent.num_timesteps + 1)
         return agent
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """Process `rank`'s sampling seed for an iteration: rank 0 keeps `seed` (the single-process seed)."""
+    return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 def _clear_change(before: np.ndarray, after: np.ndarray) -> int:

@@ -9,6 +9,7 @@ Shapes: (B, T) per completion token, with a (B, T) mask that is 1 for real token
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -31,10 +32,26 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """Normalise `x` to unit variance (and zero mean if `shift_mean`) over masked positions."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+def masked_whiten(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Normalise `x` to unit variance (and zero mean if `shift_mean`) over masked positions.
+
+    `all_reduce` (a sum over data-parallel processes, e.g. `Distributed.all_reduce_sum`) makes
+    the mean and variance those of every process's positions together, so all processes
+    whiten alike and the result equals whitening the concatenated batch.
+    """
+    if all_reduce is None:
+        mean = masked_mean(x, mask)
+        var = masked_mean((x - mean) ** 2, mask)
+    else:
+        sums = all_reduce(torch.stack([(x * mask).sum(), mask.sum().to(x.dtype)]))
+        count = sums[1].clamp(min=1)
+        mean = sums[0] / count
+        var = all_reduce(((x - mean) ** 2 * mask).sum()) / count
     out = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         out = out + mean

@@ -21,6 +21,12 @@ trains against a frozen reward model; *online* = labels spread over training in 
 rounds with a warm-started reward model (Christiano); *rounds* = a few large rounds of
 sample -> label -> retrain the reward model from its initial weights -> train the policy
 against the now-frozen model (Stiennon et al. 2020). All three spend the same label budget.
+
+Data parallel (`distributed=`): only the main process talks to the oracle (a human, a web
+page) and reads or writes the store; the store's counts, pending queries and comparisons
+are broadcast, so every process trains its reward-model replica on the same labels. The
+other processes still propose and select (with the same rngs and weights, the same
+queries), which keeps every rng stream in step across processes.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from llm_gym.agents.base import Agent, Callback
+from llm_gym.distributed import Distributed
 from llm_gym.logger import Logger
 from llm_gym.oracles import PreferenceOracle, collect
 from llm_gym.preferences import Comparison, Query
@@ -144,6 +151,8 @@ class PreferenceLoop(Agent):
         config: the label schedule.
         rng: the loop's randomness (selection).
         logger: receives `oracle/*` and `reward_model/*`.
+        distributed: the process group; None = a single process. Only the main process uses
+            `oracle` and `store` (the others may pass the same objects; they stay untouched there).
     """
 
     def __init__(
@@ -157,12 +166,14 @@ class PreferenceLoop(Agent):
         config: PreferenceLoopConfig,
         rng: np.random.Generator,
         logger: Logger | None = None,
+        distributed: Distributed | None = None,
     ) -> None:
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
         self.inner, self.source, self.selector, self.oracle = inner, source, selector, oracle
         self.learner, self.store, self.config, self.rng = learner, store, config, rng
         self.logger = logger if logger is not None else Logger(None)
+        self.dist = distributed if distributed is not None else Distributed()
         self.num_timesteps = 0
         self.rounds = 0
 
@@ -170,27 +181,31 @@ class PreferenceLoop(Agent):
     @property
     def labels_asked(self) -> int:
         """Queries posed so far (the store's queries: answered or pending)."""
-        return self.store.counts()["queries"]
+        return self._counts()["queries"]
+
+    def _counts(self) -> dict[str, int]:
+        """The store's counts, read by the main process and broadcast."""
+        return self.dist.broadcast_object(self.store.counts() if self.dist.is_main else None)
 
     def _ask(self, n: int) -> None:
         """Pose up to `n` new queries (within the budget) and re-ask pending ones; store every answer."""
         n = min(n, self.config.total_labels - self.labels_asked)
-        pending = self.store.pending()
+        pending = self.dist.broadcast_object(self.store.pending() if self.dist.is_main else None)
         new: list[Query] = []
         if n > 0:
             candidates = self.source.propose(n * self.config.oversample)
             known = {q.query_id for q in pending}
             candidates = [q for q in candidates if q.query_id not in known]
             new = self.selector.select(candidates, n, self.learner, self.rng) if candidates else []
-        if pending or new:
+        if (pending or new) and self.dist.is_main:
             collect(self.oracle, list(pending) + new, self.store)
-        counts = self.store.counts()
+        counts = self._counts()
         self.logger.record("oracle/labels_total", counts["answers"])
         self.logger.record("oracle/queries_total", counts["queries"])
         self.logger.record("oracle/answered_fraction", counts["answers"] / max(counts["queries"], 1))
 
     def _retrain(self) -> dict[str, float]:
-        comparisons = self.store.comparisons(include_ties=True)
+        comparisons = self.dist.broadcast_object(self.store.comparisons(include_ties=True) if self.dist.is_main else None)
         if not any(not c.is_tie for c in comparisons):
             return {}  # nothing answered yet (a slow human): keep the reward model we have
         metrics = self.learner.fit(comparisons, fresh=self.config.mode == "rounds")
@@ -215,7 +230,8 @@ class PreferenceLoop(Agent):
             self.inner.learn(target)
             self.num_timesteps = target
             self.rounds += 1
-            if self.labels_asked < cfg.total_labels or self.store.counts()["pending"]:
+            counts = self._counts()
+            if counts["queries"] < cfg.total_labels or counts["pending"]:
                 self._ask(cfg.labels_per_round)
                 self._retrain()
             self.logger.dump(self.num_timesteps)

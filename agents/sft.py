@@ -4,6 +4,10 @@ Each demonstration is `prompt + completion + EOS`; the loss is the next-token
 cross-entropy on the completion tokens and the EOS (so the model learns to stop), with
 the prompt tokens masked out (Ouyang et al. 2022, §3.5). A held-out split is evaluated
 after every epoch and logged as `train/sft_heldout_loss`.
+
+Data parallel (`distributed=`, see `llm_gym.distributed`): `batch_size` is the global
+batch; each process trains on its shard of every batch, the loss is normalised by the
+global count of answer tokens, so N processes compute the single-process update.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from llm_gym.distributed import Distributed, MixedPrecision, check_training_options, micro_batches, resolve_mixed_precision
 from llm_gym.logger import Logger
 from llm_gym.policy import Policy
 from llm_gym.task import Demonstration
@@ -40,8 +45,15 @@ class SFTConfig:
     """Gradient-norm clip."""
     heldout_fraction: float = 0.1
     """Share of demonstrations kept out of training to measure the held-out loss (0 = none)."""
+    mixed_precision: MixedPrecision = "no"
+    """"bf16" runs forward passes under bf16 autocast where the device supports it (CUDA with bf16,
+    CPU); elsewhere training falls back to float32 with a logged warning. "no" = float32."""
+    gradient_accumulation_steps: int = 1
+    """Each batch of `batch_size` is processed in this many micro-batches before one optimizer step
+    (less memory; the same update, since the loss is normalised by the whole batch's token count)."""
 
     def __post_init__(self) -> None:
+        check_training_options("SFTConfig", self.mixed_precision, self.gradient_accumulation_steps)
         for name in ("epochs", "batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -87,10 +99,14 @@ def sft_batch(policy: Policy, demos: Sequence[Demonstration]) -> SFTBatch:
     return SFTBatch(input_ids.to(policy.device), mask.to(policy.device), labels.to(policy.device))
 
 
-def _answer_loss(policy: Policy, batch: SFTBatch) -> tuple[torch.Tensor, int]:
+def _answer_loss(model: torch.nn.Module, batch: SFTBatch) -> tuple[torch.Tensor, int]:
     """Summed next-token NLL over answer tokens (the only labelled ones), and their count."""
-    nll = lm_loss(policy.model, batch.input_ids, batch.attention_mask, batch.labels, reduction="sum")
-    return nll, int((batch.labels[:, 1:] != -100).sum())
+    nll = lm_loss(model, batch.input_ids, batch.attention_mask, batch.labels, reduction="sum")
+    return nll, _answer_tokens(batch)
+
+
+def _answer_tokens(batch: SFTBatch) -> int:
+    return int((batch.labels[:, 1:] != -100).sum())
 
 
 class SFTTrainer:
@@ -99,7 +115,10 @@ class SFTTrainer:
     Args:
         config: hyperparameters.
         rng: shuffles and splits the demonstrations (randomness is passed in).
-        logger: receives `train/sft_loss`, `train/sft_heldout_loss`.
+        logger: receives `train/sft_loss`, `train/sft_heldout_loss` (values already reduced over
+            processes; give non-main processes an in-memory logger: `distributed.make_logger`).
+        distributed: the process group (data parallel); None = a single process. Every process
+            must pass an rng with the same seed.
 
     Example:
         >>> trainer = SFTTrainer(SFTConfig(epochs=1), rng=np.random.default_rng(0))  # doctest: +SKIP
@@ -107,23 +126,29 @@ class SFTTrainer:
         >>> policy.save_pretrained("runs/sft")  # doctest: +SKIP
     """
 
-    def __init__(self, config: SFTConfig, rng: np.random.Generator, logger: Logger | None = None) -> None:
+    def __init__(
+        self, config: SFTConfig, rng: np.random.Generator, logger: Logger | None = None, distributed: Distributed | None = None
+    ) -> None:
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
         self.config = config
         self.rng = rng
         self.logger = logger if logger is not None else Logger(None)
+        self.dist = distributed if distributed is not None else Distributed()
 
     @torch.no_grad()
     def heldout_loss(self, policy: Policy, demos: Sequence[Demonstration]) -> float:
-        """Mean per-token NLL of the answers in `demos`."""
+        """Mean per-token NLL of the answers in `demos` (each process scores its shard; the sums are reduced)."""
         was_training = policy.model.training
         policy.model.eval()
         total, count = 0.0, 0
         for start in range(0, len(demos), self.config.batch_size):
-            nll, n = _answer_loss(policy, sft_batch(policy, demos[start : start + self.config.batch_size]))
-            total, count = total + float(nll), count + n
+            part = self.dist.shard(demos[start : start + self.config.batch_size])
+            if part:
+                nll, n = _answer_loss(policy.model, sft_batch(policy, part))
+                total, count = total + float(nll), count + n
         policy.model.train(was_training)
+        total, count = self.dist.sum_float(total), self.dist.sum_float(count)
         return total / max(count, 1)
 
     def train(self, policy: Policy, demonstrations: Sequence[Demonstration]) -> dict[str, float]:
@@ -138,11 +163,13 @@ class SFTTrainer:
         heldout = [demos[i] for i in order[:n_heldout]]
         train = [demos[i] for i in order[n_heldout:]]
 
-        cfg = self.config
+        cfg, dist = self.config, self.dist
         steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
         total_steps = steps_per_epoch * cfg.epochs
         opt = torch.optim.AdamW(policy.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - 0.9 * s / max(1, total_steps))
+        model, _ = dist.prepare(policy.model)
+        amp = resolve_mixed_precision(cfg.mixed_precision, policy.device)
         metrics: dict[str, float] = {}
         if heldout:
             metrics["sft_heldout_loss_before"] = self.heldout_loss(policy, heldout)
@@ -154,19 +181,29 @@ class SFTTrainer:
             perm = self.rng.permutation(len(train))
             epoch_nll, epoch_tokens = 0.0, 0
             for start in range(0, len(train), cfg.batch_size):
-                batch = sft_batch(policy, [train[i] for i in perm[start : start + cfg.batch_size]])
-                nll, n = _answer_loss(policy, batch)
-                loss = nll / max(n, 1)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"SFT loss is {float(loss)} at step {step}; lower learning_rate")
+                global_batch = [train[i] for i in perm[start : start + cfg.batch_size]]
+                # this process's shard, in micro-batches; an empty piece runs a zero-weighted stand-in
+                # so that every process joins every gradient all-reduce
+                pieces = micro_batches(dist.shard(global_batch), cfg.gradient_accumulation_steps)
+                batches = [(sft_batch(policy, p), 1.0) if p else (sft_batch(policy, global_batch[:1]), 0.0) for p in pieces]
+                n_global = dist.sum_float(sum(_answer_tokens(b) for b, w in batches if w))
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                for k, (batch, weight) in enumerate(batches):
+                    with dist.no_sync(model, enabled=k + 1 < len(batches)):
+                        with Distributed.autocast(amp, policy.device):
+                            nll, n = _answer_loss(model, batch)
+                        # global token mean: DDP averages over processes, hence the world_size factor
+                        loss = nll * dist.world_size / max(n_global, 1) if weight else nll * 0.0
+                        if not torch.isfinite(loss):
+                            raise FloatingPointError(f"SFT loss is {float(loss)} at step {step}; lower learning_rate")
+                        dist.backward(loss)
+                    if weight:
+                        epoch_nll, epoch_tokens = epoch_nll + nll.item(), epoch_tokens + n
                 torch.nn.utils.clip_grad_norm_(policy.model.parameters(), cfg.max_grad_norm)
                 opt.step()
                 sched.step()
                 step += 1
-                epoch_nll, epoch_tokens = epoch_nll + nll.item(), epoch_tokens + n
-            metrics["sft_loss"] = epoch_nll / max(epoch_tokens, 1)
+            metrics["sft_loss"] = dist.sum_float(epoch_nll) / max(dist.sum_float(epoch_tokens), 1)
             self.logger.record("train/sft_loss", metrics["sft_loss"])
             if heldout:
                 metrics["sft_heldout_loss"] = self.heldout_loss(policy, heldout)

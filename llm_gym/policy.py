@@ -295,19 +295,21 @@ class Policy:
         completion_mask: torch.Tensor,
         config: SamplingConfig = SamplingConfig(),
         with_hidden: bool = False,
+        model: torch.nn.Module | None = None,
     ) -> Evaluation:
         """One forward pass over prompt + completion: per-token log-probs, entropies and (optionally) hidden states.
 
         Position t of each output describes the state just before completion token t, under
         the sampling distribution of `config`. Differentiable when grad is enabled (PPO's
-        ratio and value head use this); masked positions are 0.
+        ratio and value head use this); masked positions are 0. `model` runs the forward pass
+        instead of `self.model` (the data-parallel wrapper of the same model, when training).
         """
         ids = torch.cat([prompt_ids, completion_ids], dim=1)
         mask = torch.cat([prompt_mask, completion_mask], dim=1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         steps = completion_ids.shape[1]
         # logits at position j predict token j+1: keep the last T+1 positions, drop the final one
-        out = self.model(
+        out = (model if model is not None else self.model)(
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,

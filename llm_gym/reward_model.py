@@ -59,6 +59,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from llm_gym.distributed import Distributed, MixedPrecision, check_training_options, micro_batches, resolve_mixed_precision
 from llm_gym.logger import Logger
 from llm_gym.policy import default_device, truncate_left
 from llm_gym.preferences import Comparison
@@ -607,8 +608,15 @@ class RewardTrainerConfig:
     disable_dropout: bool = True
     """Train with the backbone's dropout off (as TRL's reward trainer does by default): the two
     completions of a pair are then scored by the same function, and train metrics are not noisy."""
+    mixed_precision: MixedPrecision = "no"
+    """"bf16" runs training forward passes under bf16 autocast where the device supports it (CUDA
+    with bf16, CPU); elsewhere training falls back to float32 with a logged warning. "no" = float32."""
+    gradient_accumulation_steps: int = 1
+    """Each batch of `batch_size` comparisons is processed in this many micro-batches before one
+    optimizer step (less memory; the same update: the loss is normalised by the whole batch)."""
 
     def __post_init__(self) -> None:
+        check_training_options("RewardTrainerConfig", self.mixed_precision, self.gradient_accumulation_steps)
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -657,6 +665,11 @@ def _pad(comparisons: Sequence[Comparison]) -> _Padded:
     return _Padded(prompts, completions, ranks, k_mask, index)
 
 
+def _num_elements(padded: _Padded, ties: TiesMode) -> int:
+    """How many batch elements of `padded` carry a pair to learn from (known before any forward pass)."""
+    return _ranking_stats(torch.zeros(padded.ranks.shape), padded.ranks, padded.k_mask, ties).num_elements
+
+
 def _check_comparisons(comparisons: Sequence[Comparison]) -> None:
     if isinstance(comparisons, Comparison):
         raise TypeError("pass a sequence of Comparison objects, not one Comparison; wrap it: [comparison]")
@@ -688,9 +701,19 @@ class RewardTrainer:
         config: the training settings.
         logger: receives the metrics; None = no logging.
         rng: shuffles and splits the data (and seeds dropout, if on), so a run is reproducible.
+        distributed: the process group (data parallel): `batch_size` is the global batch, each
+            process trains on its shard of every batch, the loss is normalised by the global
+            number of comparisons, and metrics are reduced over processes before logging.
+            None = a single process. Every process must pass an rng with the same seed.
     """
 
-    def __init__(self, config: RewardTrainerConfig | None = None, logger: Logger | None = None, rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        config: RewardTrainerConfig | None = None,
+        logger: Logger | None = None,
+        rng: np.random.Generator | None = None,
+        distributed: Distributed | None = None,
+    ) -> None:
         self.config = config if config is not None else RewardTrainerConfig()
         if not isinstance(self.config, RewardTrainerConfig):
             raise TypeError(f"config must be a RewardTrainerConfig, got {type(self.config).__name__}")
@@ -698,6 +721,7 @@ class RewardTrainer:
         self.rng = rng if rng is not None else np.random.default_rng()
         self.num_updates = 0
         """Optimizer steps taken over all `train` calls (the logging step)."""
+        self.dist = distributed if distributed is not None else Distributed()
 
     def split(self, comparisons: Sequence[Comparison]) -> tuple[list[Comparison], list[Comparison]]:
         """Shuffle with the trainer's rng and split into (train, held-out) by `config.heldout_fraction`."""
@@ -755,12 +779,13 @@ class RewardTrainer:
         held_padded = _pad(held) if held else None
 
         opt = torch.optim.AdamW(rm.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        net, _ = self.dist.prepare(rm.net)
         metrics: dict[str, float] = {"num_train": float(len(train_set)), "num_heldout": float(len(held))}
         devices = [rm.device] if rm.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # dropout draws from torch's rng: seed it from ours, leave the global state
             torch.manual_seed(int(self.rng.integers(2**62)))
             for _epoch in range(cfg.epochs):
-                metrics.update(self._epoch(rm, opt, train_set))
+                metrics.update(self._epoch(rm, net, opt, train_set))
                 if held_padded is not None or gold_pairs is not None:
                     metrics.update(self._evaluate(rm, held_padded, gold_set, gold_pairs))
                 if self.logger is not None:
@@ -771,32 +796,49 @@ class RewardTrainer:
         rm.eval()
         return metrics
 
-    def _epoch(self, rm: RewardModel, opt: torch.optim.Optimizer, train_set: list[Comparison]) -> dict[str, float]:
-        cfg = self.config
+    def _epoch(self, rm: RewardModel, net: nn.Module, opt: torch.optim.Optimizer, train_set: list[Comparison]) -> dict[str, float]:
+        """One pass over `train_set`; `net` is `rm.net` as `Distributed.prepare` returned it."""
+        cfg, dist = self.config, self.dist
         rm.train(not cfg.disable_dropout)
+        amp = resolve_mixed_precision(cfg.mixed_precision, rm.device)
         order = self.rng.permutation(len(train_set))
         loss_sum, elements, correct, margin_sum, pairs = 0.0, 0, 0.0, 0.0, 0
         for start in range(0, len(order), cfg.batch_size):
-            batch = _pad([train_set[i] for i in order[start : start + cfg.batch_size]])
-            ids, mask = rm.encode(batch.prompts, batch.completions)
-            flat = rm.forward_tokens(ids, mask)
-            rewards = flat[batch.index.to(flat.device)]
-            stats = _ranking_stats(rewards, batch.ranks.to(flat.device), batch.k_mask.to(flat.device), cfg.ties)
-            if stats.num_elements == 0:
-                continue  # only ties in this batch (ties="skip"): nothing to learn
+            global_batch = [train_set[i] for i in order[start : start + cfg.batch_size]]
+            pieces = micro_batches(dist.shard(global_batch), cfg.gradient_accumulation_steps)
+            # an empty piece (more processes than comparisons) runs a zero-weighted stand-in, so that
+            # every process joins every gradient all-reduce
+            work = [(_pad(p), 1.0) if p else (_pad(global_batch[:1]), 0.0) for p in pieces]
+            n_global = dist.sum_float(sum(_num_elements(b, cfg.ties) for b, w in work if w))
+            if n_global == 0:
+                continue  # only ties in this batch (ties="skip"), on every process: nothing to learn
             opt.zero_grad(set_to_none=True)
-            stats.loss.backward()
+            results = []
+            for k, (batch, weight) in enumerate(work):
+                ids, mask = rm.encode(batch.prompts, batch.completions)
+                with dist.no_sync(net, enabled=k + 1 < len(work)):
+                    with Distributed.autocast(amp, rm.device):
+                        flat = net(ids, mask).float()
+                    rewards = flat[batch.index.to(flat.device)]
+                    stats = _ranking_stats(rewards, batch.ranks.to(flat.device), batch.k_mask.to(flat.device), cfg.ties)
+                    # per-element mean over the global batch: DDP averages over processes, hence world_size
+                    dist.backward(stats.loss * (weight * stats.num_elements * dist.world_size / n_global))
+                results.append((stats, weight))
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(rm.net.parameters(), cfg.max_grad_norm)
             opt.step()
             self.num_updates += 1
-            loss_sum += float(stats.loss.detach()) * stats.num_elements
-            elements += stats.num_elements
-            if stats.num_pairs:
-                correct += float(stats.accuracy) * stats.num_pairs
-                margin_sum += float(stats.margin) * stats.num_pairs
-                pairs += stats.num_pairs
+            for stats, weight in results:
+                if not weight:
+                    continue
+                loss_sum += float(stats.loss.detach()) * stats.num_elements
+                elements += stats.num_elements
+                if stats.num_pairs:
+                    correct += float(stats.accuracy) * stats.num_pairs
+                    margin_sum += float(stats.margin) * stats.num_pairs
+                    pairs += stats.num_pairs
         rm.eval()
+        loss_sum, elements, correct, margin_sum, pairs = (dist.sum_float(v) for v in (loss_sum, elements, correct, margin_sum, pairs))
         nan = float("nan")
         return {
             "train_loss": loss_sum / elements if elements else nan,

@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from llm_gym import Logger, Policy, SamplingConfig
 from llm_gym.agents.ppo import PPO, KLWarning, OverOptimizationWarning, PPOConfig, TrainingDivergedError
 from llm_gym.envs import PromptBanditVecEnv
+from llm_gym.tiny_lm import lm_loss
 
 PROMPTS = ["the film was", "review of the blender :", "i bought this laptop and", "the hotel is", "this novel"]
 
@@ -105,7 +106,8 @@ def test_ptx_term_is_the_pretraining_nll(policy: Policy) -> None:
                        ptx_texts=["the film was great .", "the blender is loud , and i like it ."])
     rng_state = agent.rng.bit_generator.state
     with torch.no_grad():
-        ptx = agent._ptx_loss().item()
+        (batch, weight), = agent._ptx_batches(1)
+        ptx = lm_loss(policy.model, *batch).item()
     # by hand: the same three texts (same rng draws), each as BOS + text + EOS, mean NLL per predicted token
     rng = np.random.default_rng()
     rng.bit_generator.state = rng_state

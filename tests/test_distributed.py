@@ -1,0 +1,150 @@
+"""Data parallelism: 2 CPU processes (gloo) under torchrun against one process over the same global batches.
+
+One launch runs SFT, reward-model training and two PPO iterations (tests/distributed_worker.py,
+gradient accumulation 2 in every stage); the single-process reference runs in this process
+without accumulation. PPO's reference samples the global batch in the two halves the two
+ranks sampled, with the seeds they used (rank 0 uses the single-process seed).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llm_gym import Policy, Rollout
+from llm_gym.agents.ppo import PPO, PPOConfig, _rank_seed
+from llm_gym.distributed import Distributed, micro_batches, resolve_mixed_precision
+from llm_gym.envs import PromptBanditVecEnv
+
+sys.path.insert(0, str(Path(__file__).parent))
+import distributed_worker as worker  # noqa: E402
+
+WORKER = Path(__file__).parent / "distributed_worker.py"
+
+
+@pytest.fixture(scope="module")
+def launched(tiny_model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data_parallel")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(WORKER), str(tiny_model.path), str(out)]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    print(f"2-process launch took {time.perf_counter() - t:.1f}s")
+    return out
+
+
+def _pad_cat(parts: list[torch.Tensor], pad: float, left: bool) -> torch.Tensor:
+    width = max(p.shape[1] for p in parts)
+    padded = []
+    for p in parts:
+        fill = torch.full((p.shape[0], width - p.shape[1]), pad, dtype=p.dtype, device=p.device)
+        padded.append(torch.cat([fill, p] if left else [p, fill], dim=1))
+    return torch.cat(padded)
+
+
+def _two_rank_sample(original):
+    """`Policy.sample` as the two ranks run it: each half of the prompts with that rank's seed, concatenated."""
+
+    def sample(self: Policy, prompts, config, seed=None) -> Rollout:
+        halves = [original(self, list(p), config, seed=_rank_seed(seed, r)) for r, p in enumerate(micro_batches(prompts, 2))]
+        pad = self.tokenizer.pad_token_id
+        return Rollout(
+            prompt_ids=_pad_cat([h.prompt_ids for h in halves], pad, left=True),
+            prompt_mask=_pad_cat([h.prompt_mask for h in halves], 0, left=True),
+            completion_ids=_pad_cat([h.completion_ids for h in halves], pad, left=False),
+            completion_mask=_pad_cat([h.completion_mask for h in halves], 0, left=False),
+            logprobs=_pad_cat([h.logprobs for h in halves], 0.0, left=False),
+            prompts=[p for h in halves for p in h.prompts],
+            completions=[c for h in halves for c in h.completions],
+            num_truncated_prompts=sum(h.num_truncated_prompts for h in halves),
+        )
+
+    return sample
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model, tmp_path_factory) -> dict[str, torch.Tensor]:
+    out = tmp_path_factory.mktemp("single_process")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Policy, "sample", _two_rank_sample(Policy.sample))
+        torch.manual_seed(0)
+        return worker.run(str(tiny_model.path), out, Distributed(), accumulation=1)
+
+
+def test_ranks_hold_identical_parameters(launched: Path) -> None:
+    r0, r1 = (load_file(str(launched / f"params_rank{r}.safetensors")) for r in (0, 1))
+    assert r0.keys() == r1.keys()
+    different = [k for k in r0 if not torch.equal(r0[k], r1[k])]
+    assert not different, f"ranks disagree on {different[:5]}"
+
+
+def test_matches_a_single_process_run_over_the_same_global_batch(launched: Path, reference, tiny_model) -> None:
+    dp = load_file(str(launched / "params_rank0.safetensors"))
+    assert dp.keys() == reference.keys()
+    bad = []
+    for key, value in dp.items():
+        ref = reference[key].to(value.dtype)
+        if key.endswith("attn.c_attn.bias"):
+            # the key bias has an analytically zero gradient (softmax ignores a shift shared by all keys);
+            # Adam divides its float noise by its own size and steps it by about +-lr, so it is left out
+            d = value.shape[0] // 3
+            value, ref = torch.cat([value[:d], value[2 * d :]]), torch.cat([ref[:d], ref[2 * d :]])
+        if key == "rm.backbone.ln_f.bias":
+            continue  # likewise: it shifts every reward alike, and the ranking loss sees only differences
+        if not torch.allclose(value, ref, atol=1e-5, rtol=1e-4):
+            bad.append(f"{key}: max |diff| {float((value - ref).abs().max()):.2e}")
+    assert not bad, "data-parallel and single-process runs differ:\n" + "\n".join(bad)
+    # the updates did something: SFT and PPO moved the weights away from the pretrained ones
+    start = Policy.from_pretrained(tiny_model.path, device="cpu").model.state_dict()
+    for stage in ("sft.", "ppo.policy."):
+        moved = max(float((dp[stage + k] - v).abs().max()) for k, v in start.items())
+        assert moved > 1e-4, f"{stage} did not change the parameters"
+
+
+def test_only_the_main_process_writes_logs_and_checkpoints(launched: Path, tiny_model) -> None:
+    assert not (launched / "logs_rank1").exists() and not (launched / "ckpt_rank1").exists(), "rank 1 wrote files"
+    for stage in ("sft", "rm", "ppo"):
+        events = list((launched / "logs_rank0" / stage).glob("events.out.tfevents.*"))
+        assert len(events) == 1, f"{stage}: expected one event file from rank 0, found {events}"
+    # the data-parallel checkpoint loads in a single process, with the trained weights
+    agent = PPO.load(launched / "ckpt_rank0" / "ppo", env=PromptBanditVecEnv(worker.PROMPTS, worker.count_e, num_envs=4),
+                     ptx_texts=worker.PTX_TEXTS, device="cpu")
+    trained = load_file(str(launched / "params_rank0.safetensors"))
+    for k, v in agent.policy.model.state_dict().items():
+        assert torch.equal(v, trained["ppo.policy." + k])
+    assert agent.kl_ctl.value == float(trained["ppo.kl_coef"])
+
+
+def test_single_process_stand_in_and_options() -> None:
+    dist = Distributed()
+    assert (dist.rank, dist.world_size, dist.is_main, dist.device) == (0, 1, True, None)
+    assert dist.shard([1, 2, 3]) == [1, 2, 3]
+    assert dist.reduce_mean({"a": 1.5}) == {"a": 1.5}
+    assert dist.broadcast_object({"x": 1}) == {"x": 1} and dist.gather_object(3) == [3]
+    assert dist.main_process_only(lambda: 7)() == 7
+    model = torch.nn.Linear(2, 1)
+    assert dist.prepare(model) == (model, None) and dist.unwrap(model) is model
+    assert micro_batches(list(range(5)), 2) == [[0, 1], [2, 3, 4]]
+    assert resolve_mixed_precision("bf16", torch.device("cpu")) == "bf16"
+    with pytest.raises(ValueError, match="mixed_precision"):
+        PPOConfig(mixed_precision="fp16")
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        PPOConfig(gradient_accumulation_steps=0)
+
+
+def test_bf16_sft_step_runs_on_cpu(policy: Policy) -> None:
+    from llm_gym.agents.sft import SFTConfig, SFTTrainer
+
+    metrics = SFTTrainer(SFTConfig(epochs=1, batch_size=4, heldout_fraction=0.0, mixed_precision="bf16"),
+                         rng=np.random.default_rng(0)).train(policy, worker.DEMOS[:4])
+    assert np.isfinite(metrics["sft_loss"])
