@@ -1,8 +1,9 @@
 """SFT -> reward model -> PPO on the built-in task, data-parallel: the same script runs on 1 or N processes.
 
     python experiments/distributed_demo.py                                  # one process
-    accelerate launch --num_processes 2 experiments/distributed_demo.py     # 2 GPUs (add --cpu on CPU)
-    torchrun --nproc_per_node 2 experiments/distributed_demo.py
+    accelerate launch --multi_gpu --num_processes 2 experiments/distributed_demo.py   # 2 GPUs
+    torchrun --standalone --nproc_per_node 2 experiments/distributed_demo.py --cpu      # 2 CPU processes (gloo)
+    torchrun --standalone --nproc_per_node 2 experiments/distributed_demo.py             # 2 GPUs
 
 Batch sizes are global, so the result does not depend on the process count (up to float
 rounding and dropout masks). Only the main process writes `runs/distributed_demo/`.

@@ -67,11 +67,18 @@ def _load_experiment(config_path: str | None, overrides: Sequence[str], cache_di
 
 
 def _run_pipeline(config, out: str, progress: bool = True) -> dict:
+    from llm_gym.distributed import Distributed
     from llm_gym.pipeline import Pipeline, format_summary
 
     t0 = time.perf_counter()
-    print(f"experiment {config.name!r} (seed {config.seed}) -> {out}", flush=True)
-    summary = Pipeline(config, out, on_event=lambda line: print(line, flush=True), progress=progress).run()
+    # under `accelerate launch` / `torchrun` every process runs the pipeline data-parallel; the main one prints
+    dist = Distributed.from_environment()
+    if not dist.is_main:
+        return Pipeline(config, out, distributed=dist).run()
+    where = f" on {dist.world_size} processes" if dist.world_size > 1 else ""
+    print(f"experiment {config.name!r} (seed {config.seed}) -> {out}{where}", flush=True)
+    summary = Pipeline(config, out, on_event=lambda line: print(line, flush=True), progress=progress,
+                       distributed=dist).run()
     print()
     print(format_summary(summary))
     print(f"\nsummary: {Path(out) / 'summary.json'}")

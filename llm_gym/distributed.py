@@ -103,7 +103,14 @@ class Distributed:
             return cls(None)
         from accelerate import Accelerator
 
-        return cls(Accelerator(cpu=cpu))
+        # without a GPU, accelerate only forms a process group of CPU processes when told cpu=True
+        dist = cls(Accelerator(cpu=cpu or not torch.cuda.is_available()))
+        if dist.world_size <= 1:
+            raise RuntimeError(
+                f"launched with WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate formed no process group; "
+                "launch with `accelerate launch` or `torchrun` (add --cpu on a machine without GPUs)"
+            )
+        return dist
 
     # ------------------------------------------------------------------ who am I
     @property

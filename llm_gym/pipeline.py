@@ -46,12 +46,13 @@ from llm_gym.agents.preference_loop import DisagreementSelector, PreferenceLoop,
 from llm_gym.agents.sft import SFTConfig, SFTTrainer
 from llm_gym.configio import to_dict
 from llm_gym.data import DatasetError, load_demonstrations, load_prompts
+from llm_gym.distributed import Distributed
 from llm_gym.envs.prompt_bandit import PromptBanditVecEnv
 from llm_gym.evaluation import evaluate_policy
 from llm_gym.logger import Logger
 from llm_gym.oracles import PreferenceOracle, RecordedOracle, SyntheticOracle, TerminalOracle, collect
 from llm_gym.policy import Policy, SamplingConfig
-from llm_gym.preferences import Query
+from llm_gym.preferences import Comparison, Query
 from llm_gym.reward_model import RewardEnsemble, RewardModel, RewardTrainer, RewardTrainerConfig
 from llm_gym.store import PreferenceStore
 from llm_gym.task import Demonstration, GoldScorer, ReviewTask, generate_review_task
@@ -366,8 +367,12 @@ class Pipeline:
         out: the run folder (created; reused on resume).
         on_event: receives one line per stage start/finish (the command prints them; library code does not).
         progress: show progress bars (tqdm, on stderr) for PPO runs and preference loops.
-        device: where models run (CUDA when present by default).
+        device: where models run (the process's device under a launcher, else CUDA when present).
         input_fn: how the terminal oracle reads answers (tests pass a fake).
+        distributed: the process group when launched with `accelerate launch` / `torchrun`
+            (`Distributed.from_environment()`); None = a single process. Every process runs every
+            stage on its shard of each batch; only the main process labels, evaluates and writes
+            files (state, summaries, models, logs), and the others receive its results.
     """
 
     def __init__(
@@ -379,6 +384,7 @@ class Pipeline:
         progress: bool = False,
         device: torch.device | str | None = None,
         input_fn: Callable[[str], str] = input,
+        distributed: Distributed | None = None,
     ) -> None:
         if not isinstance(config, ExperimentConfig):
             raise TypeError(f"config must be an ExperimentConfig, got {type(config).__name__}")
@@ -386,10 +392,15 @@ class Pipeline:
         self.out = Path(out)
         self.on_event = on_event or (lambda line: None)
         self.progress = progress
-        self.device = device
+        self.dist = distributed if distributed is not None else Distributed()
+        self.device = device if device is not None else self.dist.device
         self.input_fn = input_fn
+        self.on_event = self.on_event if self.dist.is_main else (lambda line: None)
+        self.progress = progress and self.dist.is_main
         self.state_file = self.out / "state.json"
-        self.state: dict[str, Any] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+        # the main process's view of what is done is everyone's (nodes need not share a disk)
+        self.state: dict[str, Any] = self.dist.broadcast_object(
+            json.loads(self.state_file.read_text()) if self.dist.is_main and self.state_file.exists() else {})
         self._task: ReviewTask | None = None
 
     # -------------------------------------------------------------------------------- helpers
@@ -433,8 +444,12 @@ class Pipeline:
 
     def _finish(self, key: str, fingerprint: str, result: dict[str, Any]) -> dict[str, Any]:
         self.state[key] = {"fingerprint": fingerprint, "result": result, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
-        _write_json(self.state_file, self.state)
+        self._write(self.state_file, self.state)
         return result
+
+    def _write(self, path: Path, data: Any) -> None:
+        """Write a JSON file from the main process only (the others wait for it)."""
+        self.dist.main_process_only(_write_json)(path, data)
 
     def _need(self, key: str) -> dict[str, Any]:
         entry = self.state.get(key)
@@ -465,7 +480,7 @@ class Pipeline:
                 bar.close()
 
     def _logger(self, stage: str, purge_step: int | None = None) -> Logger:
-        return Logger(self.out / "tb" / stage, purge_step=purge_step)
+        return self.dist.make_logger(self.out / "tb" / stage, purge_step=purge_step)
 
     # -------------------------------------------------------------------------------- stages
     def run(self) -> dict[str, Any]:
@@ -476,14 +491,14 @@ class Pipeline:
         if cfg.oracle.kind == "recorded" and not Path(cfg.oracle.path).is_file():
             raise DatasetError(f"oracle.path: the comparison file {cfg.oracle.path} does not exist (cwd is {Path.cwd()})")
         self.out.mkdir(parents=True, exist_ok=True)
-        _write_json(self.out / "config.json", to_dict(cfg))
+        self._write(self.out / "config.json", to_dict(cfg))
         t0 = time.perf_counter()
         for stage in STAGES:
             if stage in cfg.stages:
                 getattr(self, f"_stage_{stage}")()
         summary = self.summary()
         summary["wall_seconds_this_invocation"] = time.perf_counter() - t0
-        _write_json(self.out / "summary.json", summary)
+        self._write(self.out / "summary.json", summary)
         return summary
 
     def _timed(self, key: str, fingerprint: str, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -508,8 +523,11 @@ class Pipeline:
             return self._timed("pretrain", fp, lambda: {"path": cfg.model.name_or_path, "built": False})
 
         def body() -> dict[str, Any]:
-            with self._logger("pretrain") as logger:
-                report = build_builtin_model(cfg.pretrain, cache_dir=cfg.model.cache_dir or None, logger=logger, task=self.task)
+            def build() -> Any:
+                with self._logger("pretrain") as logger:
+                    return build_builtin_model(cfg.pretrain, cache_dir=cfg.model.cache_dir or None, logger=logger, task=self.task)
+
+            report = self.dist.main_process_only(build)()  # one build; the others load the cached copy
             return {"path": str(report.path), "built": not report.cached, "perplexity_before": report.perplexity_before,
                     "perplexity": report.perplexity_after, "build_seconds": report.seconds}
 
@@ -524,8 +542,9 @@ class Pipeline:
         def body() -> dict[str, Any]:
             policy = Policy.from_pretrained(base["result"]["path"], device=self.device)
             with self._logger("sft") as logger:
-                metrics = SFTTrainer(cfg.sft, rng=np.random.default_rng(cfg.seed), logger=logger).train(policy, self.demonstrations)
-            policy.save_pretrained(path)
+                trainer = SFTTrainer(cfg.sft, rng=np.random.default_rng(cfg.seed), logger=logger, distributed=self.dist)
+                metrics = trainer.train(policy, self.demonstrations)
+            self.dist.main_process_only(policy.save_pretrained)(path)
             return {"path": str(path), **metrics}
 
         return self._timed("sft", fp, body)
@@ -572,7 +591,7 @@ class Pipeline:
         path = self.out / "reward_model"
         gold = GoldScorer()
 
-        def body() -> dict[str, Any]:
+        def label() -> tuple[int, list[Comparison]]:
             oracle = self._oracle(gold, np.random.default_rng(cfg.seed))
             queries = self._queries(oracle)
             # labels persist across runs: the store is append-only and never deleted, and a
@@ -582,12 +601,15 @@ class Pipeline:
                 todo = [q for q in queries if q.query_id not in answered]
                 collect(oracle, todo, store)
                 ids = {q.query_id for q in queries}
-                comparisons = [c for c in store.comparisons() if c.query_id in ids]
+                return len(queries), [c for c in store.comparisons() if c.query_id in ids]
+
+        def body() -> dict[str, Any]:
+            n_queries, comparisons = self.dist.main_process_only(label)()  # one labeller, one store
             if not comparisons:
                 raise RuntimeError("the oracle answered no comparisons; the reward model has nothing to train on")
             trainer_rng = np.random.default_rng(cfg.seed + 1)
             with self._logger("reward_model") as logger:
-                trainer = RewardTrainer(rm_cfg.trainer, logger=logger, rng=trainer_rng)
+                trainer = RewardTrainer(rm_cfg.trainer, logger=logger, rng=trainer_rng, distributed=self.dist)
                 init = sft["result"]["path"]
                 if rm_cfg.members > 1:
                     rm: RewardModel | RewardEnsemble = RewardEnsemble.from_pretrained(
@@ -598,8 +620,8 @@ class Pipeline:
                     metrics = trainer.train(rm, comparisons, gold_fn=gold)
             demos = self.demonstrations
             rm.normalize([d.prompt for d in demos], [d.completion for d in demos])  # demonstrations score 0 on average
-            rm.save(path)
-            return {"path": str(path), "labels": len(comparisons), "queries_posed": len(queries),
+            self.dist.main_process_only(rm.save)(path)
+            return {"path": str(path), "labels": len(comparisons), "queries_posed": n_queries,
                     "ensemble": rm_cfg.members > 1, **{k: float(v) for k, v in metrics.items()}}
 
         return self._timed("reward_model", fp, body)
@@ -639,25 +661,31 @@ class Pipeline:
             marker = folder / "fingerprint.txt"
             # the checkpoint stays usable when only the length of the run changed: train longer, not again
             resume_fp = _fingerprint(json.loads(fp_inputs), "no-length")
-            resumable = ckpt.exists() and marker.exists() and marker.read_text() == resume_fp
-            if resumable:
-                done_iterations = json.loads((ckpt / "trainer_state.json").read_text())["iteration"]
-                resumable = done_iterations <= run.iterations
+
+            def can_resume() -> bool:
+                if not (ckpt.exists() and marker.exists() and marker.read_text() == resume_fp):
+                    return False
+                return json.loads((ckpt / "trainer_state.json").read_text())["iteration"] <= run.iterations
+
+            def start_fresh() -> None:
+                folder.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(ckpt, ignore_errors=True)
+                marker.write_text(resume_fp)
+
+            resumable = self.dist.main_process_only(can_resume)()
             total = run.iterations * run.num_envs
             if resumable:
                 logger = self._logger(f"ppo_{name}")
                 agent = PPO.load(ckpt, env=env, rng=np.random.default_rng(), ptx_texts=ptx, logger=logger,
-                                 checkpoint_dir=folder, device=self.device)
+                                 checkpoint_dir=folder, device=self.device, distributed=self.dist)
                 self.on_event(f"[ppo.{name}] resuming from its checkpoint at iteration {agent.iteration}")
             else:
-                folder.mkdir(parents=True, exist_ok=True)
-                shutil.rmtree(ckpt, ignore_errors=True)
-                marker.write_text(resume_fp)
+                self.dist.main_process_only(start_fresh)()
                 logger = self._logger(f"ppo_{name}", purge_step=0)
                 policy = Policy.from_pretrained(self._need("sft")["result"]["path"], device=self.device)
                 config = PPOConfig.from_dict({**ppo_config.to_dict(), "checkpoint_every": run.checkpoint_every})
                 agent = PPO(policy, env, config, rng=np.random.default_rng(cfg.seed), ptx_texts=ptx, logger=logger,
-                            checkpoint_dir=folder)
+                            checkpoint_dir=folder, distributed=self.dist)
                 logger.log_hparams({"run": name, "reward": run.reward, "iterations": run.iterations,
                                     "num_envs": run.num_envs, **_flat(ppo_config.to_dict())})
             try:
@@ -665,8 +693,8 @@ class Pipeline:
                     agent.learn(total, callback=tick)
             finally:
                 logger.close()
-            agent.save(ckpt)
-            agent.policy.save_pretrained(folder / "policy")
+            agent.save(ckpt)  # the main process writes it; the others wait
+            self.dist.main_process_only(agent.policy.save_pretrained)(folder / "policy")
             return {"path": str(folder / "policy"), "reward": run.reward, "iterations": agent.iteration,
                     "kl_coef_final": float(agent.kl_ctl.value)}
 
@@ -698,13 +726,15 @@ class Pipeline:
                 if loop.members > 1 else RewardModel.from_pretrained(sft_path, head_seed=seed, device=self.device))
             env = self._env(rm, loop.num_envs)
             demos = self.demonstrations
-            folder.mkdir(parents=True, exist_ok=True)
+            self.dist.main_process_only(folder.mkdir)(parents=True, exist_ok=True)
+            # every process holds the store object; only the main process reads or writes it (PreferenceLoop)
             with self._logger(f"loop_{name}", purge_step=0) as logger, PreferenceStore(folder / "labels.sqlite") as store:
                 logger.log_hparams({"run": name, "iterations": loop.iterations, "num_envs": loop.num_envs, "k": loop.k,
                                     "selector": loop.selector, "members": loop.members,
                                     **_flat({"schedule": to_dict(loop.schedule), "ppo": loop.config.to_dict()})})
-                ppo = PPO(policy, env, loop.config, rng=np.random.default_rng(seed), logger=logger)
-                trainer = RewardTrainer(loop.trainer, logger=logger, rng=np.random.default_rng(seed + 1))
+                ppo = PPO(policy, env, loop.config, rng=np.random.default_rng(seed), logger=logger, distributed=self.dist)
+                trainer = RewardTrainer(loop.trainer, logger=logger, rng=np.random.default_rng(seed + 1),
+                                        distributed=self.dist)
                 learner = RewardModelLearner(rm, trainer, rng=np.random.default_rng(seed + 2), gold_fn=gold,
                                              reference=([d.prompt for d in demos], [d.completion for d in demos]))
                 source = CompletionSource(policy, self.prompts, loop.config.sampling, rng=np.random.default_rng(seed + 3),
@@ -712,12 +742,12 @@ class Pipeline:
                 oracle = self._oracle(gold, np.random.default_rng(seed + 4))
                 selector = DisagreementSelector() if loop.selector == "disagreement" else RandomSelector()
                 agent = PreferenceLoop(ppo, source, selector, oracle, learner, store, loop.schedule,
-                                       rng=np.random.default_rng(seed + 5), logger=logger)
+                                       rng=np.random.default_rng(seed + 5), logger=logger, distributed=self.dist)
                 with self._bar(loop.iterations * loop.num_envs, 0, f"preference_loop.{name}") as tick:
                     agent.learn(loop.iterations * loop.num_envs, callback=tick)
-                labels = store.counts()["answers"]
-            policy.save_pretrained(folder / "policy")
-            rm.save(folder / "reward_model")
+                labels = self.dist.broadcast_object(store.counts()["answers"] if self.dist.is_main else None)
+            self.dist.main_process_only(policy.save_pretrained)(folder / "policy")
+            self.dist.main_process_only(rm.save)(folder / "reward_model")
             return {"path": str(folder / "policy"), "reward_model": str(folder / "reward_model"), "labels": labels,
                     "ensemble": loop.members > 1, "iterations": ppo.iteration, "rounds": agent.rounds}
 
@@ -762,7 +792,8 @@ class Pipeline:
                 self.on_event(f"[evaluation] {name}: gold {report.gold:+.3f}")
             return {"rows": rows, "prompts": len(prompts)}
 
-        return self._timed("evaluation", fp, body)
+        # evaluation samples a few hundred completions: the main process does it, the others get its table
+        return self._timed("evaluation", fp, self.dist.main_process_only(body))
 
     def evaluate(self, force: bool = False) -> dict[str, Any]:
         """Evaluate the run's policies (again, when `force`), rewrite summary.json and return the summary."""
@@ -772,7 +803,7 @@ class Pipeline:
             self.state.pop("evaluation", None)
         self._stage_evaluation()
         summary = self.summary()
-        _write_json(self.out / "summary.json", summary)
+        self._write(self.out / "summary.json", summary)
         return summary
 
     # -------------------------------------------------------------------------------- summary

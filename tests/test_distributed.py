@@ -148,3 +148,37 @@ def test_bf16_sft_step_runs_on_cpu(policy: Policy) -> None:
     metrics = SFTTrainer(SFTConfig(epochs=1, batch_size=4, heldout_fraction=0.0, mixed_precision="bf16"),
                          rng=np.random.default_rng(0)).train(policy, worker.DEMOS[:4])
     assert np.isfinite(metrics["sft_loss"])
+
+
+def test_llm_gym_run_under_torchrun(tiny_model, model_cache, tmp_path) -> None:
+    """`torchrun -m llm_gym run CONFIG`: the same experiment file, data-parallel, written once; a rerun resumes."""
+    import json
+
+    from doubles import tiny_experiment_dict
+
+    config = tiny_experiment_dict(model_cache)
+    config["preference_loop"] = {"online": {
+        "iterations": 2, "num_envs": 8, "trainer": {"epochs": 1},
+        "schedule": {"total_labels": 12, "initial_labels": 8, "labels_per_round": 4, "steps_per_round": 8, "oversample": 1},
+        "config": {"minibatch_size": 4, "sampling": {"max_new_tokens": 8}}}}
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(config))
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "llm_gym", "run", str(path), "--out", str(out), "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    assert "on 2 processes" in proc.stdout and proc.stdout.count("== tiny (seed 0) ==") == 1, "only rank 0 prints"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows"].keys() == {"pretrained", "sft", "reward_model", "ppo", "ppo_ptx", "online"}
+    assert all(np.isfinite(summary["rows"][n]["gold"]) for n in ("sft", "ppo", "ppo_ptx", "online"))
+    for stage in ("sft", "reward_model", "ppo_ppo", "ppo_ppo_ptx", "loop_online"):
+        assert len(list((out / "tb" / stage).glob("events.out.tfevents*"))) == 1, f"{stage}: one writer (rank 0)"
+    from llm_gym import PreferenceStore
+
+    with PreferenceStore(out / "preference_loop" / "online" / "labels.sqlite") as store:
+        assert store.counts()["queries"] == 12, "one labeller spends the loop's budget once"
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "[ppo.ppo] done earlier" in again.stdout and "running" not in again.stdout
