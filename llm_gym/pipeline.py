@@ -8,7 +8,8 @@ writes everything under `out`:
     out/config.json             the resolved config (every default filled in)
     out/state.json              per stage: a fingerprint of what it depends on, its result
     out/sft/                    the SFT policy (save_pretrained)
-    out/labels.sqlite           every preference answer (PreferenceStore; never deleted)
+    out/labels.sqlite           every preference answer (PreferenceStore; never deleted: labels gathered
+                                under other inputs are moved aside to labels.<fingerprint>.sqlite)
     out/reward_model/           the reward model or ensemble (safetensors + JSON)
     out/ppo/<run>/checkpoint/   PPO checkpoints (atomic), out/ppo/<run>/policy/ the result
     out/tb/<stage>/             TensorBoard event files
@@ -347,6 +348,24 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _store_for(path: Path, fingerprint: str) -> Path:
+    """`path`, made ready for labels gathered under `fingerprint` (what decides which queries are asked and how
+    they are answered). Labels in it from other inputs (another oracle noise, another policy trajectory)
+    would be wrong to reuse, and labels are never deleted: that store is moved aside to
+    `<stem>.<its fingerprint>.sqlite`. The same inputs (a resumed run) keep the store and every answer in it."""
+    marker = path.with_suffix(".fingerprint")
+    if path.exists() and (not marker.exists() or marker.read_text() != fingerprint):
+        old = marker.read_text() if marker.exists() else "unknown"
+        aside = path.with_name(f"{path.stem}.{old}.sqlite")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(str(path) + suffix)
+            if source.exists():
+                os.replace(source, Path(str(aside) + suffix))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(fingerprint)
+    return path
+
+
 def _write_json(path: Path, data: Any) -> None:
     """Write atomically: a crash leaves the previous file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -596,7 +615,9 @@ class Pipeline:
             queries = self._queries(oracle)
             # labels persist across runs: the store is append-only and never deleted, and a
             # query already answered there is not asked again (a resumed run keeps every answer)
-            with PreferenceStore(self.out / "labels.sqlite") as store:
+            labels_fp = _fingerprint(upstream, to_dict(cfg.oracle), rm_cfg.queries, rm_cfg.k, list(rm_cfg.sources), cfg.seed,
+                                     self._data_fingerprint("prompts"))
+            with PreferenceStore(_store_for(self.out / "labels.sqlite", labels_fp)) as store:
                 answered = {a.query_id for a in store.answers()}
                 todo = [q for q in queries if q.query_id not in answered]
                 collect(oracle, todo, store)
@@ -726,9 +747,9 @@ class Pipeline:
                 if loop.members > 1 else RewardModel.from_pretrained(sft_path, head_seed=seed, device=self.device))
             env = self._env(rm, loop.num_envs)
             demos = self.demonstrations
-            self.dist.main_process_only(folder.mkdir)(parents=True, exist_ok=True)
+            store_path = self.dist.main_process_only(_store_for)(folder / "labels.sqlite", self._loop_fingerprint(loop))
             # every process holds the store object; only the main process reads or writes it (PreferenceLoop)
-            with self._logger(f"loop_{name}", purge_step=0) as logger, PreferenceStore(folder / "labels.sqlite") as store:
+            with self._logger(f"loop_{name}", purge_step=0) as logger, PreferenceStore(store_path) as store:
                 logger.log_hparams({"run": name, "iterations": loop.iterations, "num_envs": loop.num_envs, "k": loop.k,
                                     "selector": loop.selector, "members": loop.members,
                                     **_flat({"schedule": to_dict(loop.schedule), "ppo": loop.config.to_dict()})})

@@ -319,3 +319,27 @@ def test_prompts_and_demonstrations_from_files(tmp_path, model_cache, tiny_model
     bad.write_text('{"prompt": "x"}\n')
     with pytest.raises(Exception, match=r"bad.jsonl line 1: expected an object with a 'completion' field"):
         Pipeline(tiny(model_cache, f"task.demonstrations={json.dumps(str(bad))}"), tmp_path / "run2").run()
+
+
+def test_labels_from_other_inputs_are_moved_aside_not_reused(tmp_path, model_cache, tiny_model) -> None:
+    """Another oracle noise (or another loop) must not train on the old labels; the old labels are kept."""
+    out = tmp_path / "run"
+    stages = "stages=['pretrain','sft','reward_model']"
+    Pipeline(tiny(model_cache, stages), out).run()
+    with PreferenceStore(out / "labels.sqlite") as store:
+        first = len(store.answers())
+    Pipeline(tiny(model_cache, stages, "oracle.temperature=0.5"), out).run()
+    aside = [p for p in out.glob("labels.*.sqlite")]
+    assert len(aside) == 1, "the first labels are kept under their fingerprint"
+    with PreferenceStore(aside[0]) as old, PreferenceStore(out / "labels.sqlite") as new:
+        assert len(old.answers()) == first and len(new.answers()) == first
+        assert {a.labeller for a in new.answers()} == {"synthetic"}
+    # a loop whose schedule changed starts a fresh store: its budget is spent on its own policy's samples
+    config = loop_config(model_cache)
+    Pipeline(config, out).run()
+    changed = loop_config(model_cache, "preference_loop.online.schedule.initial_labels=12")
+    Pipeline(changed, out).run()
+    folder = out / "preference_loop" / "online"
+    with PreferenceStore(folder / "labels.sqlite") as store:
+        assert store.counts()["queries"] == 16
+    assert len(list(folder.glob("labels.*.sqlite"))) == 1
