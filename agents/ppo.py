@@ -35,9 +35,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections import deque
@@ -63,6 +60,7 @@ from llm_gym.agents.ppo_math import (
     masked_mean,
     masked_whiten,
 )
+from llm_gym.atomic import atomic_dir
 from llm_gym.distributed import Distributed, MixedPrecision, check_training_options, micro_batches, resolve_mixed_precision
 from llm_gym.logger import Logger
 from llm_gym.policy import Policy, Rollout, SamplingConfig
@@ -562,9 +560,7 @@ class PPO(Agent):
         self.dist.barrier()
 
     def _write(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
+        with atomic_dir(path) as tmp:
             self.policy.save_pretrained(tmp / "policy")
             self.reference.save_pretrained(tmp / "reference")
             save_file(self.value_head.state_dict(), str(tmp / "value_head.safetensors"))
@@ -585,16 +581,6 @@ class PPO(Agent):
                 "overopt_streak": self._overopt_streak,
             }
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=_json_default))
-            old = None
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                os.replace(path, old)
-            os.replace(tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def load(

@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -45,6 +44,7 @@ from llm_gym.agents.lm_preferences import CompletionSource, RewardModelLearner
 from llm_gym.agents.ppo import PPO, PPOConfig
 from llm_gym.agents.preference_loop import DisagreementSelector, PreferenceLoop, PreferenceLoopConfig, RandomSelector
 from llm_gym.agents.sft import SFTConfig, SFTTrainer
+from llm_gym.atomic import write_json
 from llm_gym.configio import to_dict
 from llm_gym.data import DatasetError, load_demonstrations, load_prompts
 from llm_gym.distributed import Distributed
@@ -366,15 +366,6 @@ def _store_for(path: Path, fingerprint: str) -> Path:
     return path
 
 
-def _write_json(path: Path, data: Any) -> None:
-    """Write atomically: a crash leaves the previous file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
-
-
 Event = Callable[[str], None]
 
 
@@ -468,7 +459,7 @@ class Pipeline:
 
     def _write(self, path: Path, data: Any) -> None:
         """Write a JSON file from the main process only (the others wait for it)."""
-        self.dist.main_process_only(_write_json)(path, data)
+        self.dist.main_process_only(write_json)(path, data)
 
     def _need(self, key: str) -> dict[str, Any]:
         entry = self.state.get(key)

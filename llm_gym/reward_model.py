@@ -43,9 +43,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -59,6 +56,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from llm_gym.atomic import atomic_dir
 from llm_gym.distributed import Distributed, MixedPrecision, check_training_options, micro_batches, resolve_mixed_precision
 from llm_gym.logger import Logger
 from llm_gym.policy import default_device, truncate_left
@@ -470,14 +468,8 @@ class RewardModel:
         """
         path = Path(path)
         _check_replaceable(path, _META)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-        try:
+        with atomic_dir(path) as tmp:
             self._write(tmp)
-            _replace_dir(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     def _write(self, folder: Path) -> None:
@@ -566,17 +558,6 @@ def _sha256(file: Path) -> str:
 def _check_replaceable(path: Path, marker: str) -> None:
     if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / marker).is_file())):
         raise ValueError(f"{path} exists and is not a checkpoint of this kind; choose another path or remove it yourself")
-
-
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Move the finished folder `tmp` to `path`, replacing an old checkpoint there."""
-    if path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}-old-", dir=path.parent))
-        os.replace(path, old / "x")
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
 
 
 # ======================================================================================
@@ -969,17 +950,11 @@ class RewardEnsemble:
         """Write the members to `path/member_{i}` and an index file, atomically."""
         path = Path(path)
         _check_replaceable(path, _ENSEMBLE_META)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-        try:
+        with atomic_dir(path) as tmp:
             for i, m in enumerate(self.members):
                 (tmp / f"member_{i}").mkdir()
                 m._write(tmp / f"member_{i}")
             (tmp / _ENSEMBLE_META).write_text(json.dumps({"format_version": FORMAT_VERSION, "num_members": len(self.members)}))
-            _replace_dir(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @classmethod

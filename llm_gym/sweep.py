@@ -39,6 +39,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from llm_gym.atomic import write_json
 from llm_gym.configio import ConfigError, load_config, parse_override, to_dict
 
 __all__ = ["SweepError", "SweepPoint", "flat_metrics", "format_table", "parse_grid", "plan_sweep", "plot_sweep", "run_sweep"]
@@ -457,9 +458,7 @@ def _write_outputs(out: Path, config_path: str | PathLike[str], grid: Mapping[st
     data = {"config": str(config_path), "grid": {k: list(v) for k, v in grid.items()}, "seeds": seeds,
             "overrides": list(overrides), "metric": metric,
             "points": [{**r, "metrics": {k: finite_or_none(v) for k, v in r["metrics"].items()}} for r in results]}
-    tmp = out / ".sweep.json.tmp"
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, out / "sweep.json")
+    write_json(out / "sweep.json", data)
     plot_sweep(results, keys, metric, out / "sweep.png")
 
 

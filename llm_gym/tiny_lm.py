@@ -36,6 +36,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from llm_gym.atomic import replace_dir
 from llm_gym.logger import Logger
 from llm_gym.policy import default_device
 from llm_gym.task import ReviewTask, ReviewTaskConfig, generate_review_task
@@ -346,13 +347,7 @@ def build_builtin_model(
             # another process built the same config first: keep its copy, which a reader may be loading now
             _log.info("%s was built by another process meanwhile; keeping that copy", path)
             return find_builtin_model(config, cache_dir) or PretrainReport(path, ppl_before, ppl_after, seconds, cached=True)
-        old = None
-        if path.exists():  # a rebuild: move the old copy aside first, so the folder is never half-written
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, path)  # a rebuild moves the old copy aside first: the folder is never half-written
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
