@@ -34,12 +34,11 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from os import PathLike
-from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
-from llm_gym.data import DatasetError, _decode_lines
+from llm_gym.data import DatasetError, _read_lines
 from llm_gym.preferences import PAIRWISE_CHOICES, Answer, Comparison, Query, ranks_from_choice
 from llm_gym.reward import RewardFn, score_batch
 from llm_gym.store import PreferenceStore
@@ -323,10 +322,7 @@ class RecordedOracle(PreferenceOracle):
                 UTF-8, invalid JSON, a missing or mistyped field, an unknown preference
                 value, invalid ranks, or a file with no comparisons.
         """
-        p = Path(path)
-        if not p.is_file():
-            raise DatasetError(f"comparison file {p} does not exist or is not a file; check the path (cwd is {Path.cwd()})")
-        lines = _decode_lines(p.read_bytes(), p)
+        p, lines = _read_lines(path, "comparison")
         comparisons = []
         for lineno, line in enumerate(lines, start=1):
             if line.strip():
