@@ -33,6 +33,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from os import PathLike
 from pathlib import Path
 from typing import Any, Literal
@@ -411,38 +412,44 @@ class Pipeline:
         # the main process's view of what is done is everyone's (nodes need not share a disk)
         self.state: dict[str, Any] = self.dist.broadcast_object(
             json.loads(self.state_file.read_text()) if self.dist.is_main and self.state_file.exists() else {})
-        self._task: ReviewTask | None = None
 
     # -------------------------------------------------------------------------------- helpers
-    @property
+    # The task's data is read once per Pipeline (a run sees one version of its files).
+    @cached_property
     def task(self) -> ReviewTask:
-        if self._task is None:
-            self._task = generate_review_task(self.config.pretrain.task)
-        return self._task
+        return generate_review_task(self.config.pretrain.task)
 
-    @property
+    @cached_property
     def prompts(self) -> list[str]:
         """Training prompts (the `task.prompts` file, or the built-in task's)."""
         spec = self.config.task
         return list(load_prompts(spec.prompts)) if spec.prompts else list(self.task.prompts)
 
-    @property
+    @cached_property
     def eval_prompts(self) -> list[str]:
         spec = self.config.task
         return list(load_prompts(spec.eval_prompts)) if spec.eval_prompts else list(self.task.eval_prompts)
 
-    @property
+    @cached_property
     def demonstrations(self) -> list[Demonstration]:
         spec = self.config.task
         return load_demonstrations(spec.demonstrations) if spec.demonstrations else list(self.task.demonstrations)
 
+    @cached_property
+    def _file_hashes(self) -> dict[str, str]:
+        """Content hash of each task file ("builtin" where there is none)."""
+        spec = self.config.task
+        return {name: hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path else "builtin"
+                for name, path in (("prompts", spec.prompts), ("eval_prompts", spec.eval_prompts),
+                                   ("demonstrations", spec.demonstrations))}
+
     def _data_fingerprint(self, *names: str) -> list[str]:
         """Content hashes of the task files a stage reads (so editing a file reruns what depends on it)."""
-        out = []
-        for name in names:
-            path = getattr(self.config.task, name)
-            out.append(hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path else "builtin")
-        return out
+        return [self._file_hashes[name] for name in names]
+
+    def _use_threads(self) -> None:
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
 
     def _env(self, reward_fn: Any, num_envs: int) -> PromptBanditVecEnv:
         """The batched prompt-bandit environment over the training prompts, reporting the gold score."""
@@ -496,8 +503,7 @@ class Pipeline:
     def run(self) -> dict[str, Any]:
         """Run the configured stages (skipping those already done with the same inputs); return the summary."""
         cfg = self.config
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self._use_threads()
         if cfg.oracle.kind == "recorded" and not Path(cfg.oracle.path).is_file():
             raise DatasetError(f"oracle.path: the comparison file {cfg.oracle.path} does not exist (cwd is {Path.cwd()})")
         self.out.mkdir(parents=True, exist_ok=True)
@@ -659,8 +665,9 @@ class Pipeline:
     def _ppo_run(self, name: str, run: PPOStage) -> dict[str, Any]:
         cfg = self.config
         fp = self._ppo_fingerprint(run)
-        fp_inputs = json.dumps([self._ppo_upstream(run), to_dict(replace(run, iterations=1, checkpoint_every=0)), cfg.seed,
-                                self._data_fingerprint("prompts")])
+        # the checkpoint stays usable when only the length of the run changed: train longer, not again
+        resume_fp = _fingerprint([self._ppo_upstream(run), to_dict(replace(run, iterations=1, checkpoint_every=0)), cfg.seed,
+                                  self._data_fingerprint("prompts")], "no-length")
         folder = self.out / "ppo" / name
 
         def body() -> dict[str, Any]:
@@ -671,8 +678,6 @@ class Pipeline:
             ptx = list(self.task.pretrain_texts) if ppo_config.ptx_coef > 0 else None
             ckpt = folder / "checkpoint"
             marker = folder / "fingerprint.txt"
-            # the checkpoint stays usable when only the length of the run changed: train longer, not again
-            resume_fp = _fingerprint(json.loads(fp_inputs), "no-length")
 
             def can_resume() -> bool:
                 if not (ckpt.exists() and marker.exists() and marker.read_text() == resume_fp):
@@ -809,8 +814,7 @@ class Pipeline:
 
     def evaluate(self, force: bool = False) -> dict[str, Any]:
         """Evaluate the run's policies (again, when `force`), rewrite summary.json and return the summary."""
-        if self.config.threads:
-            torch.set_num_threads(self.config.threads)
+        self._use_threads()
         if force:
             self.state.pop("evaluation", None)
         self._stage_evaluation()
