@@ -78,6 +78,7 @@ def main() -> None:
     agent.save(args.out / "ppo_checkpoint")
     last = {k: round(h[-1][1], 4) for k, h in agent.logger.history.items() if k.startswith("objective/")}
     print_main("ppo", last)
+    dist.close()
 
 if __name__ == "__main__":
     main()

@@ -72,13 +72,13 @@ def _run_pipeline(config, out: str, progress: bool = True) -> dict:
 
     t0 = time.perf_counter()
     # under `accelerate launch` / `torchrun` every process runs the pipeline data-parallel; the main one prints
-    dist = Distributed.from_environment()
-    if not dist.is_main:
-        return Pipeline(config, out, distributed=dist).run()
-    where = f" on {dist.world_size} processes" if dist.world_size > 1 else ""
-    print(f"experiment {config.name!r} (seed {config.seed}) -> {out}{where}", flush=True)
-    summary = Pipeline(config, out, on_event=lambda line: print(line, flush=True), progress=progress,
-                       distributed=dist).run()
+    with Distributed.from_environment() as dist:
+        if not dist.is_main:
+            return Pipeline(config, out, distributed=dist).run()
+        where = f" on {dist.world_size} processes" if dist.world_size > 1 else ""
+        print(f"experiment {config.name!r} (seed {config.seed}) -> {out}{where}", flush=True)
+        summary = Pipeline(config, out, on_event=lambda line: print(line, flush=True), progress=progress,
+                           distributed=dist).run()
     print()
     print(format_summary(summary))
     print(f"\nsummary: {Path(out) / 'summary.json'}")

@@ -226,6 +226,19 @@ class Distributed:
             return model, optimizer
         return self.accelerator.prepare_model(model, device_placement=False), optimizer
 
+    def close(self) -> None:
+        """Leave the process group (after every process got here). A process that exits while the
+        group's communication threads are still up can abort at interpreter shutdown. Idempotent."""
+        if self.accelerator is not None and torch.distributed.is_initialized():
+            self.barrier()
+            torch.distributed.destroy_process_group()
+
+    def __enter__(self) -> Distributed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """The plain module inside a prepared one (what checkpoints are written from)."""
         return model if self.accelerator is None else self.accelerator.unwrap_model(model)

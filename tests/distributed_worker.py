@@ -96,7 +96,7 @@ def main() -> None:
     assert dist.world_size == 2, f"expected 2 processes, got {dist.world_size}"
     result = run(model_path, out, dist, accumulation=2)
     save_file(result, str(out / f"params_rank{dist.rank}.safetensors"))
-    dist.barrier()
+    dist.close()  # waits for every rank, then leaves the group
 
 
 if __name__ == "__main__":

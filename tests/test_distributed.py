@@ -182,3 +182,9 @@ def test_llm_gym_run_under_torchrun(tiny_model, model_cache, tmp_path) -> None:
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-4000:]
     assert "[ppo.ppo] done earlier" in again.stdout and "running" not in again.stdout
+
+
+def test_closing_the_stand_in_is_a_no_op() -> None:
+    with Distributed() as dist:
+        assert dist.world_size == 1
+    dist.close()  # idempotent
