@@ -71,7 +71,7 @@ def main() -> None:
     print_main("reward model", trainer.train(rm, comparisons, gold_fn=gold))
     dist.main_process_only(rm.save)(args.out / "reward_model_ckpt")
 
-    env = PromptBanditVecEnv(task.prompts, rm, num_envs=16, gold_fn=gold)
+    env = PromptBanditVecEnv(task.prompts, dist.sharded(rm), num_envs=16, gold_fn=gold)  # each process scores its shard
     config = PPOConfig(sampling=sampling, minibatch_size=8, n_epochs=2, mixed_precision=args.mixed_precision)
     agent = PPO(policy, env, config, rng=np.random.default_rng(3), logger=dist.make_logger(args.out / "ppo"), distributed=dist)
     agent.learn(total_steps=32 if args.smoke else 1024)

@@ -21,7 +21,10 @@ computes on the same global batch (to float precision):
 - statistics that steer training (advantage and score whitening, the KL controller's KL)
   are computed from all-reduced sums, so every process holds the same values;
 - only the main process writes logs and checkpoints (`make_logger`, `main_process_only`),
-  and checkpoints are taken from the unwrapped model, so they load with any process count.
+  and checkpoints are taken from the unwrapped model, so they load with any process count;
+- a reward model in the environment is scored shard by shard (`sharded`);
+- a process that fails leaves the group at once (no final barrier), so the launcher stops
+  the others instead of every process waiting forever in its next collective.
 
 Example (the same script runs with `python script.py` or `accelerate launch script.py`):
     >>> dist = Distributed.from_environment()  # doctest: +SKIP
@@ -39,9 +42,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from os import PathLike
 from typing import Any, Literal, TypeVar
 
+import numpy as np
 import torch
 
 from llm_gym.logger import Logger
+from llm_gym.reward import RewardFn, score_batch
 
 __all__ = ["Distributed", "MixedPrecision", "check_training_options", "resolve_mixed_precision"]
 
@@ -188,6 +193,13 @@ class Distributed:
         torch.distributed.all_gather_object(out, obj)
         return out
 
+    def sharded(self, reward_fn: RewardFn) -> RewardFn:
+        """`reward_fn` computed data-parallel: each process scores its shard of the batch and the
+        scores are gathered, so every process gets the whole batch's scores (in order) for
+        1/world_size of the work, e.g. a reward model in PPO's environment. Every process must
+        call it on the same batch at the same time. `reward_fn` itself with one process."""
+        return reward_fn if self.world_size == 1 else _ShardedReward(reward_fn, self)
+
     def barrier(self) -> None:
         """Wait until every process reaches this point."""
         if self.accelerator is not None:
@@ -236,8 +248,14 @@ class Distributed:
     def __enter__(self) -> Distributed:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        elif self.accelerator is not None and torch.distributed.is_initialized():
+            # Failing: no barrier, since the other processes are elsewhere (in a collective, or
+            # still running) and would wait forever for this one. Leave the group and let the
+            # error end the process; the launcher then stops the others.
+            torch.distributed.destroy_process_group()
 
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """The plain module inside a prepared one (what checkpoints are written from)."""
@@ -266,6 +284,20 @@ class Distributed:
         if resolve_mixed_precision(mixed_precision, device) == "bf16":
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+
+class _ShardedReward:
+    """A reward function scored shard by shard across the processes (see `Distributed.sharded`)."""
+
+    def __init__(self, reward_fn: RewardFn, dist: Distributed) -> None:
+        self.reward_fn, self.dist = reward_fn, dist
+        self.__qualname__ = f"sharded({getattr(reward_fn, '__qualname__', None) or type(reward_fn).__qualname__})"
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+        prompts, completions = self.dist.shard(prompts), self.dist.shard(completions)
+        mine = score_batch(self.reward_fn, prompts, completions) if prompts else np.zeros(0)
+        parts = self.dist.gather_object(mine.tolist())  # shards are contiguous, in rank order
+        return np.asarray([v for part in parts for v in part], dtype=np.float64)
 
 
 def micro_batches(items: Sequence[T], steps: int) -> list[list[T]]:

@@ -452,8 +452,9 @@ class Pipeline:
             torch.set_num_threads(self.config.threads)
 
     def _env(self, reward_fn: Any, num_envs: int) -> PromptBanditVecEnv:
-        """The batched prompt-bandit environment over the training prompts, reporting the gold score."""
-        return PromptBanditVecEnv(self.prompts, reward_fn, num_envs=num_envs, gold_fn=GoldScorer())
+        """The batched prompt-bandit environment over the training prompts, reporting the gold score.
+        Under a launcher each process scores its shard of every batch (PPO steps it on all of them)."""
+        return PromptBanditVecEnv(self.prompts, self.dist.sharded(reward_fn), num_envs=num_envs, gold_fn=GoldScorer())
 
     def _done(self, key: str, fingerprint: str) -> dict[str, Any] | None:
         entry = self.state.get(key)
@@ -744,8 +745,10 @@ class Pipeline:
             env = self._env(rm, loop.num_envs)
             demos = self.demonstrations
             store_path = self.dist.main_process_only(_store_for)(folder / "labels.sqlite", self._loop_fingerprint(loop))
-            # every process holds the store object; only the main process reads or writes it (PreferenceLoop)
-            with self._logger(f"loop_{name}", purge_step=0) as logger, PreferenceStore(store_path) as store:
+            # only the main process opens the store file (PreferenceLoop reads and writes it there alone);
+            # the others hold an in-memory stand-in they never touch
+            where = store_path if self.dist.is_main else ":memory:"
+            with self._logger(f"loop_{name}", purge_step=0) as logger, PreferenceStore(where) as store:
                 logger.log_hparams({"run": name, "iterations": loop.iterations, "num_envs": loop.num_envs, "k": loop.k,
                                     "selector": loop.selector, "members": loop.members,
                                     **_flat({"schedule": to_dict(loop.schedule), "ppo": loop.config.to_dict()})})

@@ -82,8 +82,11 @@ from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 from llm_gym.preferences import Answer, Comparison, Query
+
+T = TypeVar("T")
 
 __all__ = ["PreferenceStore", "StoreError", "SCHEMA_VERSION", "Lease", "LeaseOutcome", "LeaseConflict"]
 
@@ -186,6 +189,7 @@ class PreferenceStore:
     ) -> None:
         self.path = str(path)
         self._clock = clock
+        self._timeout = timeout
         self._lock = threading.RLock()
         memory = self.path == ":memory:"
         if not memory:
@@ -206,14 +210,16 @@ class PreferenceStore:
     # -- opening -------------------------------------------------------------------------
 
     def _open_schema(self) -> None:
+        # Several processes may open the same new file at once (the ranks of a launcher, a web
+        # server and a training loop): the header is read as one snapshot, creation happens under
+        # the write lock, and the first process in creates the schema for all.
         conn = self._conn
         try:
-            app_id, version, n_objects = self._header()
+            app_id, version, n_objects = self._retry_busy(self._header_snapshot)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is not an SQLite database ({exc}); pass a new file name for the store") from exc
         if app_id == 0 and n_objects == 0:
             # A new, empty database: nothing above wrote to it; now make it a store.
-            conn.execute("PRAGMA journal_mode=WAL")
             with self._transaction():
                 app_id, version, n_objects = self._header()  # another process may have created it meanwhile
                 if app_id == 0 and n_objects == 0:
@@ -236,7 +242,7 @@ class PreferenceStore:
             )
         if version < 1:
             raise StoreError(f"{self.path}: preference store with invalid schema version {version}; it was left unchanged")
-        conn.execute("PRAGMA journal_mode=WAL")  # persistent in the file; a no-op when already set
+        self._retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))  # persistent in the file; a no-op when already set
         conn.execute("PRAGMA synchronous=FULL")  # fsync at every commit: a committed answer survives power loss
         conn.execute("PRAGMA foreign_keys=ON")
         if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'leases'").fetchone():
@@ -244,6 +250,31 @@ class PreferenceStore:
                 for statement in _LEASE_SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
+
+    def _header_snapshot(self) -> tuple[int, int, int]:
+        """`_header` read in one read transaction, so that a schema another process commits halfway
+        through is seen whole or not at all (three autocommit reads could mix before and after)."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                return self._header()
+            finally:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")  # it only read
+
+    def _retry_busy(self, fn: Callable[[], T]) -> T:
+        """`fn()`, retried while another process holds a lock SQLite does not wait for by itself
+        (switching the journal mode, reading while a schema is being created), up to the timeout."""
+        deadline = time.monotonic() + self._timeout
+        delay = 0.001
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(2 * delay, 0.1)
 
     def _header(self) -> tuple[int, int, int]:
         conn = self._conn

@@ -74,8 +74,14 @@ def run(model_path: str, out: Path, dist: Distributed, accumulation: int) -> dic
         adaptive_kl=True, target_kl=0.01, kl_horizon=100, whiten_scores=True, ptx_coef=0.5, ptx_batch_size=4,
         log_samples_every=1, gradient_accumulation_steps=accumulation,
     )
+    scored = []  # completions this process's reward function saw
+
+    def counting(prompts: list[str], completions: list[str]) -> np.ndarray:
+        scored.extend(completions)
+        return count_e(prompts, completions)
+
     agent = PPO(
-        policy, PromptBanditVecEnv(PROMPTS, count_e, num_envs=4), config, rng=np.random.default_rng(2),
+        policy, PromptBanditVecEnv(PROMPTS, dist.sharded(counting), num_envs=4), config, rng=np.random.default_rng(2),
         ptx_texts=PTX_TEXTS, logger=dist.make_logger(out / f"logs_rank{rank}" / "ppo"),
         distributed=dist,
     )
@@ -85,6 +91,7 @@ def run(model_path: str, out: Path, dist: Distributed, accumulation: int) -> dic
     result.update(params(policy.model, "ppo.policy."))
     result.update(params(agent.value_head, "ppo.value_head."))
     result["ppo.kl_coef"] = torch.tensor(agent.kl_ctl.value, dtype=torch.float64)
+    result["ppo.scored"] = torch.tensor(float(len(scored) * dist.world_size), dtype=torch.float64)  # the whole batch, over all processes
     result["ppo.score_moments"] = torch.tensor([agent.score_moments.mean, agent.score_moments.var], dtype=torch.float64)
     return result
 

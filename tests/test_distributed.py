@@ -104,6 +104,7 @@ def test_matches_a_single_process_run_over_the_same_global_batch(launched: Path,
         if not torch.allclose(value, ref, atol=1e-5, rtol=1e-4):
             bad.append(f"{key}: max |diff| {float((value - ref).abs().max()):.2e}")
     assert not bad, "data-parallel and single-process runs differ:\n" + "\n".join(bad)
+    assert float(dp["ppo.scored"]) == 8.0, "each process scored its half of the 2 x 4 completions (Distributed.sharded)"
     # the updates did something: SFT and PPO moved the weights away from the pretrained ones
     start = Policy.from_pretrained(tiny_model.path, device="cpu").model.state_dict()
     for stage in ("sft.", "ppo.policy."):
@@ -132,6 +133,7 @@ def test_single_process_stand_in_and_options() -> None:
     assert dist.reduce_mean({"a": 1.5}) == {"a": 1.5}
     assert dist.broadcast_object({"x": 1}) == {"x": 1} and dist.gather_object(3) == [3]
     assert dist.main_process_only(lambda: 7)() == 7
+    assert dist.sharded(worker.count_e) is worker.count_e, "one process scores the whole batch itself"
     model = torch.nn.Linear(2, 1)
     assert dist.prepare(model) == (model, None) and dist.unwrap(model) is model
     assert micro_batches(list(range(5)), 2) == [[0, 1], [2, 3, 4]]
@@ -188,3 +190,29 @@ def test_closing_the_stand_in_is_a_no_op() -> None:
     with Distributed() as dist:
         assert dist.world_size == 1
     dist.close()  # idempotent
+
+
+FAILING_RANK = '''
+import sys, time
+from llm_gym.distributed import Distributed
+
+with Distributed.from_environment() as dist:
+    assert dist.world_size == 2
+    if dist.is_main:
+        raise RuntimeError("rank 0 failed on purpose")
+    dist.broadcast_object("rank 1 waits here for a broadcast rank 0 never sends")
+'''
+
+
+def test_a_failing_process_ends_the_launch_instead_of_hanging_it(tmp_path) -> None:
+    """Regression: leaving the `with Distributed` block on an error used to wait at a barrier for
+    processes that were inside some other collective, so one rank's error hung the whole launch."""
+    script = tmp_path / "fail.py"
+    script.write_text(FAILING_RANK)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    assert "rank 0 failed on purpose" in proc.stdout + proc.stderr
+    assert time.perf_counter() - t < 120, "the launch ended by the launcher, not by a collective's 30-minute timeout"

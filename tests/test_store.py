@@ -205,6 +205,39 @@ def test_empty_existing_file_becomes_a_store(tmp_path: Path) -> None:
         assert s.counts() == {"queries": 0, "answers": 0, "pending": 0}
 
 
+def _open_and_close(path: str, start, errors) -> None:
+    start.wait()
+    try:
+        PreferenceStore(path).close()
+    except Exception as exc:  # reported to the parent, which fails the test with it
+        errors.put(repr(exc))
+
+
+def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path: Path) -> None:
+    """The ranks of a launcher (or a web server and a loop) may open the same new store together.
+
+    Regression: the header was read as three autocommit statements, so a process could see the
+    tables another had just committed but not its application_id, and refuse the file as foreign
+    (~1 round in 8 with 4 processes). One failing rank then deadlocked a `torchrun` pipeline.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")  # the children touch only sqlite3
+    errors = ctx.Queue()
+    for i in range(20):
+        path = str(tmp_path / f"s{i}.sqlite")
+        start = ctx.Barrier(4)
+        procs = [ctx.Process(target=_open_and_close, args=(path, start, errors)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=60)
+        assert all(p.exitcode == 0 for p in procs)
+        assert errors.empty(), f"round {i}: {errors.get()}"
+        with PreferenceStore(path) as store:
+            assert store.counts()["queries"] == 0
+
+
 def test_threads_share_one_store(store: PreferenceStore) -> None:
     qs = [_pair(i) for i in range(40)]
     store.add_queries(qs)
