@@ -294,9 +294,23 @@ class _ShardedReward:
         self.__qualname__ = f"sharded({getattr(reward_fn, '__qualname__', None) or type(reward_fn).__qualname__})"
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
-        prompts, completions = self.dist.shard(prompts), self.dist.shard(completions)
-        mine = score_batch(self.reward_fn, prompts, completions) if prompts else np.zeros(0)
-        parts = self.dist.gather_object(mine.tolist())  # shards are contiguous, in rank order
+        if len(prompts) != len(completions):
+            raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions; they must pair up")
+        n, dist = len(prompts), self.dist
+        prompts, completions = dist.shard(prompts), dist.shard(completions)
+        error: BaseException | None = None
+        try:
+            mine: list[float] | str = score_batch(self.reward_fn, prompts, completions).tolist() if prompts else []
+        except Exception as exc:  # every process must reach the gather, or the others wait for this one forever
+            error = exc
+            mine = f"{type(exc).__name__}: {exc}"
+        parts = dist.gather_object(mine)  # shards are contiguous, in rank order
+        failed = [(r, p) for r, p in enumerate(parts) if isinstance(p, str)]
+        if failed:
+            # shard r starts at item r * n // world_size of the batch (`Distributed.shard`)
+            where = "; ".join(f"process {r}, whose shard starts at batch item {r * n // dist.world_size}: {msg}"
+                              for r, msg in failed)
+            raise ValueError(f"{self.__qualname__} failed on its shard of the batch ({where})") from error
         return np.asarray([v for part in parts for v in part], dtype=np.float64)
 
 

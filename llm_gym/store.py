@@ -216,9 +216,16 @@ class PreferenceStore:
         conn = self._conn
         try:
             app_id, version, n_objects = self._retry_busy(self._header_snapshot)
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):  # a valid file someone else holds: say so, or a user may abandon their labels
+                raise StoreError(
+                    f"{self.path} is locked by another process for longer than the {self._timeout:g} s timeout; "
+                    "close the other program (or pass a longer timeout) and open it again"
+                ) from exc
+            raise StoreError(f"{self.path} is not an SQLite database ({exc}); pass a new file name for the store") from exc
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is not an SQLite database ({exc}); pass a new file name for the store") from exc
-        if app_id == 0 and n_objects == 0:
+        if app_id == 0 and n_objects == 0 and version == 0:
             # A new, empty database: nothing above wrote to it; now make it a store.
             with self._transaction():
                 app_id, version, n_objects = self._header()  # another process may have created it meanwhile
@@ -271,7 +278,7 @@ class PreferenceStore:
             try:
                 return fn()
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                if not _is_busy(exc) or time.monotonic() > deadline:
                     raise
             time.sleep(delay)
             delay = min(2 * delay, 0.1)
@@ -625,6 +632,14 @@ def _check_name(what: str, name: object) -> None:
 
 def _sign(x: int) -> int:
     return (x > 0) - (x < 0)
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY / SQLITE_LOCKED: another connection holds a lock (by error code where Python gives it)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (5, 6)
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 def _check_is_sqlite_or_new(path: Path) -> None:

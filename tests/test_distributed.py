@@ -216,3 +216,45 @@ def test_a_failing_process_ends_the_launch_instead_of_hanging_it(tmp_path) -> No
     assert proc.returncode != 0
     assert "rank 0 failed on purpose" in proc.stdout + proc.stderr
     assert time.perf_counter() - t < 120, "the launch ended by the launcher, not by a collective's 30-minute timeout"
+
+
+SHARDED_REWARD = '''
+import os
+from llm_gym.distributed import Distributed
+
+def length(prompts, completions):
+    return [float("nan") if c == "bad" else float(len(c)) for c in completions]
+
+def say(text):  # one write per line: the two processes share the launcher's stdout
+    os.write(1, (text + chr(10)).encode())
+
+with Distributed.from_environment() as dist:
+    scored = dist.sharded(length)
+    say(f"rank {dist.rank} scores {scored(['p'] * 5, ['a', 'bb', 'ccc', 'dddd', 'eeeee']).tolist()}")
+    say(f"rank {dist.rank} small {scored(['p'], ['xyz']).tolist()}")
+    try:
+        scored(["p"] * 4, ["a", "bb", "bad", "dddd"])  # only rank 1's shard holds the bad reward
+    except ValueError as exc:
+        say(f"rank {dist.rank} caught: {exc}")
+    try:
+        scored(["a"], ["xy", "xyz"])
+    except ValueError as exc:
+        say(f"rank {dist.rank} refused: {exc}")
+'''
+
+
+def test_sharded_reward_scores_in_order_and_fails_on_every_process(tmp_path) -> None:
+    """`Distributed.sharded`: each process scores its shard and every process gets the whole batch in
+    order; a bad reward on one shard raises on every process (none is left waiting in the gather)."""
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED_REWARD)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for rank in (0, 1):
+        assert f"rank {rank} scores [1.0, 2.0, 3.0, 4.0, 5.0]" in proc.stdout
+        assert f"rank {rank} small [3.0]" in proc.stdout  # a batch smaller than the process count
+        caught = [line for line in proc.stdout.splitlines() if line.startswith(f"rank {rank} caught: ")]
+        assert len(caught) == 1 and "process 1, whose shard starts at batch item 2" in caught[0] and "NaN" in caught[0], caught
+        assert f"rank {rank} refused: got 1 prompts but 2 completions" in proc.stdout

@@ -182,10 +182,36 @@ def test_foreign_files_are_refused_and_left_unchanged(tmp_path: Path) -> None:
         PreferenceStore(other)
     assert other.read_bytes() == before
 
+    tagged = tmp_path / "tagged.db"  # another program's database with no tables yet, only its version tag
+    conn = sqlite3.connect(tagged)
+    conn.execute("PRAGMA user_version=7")
+    conn.close()
+    before = tagged.read_bytes()
+    with pytest.raises(StoreError, match="not an llm_gym preference store"):
+        PreferenceStore(tagged)
+    assert tagged.read_bytes() == before
+
     with pytest.raises(StoreError, match="is a folder"):
         PreferenceStore(tmp_path)
     with pytest.raises(StoreError, match="does not exist"):
         PreferenceStore(tmp_path / "no" / "such" / "dir.sqlite")
+
+
+def test_a_store_locked_too_long_is_reported_as_locked_not_as_foreign(tmp_path: Path) -> None:
+    path = tmp_path / "prefs.sqlite"
+    PreferenceStore(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")  # in WAL mode only this keeps readers out
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreError, match="locked by another process") as info:
+            PreferenceStore(path, timeout=0.2)
+        assert "not an SQLite database" not in str(info.value)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with PreferenceStore(path) as store:  # the file itself was fine all along
+        assert store.counts()["queries"] == 0
 
 
 def test_newer_schema_refused(tmp_path: Path) -> None:
