@@ -127,8 +127,8 @@ def run(env_id: str, algo_name: str, seed: int, arm: str, labels: int | None, st
 def table(rows: list[dict]) -> str:
     out = []
     out.append(f"{'env':<12} {'algo':<4} {'arm':<8} {'labels':>6} {'steps':>6} {'seeds':>5} {'true return mean ± std':>24} {'ratio':>6} {'>= 90%':>6}")
-    for env, algo in sorted({(r["env"], r["algo"]) for r in rows}):
-        mine = [r for r in rows if r["env"] == env and r["algo"] == algo]
+    for env, algo, steps in sorted({(r["env"], r["algo"], r["steps"]) for r in rows}):
+        mine = [r for r in rows if r["env"] == env and r["algo"] == algo and r["steps"] == steps]
         true = [r for r in mine if r["arm"] == "true"]
         t_mean = float(np.mean([r["final_true_return"] for r in true])) if true else float("nan")
         groups = [("true", None)] + sorted({(r["arm"], r["budget"]) for r in mine if r["arm"] != "true"}, key=lambda x: (x[1], x[0]))
