@@ -76,7 +76,8 @@ def evaluate(model, env_id: str, episodes: int, seed: int) -> float:
     return float(np.mean(returns))
 
 
-def run(env_id: str, algo_name: str, seed: int, arm: str, labels: int | None, steps: int, eval_episodes: int) -> dict:
+def run(env_id: str, algo_name: str, seed: int, arm: str, labels: int | None, steps: int, eval_episodes: int,
+        label_rounds: int | None = None) -> dict:
     """One arm on one seed: "true" (env reward), "learned" (disagreement-selected labels) or "random" (random labels)."""
     s = SETTINGS[env_id, algo_name]
     algo = {"PPO": PPO, "SAC": SAC}[algo_name]
@@ -107,7 +108,8 @@ def run(env_id: str, algo_name: str, seed: int, arm: str, labels: int | None, st
                 prefill.reset()
         rounds = steps // s["steps_per_round"]
         initial = labels // 4
-        per_round = max(1, math.ceil((labels - initial) / min(s["label_rounds"], rounds)))
+        label_rounds = min(label_rounds or s["label_rounds"], rounds)
+        per_round = max(1, math.ceil((labels - initial) / label_rounds))
         config = PreferenceLoopConfig(total_labels=labels, initial_labels=initial, labels_per_round=per_round,
                                       steps_per_round=s["steps_per_round"], oversample=4)
         store = PreferenceStore(":memory:")
@@ -120,7 +122,7 @@ def run(env_id: str, algo_name: str, seed: int, arm: str, labels: int | None, st
     final = evaluate(agent.model if labels is None else model, env_id, eval_episodes, seed)
     acc = [v for _, v in logger.history.get("reward_model/accuracy", [])]
     return dict(env=env_id, algo=algo_name, arm=arm, seed=seed, steps=steps,
-                budget=labels, labels_used=used, final_true_return=final, rm_heldout_accuracy_last=acc[-1] if acc else None,
+                budget=labels, label_rounds=None if labels is None else label_rounds, labels_used=used, final_true_return=final, rm_heldout_accuracy_last=acc[-1] if acc else None,
                 wall_s=round(time.time() - t0, 1))
 
 
@@ -161,6 +163,8 @@ def main() -> None:
     p.add_argument("--arms", nargs="+", default=["true", "learned"], choices=["true", "learned", "random"],
                    help="true: env reward; learned: labels chosen by ensemble disagreement; random: labels chosen at random")
     p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--label-rounds", type=int, default=None,
+                   help="rounds the labels after the initial quarter are spread over (default: per env, see SETTINGS)")
     p.add_argument("--out", default="runs/christiano_control.jsonl")
     p.add_argument("--table-only", action="store_true")
     p.add_argument("--include", nargs="*", default=[], help="more JSONL result files to merge into the printed table")
@@ -185,7 +189,7 @@ def main() -> None:
                     if any(r["env"] == env_id and r["algo"] == algo and r["seed"] == seed and r["arm"] == arm
                            and r["budget"] == budget and r["steps"] == steps for r in rows):
                         continue
-                    r = run(env_id, algo, seed, arm, budget, steps, args.eval_episodes)
+                    r = run(env_id, algo, seed, arm, budget, steps, args.eval_episodes, args.label_rounds)
                     print(json.dumps(r), flush=True)
                     rows.append(r)
                     with out.open("a") as f:
