@@ -182,12 +182,14 @@ def main() -> None:
             s = SETTINGS[env_id, algo]
             steps = args.steps or s["steps"]
             budgets = args.labels or [s["labels"]]
+            rounds_wanted = min(args.label_rounds or s["label_rounds"], steps // s["steps_per_round"])
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 jobs = [("true", None)] if "true" in args.arms else []
                 jobs += [(arm, b) for b in budgets for arm in ("learned", "random") if arm in args.arms]
                 for arm, budget in jobs:
                     if any(r["env"] == env_id and r["algo"] == algo and r["seed"] == seed and r["arm"] == arm
-                           and r["budget"] == budget and r["steps"] == steps for r in rows):
+                           and r["budget"] == budget and r["steps"] == steps
+                           and (budget is None or r.get("label_rounds", s["label_rounds"]) == rounds_wanted) for r in rows):
                         continue
                     r = run(env_id, algo, seed, arm, budget, steps, args.eval_episodes, args.label_rounds)
                     print(json.dumps(r), flush=True)
