@@ -61,10 +61,10 @@ from llm_gym.agents.ppo_math import (
     masked_whiten,
 )
 from llm_gym.atomic import atomic_dir
-from llm_gym.distributed import Distributed, MixedPrecision, check_training_options, micro_batches, resolve_mixed_precision
+from llm_gym.distributed import Distributed, MixedPrecision, check_training_options, resolve_mixed_precision
 from llm_gym.logger import Logger
 from llm_gym.policy import Policy, Rollout, SamplingConfig
-from llm_gym.tiny_lm import document_batch, lm_loss
+from llm_gym.tiny_lm import document_batch, labelled_tokens, lm_loss
 
 __all__ = ["PPO", "PPOConfig", "TrainingDivergedError", "OverOptimizationWarning", "KLWarning"]
 
@@ -418,9 +418,8 @@ class PPO(Agent):
         micro-batches `((ids, mask, labels), weight)`; weight 0 marks a stand-in for an empty share."""
         idx = self.rng.integers(len(self.ptx_texts), size=self.config.ptx_batch_size)  # the same draw on every process
         texts = [self.ptx_texts[i] for i in idx]
-        pieces = micro_batches(self.dist.shard(texts), steps)
         tok, length = self.policy.tokenizer, self.policy.context_length
-        return [(document_batch(tok, p, length), 1.0) if p else (document_batch(tok, texts[:1], length), 0.0) for p in pieces]
+        return [(document_batch(tok, p, length), w) for p, w in self.dist.micro_shards(texts, steps)]
 
     def _update(self, batch: _Batch, global_size: int) -> dict[str, float]:
         cfg, ro, dist = self.config, batch.rollout, self.dist
@@ -441,9 +440,9 @@ class PPO(Agent):
             for start in range(0, n, local_minibatch):
                 mb = order[start : start + local_minibatch]
                 micro = [m for m in torch.tensor_split(mb, cfg.gradient_accumulation_steps) if len(m)]
-                tokens = dist.sum_float(float(ro.completion_mask[mb].sum()))
                 ptx_batches = self._ptx_batches(len(micro)) if cfg.ptx_coef > 0 else []
-                ptx_tokens = dist.sum_float(sum(float((b[2][:, 1:] != -100).sum()) for b, w in ptx_batches if w))
+                tokens, ptx_tokens = dist.sum_floats(  # global counts that normalise the two losses
+                    float(ro.completion_mask[mb].sum()), sum(labelled_tokens(b[2]) for b, w in ptx_batches if w))
                 self.optimizer.zero_grad(set_to_none=True)
                 step_parts: dict[str, float] = {}
                 for k in range(len(micro)):
@@ -453,7 +452,7 @@ class PPO(Agent):
                         (ids, pmask, labels), w = ptx_batches[k]
                         with dist.no_sync(*models), amp:
                             ptx_sum = lm_loss(self._train_model, ids, pmask, labels, reduction="sum")
-                            ptx = ptx_sum / max(float((labels[:, 1:] != -100).sum()), 1.0)
+                            ptx = ptx_sum / max(labelled_tokens(labels), 1)
                             if not torch.isfinite(ptx):
                                 self._diverged({"ptx_loss": ptx})
                             # maximise gamma * log-likelihood = minimise gamma * NLL (global token mean)
@@ -555,9 +554,7 @@ class PPO(Agent):
         process calls it, the main process writes (the unwrapped modules: the checkpoint loads
         with any process count) and the others wait for it.
         """
-        if self.dist.is_main:
-            self._write(Path(path))
-        self.dist.barrier()
+        self.dist.main_process_only(self._write)(Path(path))
 
     def _write(self, path: Path) -> None:
         with atomic_dir(path) as tmp:

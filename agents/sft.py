@@ -20,11 +20,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from llm_gym.distributed import Distributed, MixedPrecision, check_training_options, micro_batches, resolve_mixed_precision
+from llm_gym.distributed import Distributed, MixedPrecision, check_training_options, resolve_mixed_precision
 from llm_gym.logger import Logger
 from llm_gym.policy import Policy
 from llm_gym.task import Demonstration
-from llm_gym.tiny_lm import lm_loss
+from llm_gym.tiny_lm import labelled_tokens, lm_loss
 
 __all__ = ["SFTConfig", "SFTTrainer", "SFTBatch", "sft_batch"]
 
@@ -102,11 +102,7 @@ def sft_batch(policy: Policy, demos: Sequence[Demonstration]) -> SFTBatch:
 def _answer_loss(model: torch.nn.Module, batch: SFTBatch) -> tuple[torch.Tensor, int]:
     """Summed next-token NLL over answer tokens (the only labelled ones), and their count."""
     nll = lm_loss(model, batch.input_ids, batch.attention_mask, batch.labels, reduction="sum")
-    return nll, _answer_tokens(batch)
-
-
-def _answer_tokens(batch: SFTBatch) -> int:
-    return int((batch.labels[:, 1:] != -100).sum())
+    return nll, labelled_tokens(batch.labels)
 
 
 class SFTTrainer:
@@ -148,7 +144,7 @@ class SFTTrainer:
                 nll, n = _answer_loss(policy.model, sft_batch(policy, part))
                 total, count = total + float(nll), count + n
         policy.model.train(was_training)
-        total, count = self.dist.sum_float(total), self.dist.sum_float(count)
+        total, count = self.dist.sum_floats(total, count)
         return total / max(count, 1)
 
     def train(self, policy: Policy, demonstrations: Sequence[Demonstration]) -> dict[str, float]:
@@ -182,11 +178,9 @@ class SFTTrainer:
             epoch_nll, epoch_tokens = 0.0, 0
             for start in range(0, len(train), cfg.batch_size):
                 global_batch = [train[i] for i in perm[start : start + cfg.batch_size]]
-                # this process's shard, in micro-batches; an empty piece runs a zero-weighted stand-in
-                # so that every process joins every gradient all-reduce
-                pieces = micro_batches(dist.shard(global_batch), cfg.gradient_accumulation_steps)
-                batches = [(sft_batch(policy, p), 1.0) if p else (sft_batch(policy, global_batch[:1]), 0.0) for p in pieces]
-                n_global = dist.sum_float(sum(_answer_tokens(b) for b, w in batches if w))
+                # this process's shard, in micro-batches (zero-weighted stand-ins for empty pieces)
+                batches = [(sft_batch(policy, p), w) for p, w in dist.micro_shards(global_batch, cfg.gradient_accumulation_steps)]
+                n_global = dist.sum_float(sum(labelled_tokens(b.labels) for b, w in batches if w))
                 opt.zero_grad(set_to_none=True)
                 for k, (batch, weight) in enumerate(batches):
                     with dist.no_sync(model, enabled=k + 1 < len(batches)):
@@ -203,7 +197,8 @@ class SFTTrainer:
                 opt.step()
                 sched.step()
                 step += 1
-            metrics["sft_loss"] = dist.sum_float(epoch_nll) / max(dist.sum_float(epoch_tokens), 1)
+            epoch_nll, epoch_tokens = dist.sum_floats(epoch_nll, epoch_tokens)
+            metrics["sft_loss"] = epoch_nll / max(epoch_tokens, 1)
             self.logger.record("train/sft_loss", metrics["sft_loss"])
             if heldout:
                 metrics["sft_heldout_loss"] = self.heldout_loss(policy, heldout)

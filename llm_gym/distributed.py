@@ -158,9 +158,21 @@ class Distributed:
 
     def sum_float(self, value: float) -> float:
         """Sum of a Python number over processes (float64)."""
+        return self.sum_floats(value)[0]
+
+    def sum_floats(self, *values: float) -> tuple[float, ...]:
+        """Sums of several Python numbers over processes, in one all-reduce (float64)."""
         if self.world_size == 1:
-            return float(value)
-        return float(self.all_reduce_sum(torch.tensor(float(value), dtype=torch.float64, device=self.device)))
+            return tuple(float(v) for v in values)
+        sums = self.all_reduce_sum(torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device))
+        return tuple(sums.tolist())
+
+    def micro_shards(self, items: Sequence[T], steps: int) -> list[tuple[list[T], float]]:
+        """This process's shard of the global batch `items`, cut into `steps` micro-batches, each
+        with a weight: 1.0, or 0.0 for a stand-in (the batch's first item) where the piece is
+        empty, so that every process still runs every forward/backward and joins every gradient
+        all-reduce (more processes or micro-steps than items). Scale a stand-in's loss by 0."""
+        return [(p, 1.0) if p else (list(items[:1]), 0.0) for p in micro_batches(self.shard(items), steps)]
 
     def reduce_mean(self, metrics: Mapping[str, float], weight: float = 1.0) -> dict[str, float]:
         """Metrics averaged over processes, each process's values weighted by `weight` (e.g. its sample count).

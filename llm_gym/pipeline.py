@@ -401,13 +401,12 @@ class Pipeline:
             raise TypeError(f"config must be an ExperimentConfig, got {type(config).__name__}")
         self.config = config
         self.out = Path(out)
-        self.on_event = on_event or (lambda line: None)
-        self.progress = progress
         self.dist = distributed if distributed is not None else Distributed()
+        # only the main process reports
+        self.on_event = on_event if on_event is not None and self.dist.is_main else (lambda line: None)
+        self.progress = progress and self.dist.is_main
         self.device = device if device is not None else self.dist.device
         self.input_fn = input_fn
-        self.on_event = self.on_event if self.dist.is_main else (lambda line: None)
-        self.progress = progress and self.dist.is_main
         self.state_file = self.out / "state.json"
         # the main process's view of what is done is everyone's (nodes need not share a disk)
         self.state: dict[str, Any] = self.dist.broadcast_object(

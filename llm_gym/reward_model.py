@@ -57,7 +57,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_gym.atomic import atomic_dir
-from llm_gym.distributed import Distributed, MixedPrecision, check_training_options, micro_batches, resolve_mixed_precision
+from llm_gym.distributed import Distributed, MixedPrecision, check_training_options, resolve_mixed_precision
 from llm_gym.logger import Logger
 from llm_gym.policy import default_device, truncate_left
 from llm_gym.preferences import Comparison
@@ -786,10 +786,8 @@ class RewardTrainer:
         loss_sum, elements, correct, margin_sum, pairs = 0.0, 0, 0.0, 0.0, 0
         for start in range(0, len(order), cfg.batch_size):
             global_batch = [train_set[i] for i in order[start : start + cfg.batch_size]]
-            pieces = micro_batches(dist.shard(global_batch), cfg.gradient_accumulation_steps)
-            # an empty piece (more processes than comparisons) runs a zero-weighted stand-in, so that
-            # every process joins every gradient all-reduce
-            work = [(_pad(p), 1.0) if p else (_pad(global_batch[:1]), 0.0) for p in pieces]
+            # this process's shard, in micro-batches (zero-weighted stand-ins for empty pieces)
+            work = [(_pad(p), w) for p, w in dist.micro_shards(global_batch, cfg.gradient_accumulation_steps)]
             n_global = dist.sum_float(sum(_num_elements(b, cfg.ties) for b, w in work if w))
             if n_global == 0:
                 continue  # only ties in this batch (ties="skip"), on every process: nothing to learn
@@ -819,7 +817,7 @@ class RewardTrainer:
                     margin_sum += float(stats.margin) * stats.num_pairs
                     pairs += stats.num_pairs
         rm.eval()
-        loss_sum, elements, correct, margin_sum, pairs = (dist.sum_float(v) for v in (loss_sum, elements, correct, margin_sum, pairs))
+        loss_sum, elements, correct, margin_sum, pairs = dist.sum_floats(loss_sum, elements, correct, margin_sum, pairs)
         nan = float("nan")
         return {
             "train_loss": loss_sum / elements if elements else nan,

@@ -48,6 +48,7 @@ __all__ = [
     "find_builtin_model",
     "default_cache_dir",
     "document_batch",
+    "labelled_tokens",
     "lm_loss",
     "perplexity",
     "task_fingerprint",
@@ -213,6 +214,11 @@ def lm_loss(
     )
 
 
+def labelled_tokens(labels: torch.Tensor) -> int:
+    """How many tokens `lm_loss` scores in a batch with these `labels` (targets other than -100)."""
+    return int((labels[:, 1:] != -100).sum())
+
+
 @torch.no_grad()
 def perplexity(
     model: PreTrainedModel,
@@ -229,7 +235,7 @@ def perplexity(
     for start in range(0, len(texts), batch_size):
         ids, mask, labels = document_batch(tokenizer, texts[start : start + batch_size])
         total_nll += float(lm_loss(model, ids, mask, labels, reduction="sum"))
-        total_tokens += int((labels[:, 1:] != -100).sum())
+        total_tokens += labelled_tokens(labels)
     model.train(was_training)
     return math.exp(total_nll / total_tokens)
 

@@ -137,6 +137,10 @@ def test_single_process_stand_in_and_options() -> None:
     model = torch.nn.Linear(2, 1)
     assert dist.prepare(model) == (model, None) and dist.unwrap(model) is model
     assert micro_batches(list(range(5)), 2) == [[0, 1], [2, 3, 4]]
+    assert dist.sum_floats(1, 2.5) == (1.0, 2.5) and dist.sum_float(3) == 3.0
+    assert dist.micro_shards([1, 2, 3], 2) == [([1], 1.0), ([2, 3], 1.0)]
+    # more micro-steps than items: the empty pieces run the batch's first item at weight 0
+    assert dist.micro_shards([7], 3) == [([7], 0.0), ([7], 0.0), ([7], 1.0)]
     assert resolve_mixed_precision("bf16", torch.device("cpu")) == "bf16"
     with pytest.raises(ValueError, match="mixed_precision"):
         PPOConfig(mixed_precision="fp16")
