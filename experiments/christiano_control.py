@@ -76,8 +76,13 @@ def evaluate(model, env_id: str, episodes: int, seed: int) -> float:
     return float(np.mean(returns))
 
 
+def label_rounds_for(s: dict, steps: int, requested: int | None = None) -> int:
+    """Rounds the labels after the initial quarter are spread over: `requested` (or the settings'), at most all rounds."""
+    return min(requested or s["label_rounds"], steps // s["steps_per_round"])
+
+
 def run(env_id: str, algo_name: str, seed: int, arm: str, labels: int | None, steps: int, eval_episodes: int,
-        label_rounds: int | None = None) -> dict:
+        label_rounds: int) -> dict:
     """One arm on one seed: "true" (env reward), "learned" (disagreement-selected labels) or "random" (random labels)."""
     s = SETTINGS[env_id, algo_name]
     algo = {"PPO": PPO, "SAC": SAC}[algo_name]
@@ -106,9 +111,7 @@ def run(env_id: str, algo_name: str, seed: int, arm: str, labels: int | None, st
             *_, term, trunc, _ = prefill.step(prefill.action_space.sample())
             if term or trunc:
                 prefill.reset()
-        rounds = steps // s["steps_per_round"]
         initial = labels // 4
-        label_rounds = min(label_rounds or s["label_rounds"], rounds)
         per_round = max(1, math.ceil((labels - initial) / label_rounds))
         config = PreferenceLoopConfig(total_labels=labels, initial_labels=initial, labels_per_round=per_round,
                                       steps_per_round=s["steps_per_round"], oversample=4)
@@ -182,16 +185,16 @@ def main() -> None:
             s = SETTINGS[env_id, algo]
             steps = args.steps or s["steps"]
             budgets = args.labels or [s["labels"]]
-            rounds_wanted = min(args.label_rounds or s["label_rounds"], steps // s["steps_per_round"])
+            rounds_wanted = label_rounds_for(s, steps, args.label_rounds)
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 jobs = [("true", None)] if "true" in args.arms else []
                 jobs += [(arm, b) for b in budgets for arm in ("learned", "random") if arm in args.arms]
                 for arm, budget in jobs:
                     if any(r["env"] == env_id and r["algo"] == algo and r["seed"] == seed and r["arm"] == arm
                            and r["budget"] == budget and r["steps"] == steps
-                           and (budget is None or r.get("label_rounds", s["label_rounds"]) == rounds_wanted) for r in rows):
+                           and (budget is None or r.get("label_rounds", label_rounds_for(s, steps)) == rounds_wanted) for r in rows):
                         continue
-                    r = run(env_id, algo, seed, arm, budget, steps, args.eval_episodes, args.label_rounds)
+                    r = run(env_id, algo, seed, arm, budget, steps, args.eval_episodes, rounds_wanted)
                     print(json.dumps(r), flush=True)
                     rows.append(r)
                     with out.open("a") as f:

@@ -216,14 +216,13 @@ class PreferenceStore:
         conn = self._conn
         try:
             app_id, version, n_objects = self._retry_busy(self._header_snapshot)
-        except sqlite3.OperationalError as exc:
-            if _is_busy(exc):  # a valid file someone else holds: say so, or a user may abandon their labels
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+                # a valid file someone else holds: say so, or a user may abandon their labels
                 raise StoreError(
                     f"{self.path} is locked by another process for longer than the {self._timeout:g} s timeout; "
                     "close the other program (or pass a longer timeout) and open it again"
                 ) from exc
-            raise StoreError(f"{self.path} is not an SQLite database ({exc}); pass a new file name for the store") from exc
-        except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is not an SQLite database ({exc}); pass a new file name for the store") from exc
         if app_id == 0 and n_objects == 0 and version == 0:
             # A new, empty database: nothing above wrote to it; now make it a store.
