@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from llm_gym.logger import Logger
-from llm_gym.reward import RewardFn, score_batch
+from llm_gym.reward import RewardFn, _name, score_batch
 
 __all__ = ["Distributed", "MixedPrecision", "check_training_options", "resolve_mixed_precision"]
 
@@ -303,7 +303,7 @@ class _ShardedReward:
 
     def __init__(self, reward_fn: RewardFn, dist: Distributed) -> None:
         self.reward_fn, self.dist = reward_fn, dist
-        self.__qualname__ = f"sharded({getattr(reward_fn, '__qualname__', None) or type(reward_fn).__qualname__})"
+        self.__qualname__ = f"sharded({_name(reward_fn)})"  # how score_batch names it in errors
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
         if len(prompts) != len(completions):
