@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from llm_gym.policy import Policy, SamplingConfig
-from llm_gym.preferences import Comparison, Query
-from llm_gym.reward import RewardFn
-from llm_gym.reward_model import RewardEnsemble, RewardModel, RewardTrainer
+from llm_gym.models.policy import Policy, SamplingConfig
+from llm_gym.core.preferences import Comparison, Query
+from llm_gym.core.reward import RewardFn
+from llm_gym.models.reward_model import RewardEnsemble, RewardModel, RewardTrainer
 
 __all__ = ["CompletionSource", "RewardModelLearner"]
 

@@ -19,7 +19,7 @@ disturb the policy, which Ziegler et al. 2019 avoided with separate networks).
 Dropout is off during PPO (the model is kept in eval mode, as TRL does), so the ratio
 pi/pi_old is exactly 1 before the first update.
 
-Data parallel (`distributed=`, see `llm_gym.distributed`): the environment's batch
+Data parallel (`distributed=`, see `llm_gym.infra.distributed`): the environment's batch
 (`num_envs`) and `minibatch_size` are global. Every process draws the same prompt batch
 (same rng), samples completions for its contiguous shard with its own seed (rank 0 uses
 the single-process seed), and the completions are gathered so that every process scores
@@ -60,11 +60,11 @@ from llm_gym.agents.ppo_math import (
     masked_mean,
     masked_whiten,
 )
-from llm_gym.atomic import atomic_dir
-from llm_gym.distributed import Distributed, MixedPrecision, check_training_options, resolve_mixed_precision
-from llm_gym.logger import Logger
-from llm_gym.policy import Policy, Rollout, SamplingConfig
-from llm_gym.tiny_lm import document_batch, labelled_tokens, lm_loss
+from llm_gym.infra.atomic import atomic_dir
+from llm_gym.infra.distributed import Distributed, MixedPrecision, check_training_options, resolve_mixed_precision
+from llm_gym.infra.logger import Logger
+from llm_gym.models.policy import Policy, Rollout, SamplingConfig
+from llm_gym.models.lm import document_batch, labelled_tokens, lm_loss
 
 __all__ = ["PPO", "PPOConfig", "TrainingDivergedError", "OverOptimizationWarning", "KLWarning"]
 

@@ -39,11 +39,11 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from llm_gym.agents.base import Agent, Callback
-from llm_gym.distributed import Distributed
-from llm_gym.logger import Logger
-from llm_gym.oracles import PreferenceOracle, collect
-from llm_gym.preferences import Comparison, Query
-from llm_gym.store import PreferenceStore
+from llm_gym.infra.distributed import Distributed
+from llm_gym.infra.logger import Logger
+from llm_gym.feedback.oracles import PreferenceOracle, collect
+from llm_gym.core.preferences import Comparison, Query
+from llm_gym.feedback.store import PreferenceStore
 
 __all__ = [
     "DisagreementSelector",

@@ -60,9 +60,9 @@ from gymnasium import spaces
 from torch import nn
 
 from llm_gym.agents.base import Agent, Callback
-from llm_gym.logger import Logger
-from llm_gym.oracles import SyntheticOracle
-from llm_gym.preferences import Comparison, Query
+from llm_gym.infra.logger import Logger
+from llm_gym.feedback.oracles import SyntheticOracle
+from llm_gym.core.preferences import Comparison, Query
 
 __all__ = [
     "LearnedRewardWrapper",

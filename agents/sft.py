@@ -5,7 +5,7 @@ cross-entropy on the completion tokens and the EOS (so the model learns to stop)
 the prompt tokens masked out (Ouyang et al. 2022, §3.5). A held-out split is evaluated
 after every epoch and logged as `train/sft_heldout_loss`.
 
-Data parallel (`distributed=`, see `llm_gym.distributed`): `batch_size` is the global
+Data parallel (`distributed=`, see `llm_gym.infra.distributed`): `batch_size` is the global
 batch; each process trains on its shard of every batch, the loss is normalised by the
 global count of answer tokens, so N processes compute the single-process update.
 """
@@ -20,11 +20,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from llm_gym.distributed import Distributed, MixedPrecision, check_training_options, resolve_mixed_precision
-from llm_gym.logger import Logger
-from llm_gym.policy import Policy
-from llm_gym.task import Demonstration
-from llm_gym.tiny_lm import labelled_tokens, lm_loss
+from llm_gym.infra.distributed import Distributed, MixedPrecision, check_training_options, resolve_mixed_precision
+from llm_gym.infra.logger import Logger
+from llm_gym.models.policy import Policy
+from llm_gym.core.task import Demonstration
+from llm_gym.models.lm import labelled_tokens, lm_loss
 
 __all__ = ["SFTConfig", "SFTTrainer", "SFTBatch", "sft_batch"]
 

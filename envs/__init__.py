@@ -3,12 +3,20 @@
     >>> import gymnasium, llm_gym
     >>> env = gymnasium.make("llm_gym/ReviewSentiment-v0")
     >>> vec = gymnasium.make_vec("llm_gym/ReviewSentiment-v0", num_envs=4)
+
+This file is only the register calls (entry points are strings, so registering imports no
+environment code) and the names the folder exports:
+
+    prompt_bandit.py   PromptBanditEnv / PromptBanditVecEnv: any prompt dataset + any reward function
+    review.py          the built-in review task as a ready-made prompt bandit
 """
 
-from gymnasium.envs.registration import register
+from __future__ import annotations
 
-from llm_gym.envs.prompt_bandit import PromptBanditEnv, PromptBanditVecEnv
-from llm_gym.envs.review import ReviewSentimentEnv, ReviewSentimentVecEnv, review_prompts
+import importlib
+from typing import Any
+
+from gymnasium.envs.registration import register
 
 __all__ = ["PromptBanditEnv", "PromptBanditVecEnv", "ReviewSentimentEnv", "ReviewSentimentVecEnv", "review_prompts"]
 
@@ -23,3 +31,12 @@ register(
     entry_point="llm_gym.envs.review:ReviewSentimentEnv",
     vector_entry_point="llm_gym.envs.review:ReviewSentimentVecEnv",
 )
+
+_MODULES = {"PromptBanditEnv": "prompt_bandit", "PromptBanditVecEnv": "prompt_bandit", "ReviewSentimentEnv": "review",
+            "ReviewSentimentVecEnv": "review", "review_prompts": "review"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULES:
+        raise AttributeError(f"module 'llm_gym.envs' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"llm_gym.envs.{_MODULES[name]}"), name)

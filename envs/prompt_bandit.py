@@ -36,8 +36,8 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from llm_gym.data import PromptDataset, load_prompts
-from llm_gym.reward import RewardFn, score_batch
+from llm_gym.core.data import PromptDataset, load_prompts
+from llm_gym.core.reward import RewardFn, score_batch
 
 __all__ = ["PromptBanditEnv", "PromptBanditVecEnv"]
 

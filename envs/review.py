@@ -1,6 +1,6 @@
 """`llm_gym/ReviewSentiment-v0`: the built-in task as a ready-made prompt bandit.
 
-Prompts are openings of synthetic reviews (`llm_gym.task`); the default reward is the
+Prompts are openings of synthetic reviews (`llm_gym.tasks.review`); the default reward is the
 gold scorer (positive sentiment plus fluency), as in Ziegler et al. 2019's
 positive-continuation task. Pass `reward_fn=` (a reward model, say) to train against a
 learned reward: the gold score is still reported in `info["gold"]`.
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from llm_gym.reward import RewardFn
-from llm_gym.task import GoldScorer, ReviewTask, ReviewTaskConfig, generate_review_task
+from llm_gym.core.reward import RewardFn
+from llm_gym.tasks.review import GoldScorer, ReviewTask, ReviewTaskConfig, generate_review_task
 
 from llm_gym.envs.prompt_bandit import PromptBanditEnv, PromptBanditVecEnv
 

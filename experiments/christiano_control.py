@@ -34,8 +34,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from llm_gym.agents.preference_loop import DisagreementSelector, PreferenceLoop, PreferenceLoopConfig, RandomSelector
 from llm_gym.agents.sb3 import LearnedRewardWrapper, MLPRewardLearner, SB3Agent, SegmentBuffer, SegmentSource, segment_oracle
-from llm_gym.logger import Logger
-from llm_gym.store import PreferenceStore
+from llm_gym.infra.logger import Logger
+from llm_gym.feedback.store import PreferenceStore
 
 # Per (env, algorithm): its settings, env steps, segment length, label budget, loop schedule.
 SETTINGS = {

@@ -29,9 +29,9 @@ from llm_gym import (
 )
 from llm_gym.agents.ppo import PPO, PPOConfig
 from llm_gym.agents.sft import SFTConfig, SFTTrainer
-from llm_gym.distributed import Distributed
+from llm_gym.infra.distributed import Distributed
 from llm_gym.envs import PromptBanditVecEnv
-from llm_gym.preferences import Comparison
+from llm_gym.core.preferences import Comparison
 
 
 def main() -> None:

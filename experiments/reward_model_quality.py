@@ -77,7 +77,7 @@ from llm_gym import (
     collect,
     generate_review_task,
 )
-from llm_gym.reward_model import RewardModel, RewardTrainer, RewardTrainerConfig
+from llm_gym.models.reward_model import RewardModel, RewardTrainer, RewardTrainerConfig
 
 TARGET_ACCURACY = 0.80  # with 2,000 pairwise comparisons
 TARGET_OVERHEAD = 1.20  # rm.score time / bare backbone forward time, batch 64
@@ -193,7 +193,7 @@ def unigram_bt_accuracy(comparisons: list[Comparison], e1: list[str], e2: list[s
     can do from them. It bounds what the RM can be asked to reach with this label noise. (The default ``l2`` was
     the best of 1e-4/1e-3/1e-2 on this held-out set in a one-off sweep, so the figure is, if anything, optimistic.)
     """
-    from llm_gym.task import tokenize
+    from llm_gym.tasks.review import tokenize
 
     vocab: dict[str, int] = {}
     for c in comparisons:

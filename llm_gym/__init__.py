@@ -3,91 +3,67 @@
 Each prompt is a one-step episode (a contextual bandit): the environment hands out a
 prompt, the agent answers with a completion, a reward function scores it. Importing
 `llm_gym` registers the environments (`llm_gym/PromptBandit-v0`,
-`llm_gym/ReviewSentiment-v0`) with Gymnasium.
+`llm_gym/ReviewSentiment-v0`) with Gymnasium; everything else is imported when first
+used, so `import llm_gym` (and `llm-gym --help`) stays fast.
+
+The package, by role (each folder's `__init__` is its map):
+
+    llm_gym.core       the shared vocabulary: preferences, the reward protocol, tasks, prompt datasets
+    llm_gym.models     neural parts: the policy, reward models, LM helpers
+    llm_gym.feedback   who answers comparisons: oracles, the durable store, the labelling page
+    llm_gym.tasks      ready-made tasks at the edge: the built-in review task and its tiny model
+    llm_gym.infra      plumbing: atomic writes, data parallelism, logging, config files
+    llm_gym.app        the `llm-gym` command: experiment configs, the pipeline, sweeps, evaluation
+    llm_gym.envs       Gymnasium environments (the `envs/` folder)
+    llm_gym.agents     algorithms behind one `Agent` interface (the `agents/` folder)
 """
 
-from llm_gym.data import DatasetError, PromptDataset, load_demonstrations, load_prompts
-from llm_gym.logger import Logger, make_run_dir
-from llm_gym.oracles import PreferenceOracle, RecordedOracle, SyntheticOracle, TerminalOracle, collect
-from llm_gym.policy import Evaluation, Policy, Rollout, SamplingConfig, default_device, process_logits
-from llm_gym.preferences import Answer, Comparison, Query
-from llm_gym.evaluation import PolicyReport, evaluate_policy, kl_to_reference, win_rate
-from llm_gym.reward import RewardFn, score_batch, validate_rewards
-from llm_gym.reward_model import (
-    RewardEnsemble,
-    RewardModel,
-    RewardTrainer,
-    RewardTrainerConfig,
-    pairwise_loss,
-    ranking_loss,
-)
-from llm_gym.store import PreferenceStore, StoreError
-from llm_gym.task import Demonstration, GoldScorer, ReviewTask, ReviewTaskConfig, generate_review_task
-from llm_gym.tiny_lm import (
-    PretrainReport,
-    TinyLMConfig,
-    build_builtin_model,
-    default_cache_dir,
-    find_builtin_model,
-    perplexity,
-    train_tokenizer,
-)
-from llm_gym.web import WebOracle
+from __future__ import annotations
 
-from llm_gym import envs  # noqa: E402  (registers the environments)
-from llm_gym import agents  # noqa: E402
+import importlib
+from typing import Any
+
+from llm_gym import envs  # registers the environments (register calls only; the classes load on first use)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Answer",
-    "Comparison",
-    "DatasetError",
-    "Evaluation",
-    "PolicyReport",
-    "PreferenceOracle",
-    "RewardEnsemble",
-    "RewardModel",
-    "RewardTrainer",
-    "RewardTrainerConfig",
-    "evaluate_policy",
-    "kl_to_reference",
-    "pairwise_loss",
-    "ranking_loss",
-    "win_rate",
-    "PreferenceStore",
-    "Query",
-    "RecordedOracle",
-    "StoreError",
-    "SyntheticOracle",
-    "TerminalOracle",
-    "WebOracle",
-    "collect",
-    "Demonstration",
-    "GoldScorer",
-    "Logger",
-    "Policy",
-    "PretrainReport",
-    "PromptDataset",
-    "ReviewTask",
-    "ReviewTaskConfig",
-    "RewardFn",
-    "Rollout",
-    "SamplingConfig",
-    "TinyLMConfig",
-    "agents",
-    "build_builtin_model",
-    "default_cache_dir",
-    "default_device",
-    "envs",
-    "find_builtin_model",
-    "generate_review_task",
-    "load_demonstrations",
-    "load_prompts",
-    "make_run_dir",
-    "perplexity",
-    "process_logits",
-    "score_batch",
-    "train_tokenizer",
-    "validate_rewards",
-]
+# public name -> the module that defines it (imported on first access, PEP 562)
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(["Answer", "Comparison", "Query"], "llm_gym.core.preferences"),
+    **dict.fromkeys(["RewardFn", "score_batch", "validate_rewards"], "llm_gym.core.reward"),
+    **dict.fromkeys(["Demonstration", "PromptTask", "Task"], "llm_gym.core.task"),
+    **dict.fromkeys(["DatasetError", "PromptDataset", "load_demonstrations", "load_prompts"], "llm_gym.core.data"),
+    **dict.fromkeys(["Evaluation", "Policy", "Rollout", "SamplingConfig", "default_device", "process_logits"],
+                    "llm_gym.models.policy"),
+    **dict.fromkeys(["document_batch", "lm_loss", "perplexity"], "llm_gym.models.lm"),
+    **dict.fromkeys(["RewardEnsemble", "RewardModel", "RewardTrainer", "RewardTrainerConfig", "pairwise_loss",
+                     "ranking_loss"], "llm_gym.models.reward_model"),
+    **dict.fromkeys(["PreferenceOracle", "RecordedOracle", "SyntheticOracle", "TerminalOracle", "collect"],
+                    "llm_gym.feedback.oracles"),
+    **dict.fromkeys(["PreferenceStore", "StoreError"], "llm_gym.feedback.store"),
+    **dict.fromkeys(["LabelServer", "WebOracle", "serve"], "llm_gym.feedback.web"),
+    **dict.fromkeys(["GoldScorer", "ReviewTask", "ReviewTaskConfig", "generate_review_task"], "llm_gym.tasks.review"),
+    **dict.fromkeys(["PretrainReport", "TinyLMConfig", "build_builtin_model", "default_cache_dir", "find_builtin_model",
+                     "train_tokenizer"], "llm_gym.tasks.tiny_lm"),
+    **dict.fromkeys(["Distributed"], "llm_gym.infra.distributed"),
+    **dict.fromkeys(["Logger", "make_run_dir"], "llm_gym.infra.logger"),
+    **dict.fromkeys(["ConfigError", "load_config"], "llm_gym.infra.configio"),
+    **dict.fromkeys(["PolicyReport", "evaluate_policy", "kl_to_reference", "win_rate"], "llm_gym.app.evaluation"),
+    **dict.fromkeys(["ExperimentConfig", "Pipeline", "format_summary"], "llm_gym.app.pipeline"),
+    **dict.fromkeys(["agents"], "llm_gym.agents"),
+}
+
+__all__ = sorted([*_EXPORTS, "envs"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llm_gym' has no attribute {name!r}")
+    value = importlib.import_module(module) if module == f"llm_gym.{name}" else getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

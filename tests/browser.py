@@ -42,10 +42,10 @@ def screenshot(out: Path) -> None:
     """Serve a store of realistic queries from the built-in task and save the page as `out`."""
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from llm_gym.preferences import Query
-    from llm_gym.store import PreferenceStore
-    from llm_gym.task import ReviewTaskConfig, generate_review_task
-    from llm_gym.web import LabelServer
+    from llm_gym.core.preferences import Query
+    from llm_gym.feedback.store import PreferenceStore
+    from llm_gym.tasks.review import ReviewTaskConfig, generate_review_task
+    from llm_gym.feedback.web import LabelServer
 
     task = generate_review_task(ReviewTaskConfig(n_pretrain=2000, n_heldout=10, n_prompts=50, n_eval_prompts=5,
                                                  n_demonstrations=50))

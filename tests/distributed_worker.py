@@ -21,10 +21,10 @@ from safetensors.torch import save_file
 from llm_gym import Policy, RewardModel, RewardTrainer, RewardTrainerConfig, SamplingConfig
 from llm_gym.agents.ppo import PPO, PPOConfig
 from llm_gym.agents.sft import SFTConfig, SFTTrainer
-from llm_gym.distributed import Distributed
+from llm_gym.infra.distributed import Distributed
 from llm_gym.envs import PromptBanditVecEnv
-from llm_gym.preferences import Comparison
-from llm_gym.task import Demonstration
+from llm_gym.core.preferences import Comparison
+from llm_gym.core.task import Demonstration
 
 PROMPTS = ["the film was", "review of the blender :", "i bought this laptop and", "the hotel is", "this novel"]
 WORDS = ["great", "bad", "fine", "loud and cheap", "a joy to use", "broken after a week", "not good", "lovely"]

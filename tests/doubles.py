@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from llm_gym import Answer, Query
-from llm_gym.oracles import PreferenceOracle
+from llm_gym.feedback.oracles import PreferenceOracle
 
 
 class SlowOracle(PreferenceOracle):
@@ -47,7 +47,7 @@ def tiny_experiment_dict(model_cache) -> dict:
     """A seconds-long pipeline config as a plain dict (what a TOML file holds): the session's
     smoke model (`TinyLMConfig.smoke()`, already in `model_cache`), tiny stages, few prompts."""
     from llm_gym import TinyLMConfig
-    from llm_gym.configio import to_dict
+    from llm_gym.infra.configio import to_dict
 
     return {
         "name": "tiny",

@@ -1,0 +1,6 @@
+"""Who answers "which completion is better", and where the answers are kept.
+
+    oracles.py       PreferenceOracle and collect(); synthetic, recorded (file replay) and terminal oracles
+    store.py         PreferenceStore: the durable SQLite store of queries and answers (never loses an answer)
+    web.py           the local labelling page (LabelServer, serve) and WebOracle for training loops
+"""

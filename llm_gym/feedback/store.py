@@ -1,0 +1,661 @@
+"""The preference store: a durable, append-only SQLite file that every oracle's answers go into.
+
+Human labels are the most expensive data of RLHF (Christiano et al. 2017 learned from a
+few hundred to a few thousand; Stiennon et al. 2020 paid trained labellers for each), so
+none may be lost to a crash, a Ctrl-C or a double-clicked submit button. The store keeps
+two tables of data:
+
+``queries(query_id, prompt, completions, created_at)``
+    every comparison query ever posed (completions as a JSON list).
+``answers(answer_id, query_id, ranks, labeller, answered_at)``
+    one row per answer (ranks as a JSON list, 0 = best, equal ranks = tie).
+
+and one of bookkeeping for labelling sessions (the web page, `llm_gym.feedback.web`):
+
+``leases(lease_id, query_id, holder, labeller, leased_at, expires_at, outcome, answer_id, closed_at)``
+    a pending query handed to one labeller for a limited time (`lease_next`), closed by
+    an answer or a skip (`close_lease`, which fills in ``outcome``, ``answer_id`` and
+    ``closed_at``: the only rows that ever change). Store files from before this table
+    get it when they are first opened (``CREATE TABLE IF NOT EXISTS``); older versions of
+    llm_gym ignore it.
+
+Guarantees:
+
+* **Append-only.** Queries and answers are never updated or deleted. A second,
+  *different* answer to a query (another labeller, or the same labeller changing their
+  mind) is a new row, so contradictory labels are kept and measured (`agreement`), not
+  silently resolved.
+* **Idempotent.** ``answer_id`` is a hash of (query_id, labeller, ranks): submitting the
+  same answer again (a retried request, a replayed file) inserts nothing. Adding a query
+  that is already there inserts nothing.
+* **Crash-safe.** Every write is one SQLite transaction in WAL mode with
+  ``synchronous=FULL``: after a crash or power loss an answer is either fully stored or
+  absent, and a batch passed to `add_answers` is stored whole or not at all.
+* **Exact text.** Prompts and completions round-trip byte for byte (non-ASCII, newlines,
+  HTML such as ``<script>``, empty strings): they are stored as JSON with
+  ``ensure_ascii=False`` in TEXT columns, never escaped or stripped.
+* **Shareable.** One connection per store object, guarded by a lock and opened with
+  ``check_same_thread=False``, so a web-server thread can share the store with a training
+  loop; several processes may open the same file (SQLite locks it; writers wait up to
+  ``timeout`` seconds).
+
+`pending` (queries with no answer yet, oldest first) is the work list of a labelling UI,
+and `comparisons` is the training set of a reward model.
+
+**Leases** let several labellers (browser tabs, processes) share one store without doing
+the same query twice. `lease_next(holder, ...)` hands out the oldest pending query that no
+one holds, in one ``BEGIN IMMEDIATE`` transaction, so two labellers never get the same
+query at once; a lease not closed within its time expires and the query goes back to the
+queue. `close_lease(lease_id, ranks)` stores the answer and closes the lease in one
+transaction; closing it again with the same answer (a replayed request) stores nothing and
+returns the same `LeaseOutcome`. A holder who skipped a query is handed the other pending
+queries before it again (it comes back once nothing else is left).
+
+>>> from llm_gym.core.preferences import Answer, Query
+>>> with PreferenceStore(":memory:") as store:
+...     q = Query("the film was", (" great .", " bad ."))
+...     store.add_queries([q])
+...     [p.query_id for p in store.pending()] == [q.query_id]
+...     store.add_answer(Answer(q.query_id, (0, 1), "alice", answered_at=0.0))
+...     store.add_answer(Answer(q.query_id, (0, 1), "alice", answered_at=5.0))  # same answer again
+...     store.counts()
+1
+True
+True
+False
+{'queries': 1, 'answers': 1, 'pending': 0}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+from llm_gym.core.preferences import Answer, Comparison, Query
+
+T = TypeVar("T")
+
+__all__ = ["PreferenceStore", "StoreError", "SCHEMA_VERSION", "Lease", "LeaseOutcome", "LeaseConflict"]
+
+SCHEMA_VERSION = 1
+"""Stored in ``PRAGMA user_version``; a file from a newer llm_gym is refused, not rewritten."""
+
+_APPLICATION_ID = 0x6C6C6D67  # "llmg" in ``PRAGMA application_id``: marks the file as an llm_gym store
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+_SCHEMA = """
+CREATE TABLE queries (
+    query_id    TEXT PRIMARY KEY,
+    prompt      TEXT NOT NULL,
+    completions TEXT NOT NULL,          -- JSON list of strings
+    created_at  REAL NOT NULL
+);
+CREATE TABLE answers (
+    answer_id   TEXT PRIMARY KEY,       -- hash(query_id, labeller, ranks): idempotent resubmission
+    query_id    TEXT NOT NULL REFERENCES queries(query_id),
+    ranks       TEXT NOT NULL,          -- JSON list of ints, 0 = best, equal = tie
+    labeller    TEXT NOT NULL,
+    answered_at REAL NOT NULL
+);
+CREATE INDEX answers_by_query ON answers(query_id);
+"""
+
+# Added after schema version 1 shipped; created on open where missing, so version-1 files still open
+# (and older llm_gym versions, which do not know the table, ignore it).
+_LEASE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (
+    lease_id    TEXT PRIMARY KEY,       -- random, an answer is submitted with it (replays are recognised)
+    query_id    TEXT NOT NULL REFERENCES queries(query_id),
+    holder      TEXT NOT NULL,          -- the labelling session holding the lease
+    labeller    TEXT NOT NULL,          -- written into the answer
+    leased_at   REAL NOT NULL,
+    expires_at  REAL NOT NULL,
+    outcome     TEXT,                   -- NULL while open, then 'answered' or 'skipped'
+    answer_id   TEXT,                   -- the answer row stored under this lease
+    closed_at   REAL
+);
+CREATE INDEX IF NOT EXISTS leases_by_query ON leases(query_id);
+CREATE INDEX IF NOT EXISTS leases_by_holder ON leases(holder);
+"""
+
+_MAX_NAME = 100  # characters of a lease holder or labeller name
+
+
+class StoreError(ValueError):
+    """The file cannot be used as a preference store; the message says why and what to do."""
+
+
+class LeaseConflict(ValueError):
+    """A lease cannot be closed this way: it was already closed with another answer, or it
+    expired and its query was handed to someone else. Nothing was written."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A pending query handed to one labelling session until `expires_at` (store clock time)."""
+
+    lease_id: str
+    query: Query
+    holder: str
+    labeller: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class LeaseOutcome:
+    """How a lease was closed: ``"answered"`` with `ranks`, or ``"skipped"`` (ranks None).
+
+    A replayed close (same lease, same answer) returns an equal `LeaseOutcome`.
+    """
+
+    lease_id: str
+    query_id: str
+    outcome: str
+    ranks: tuple[int, ...] | None
+
+
+def answer_id(answer: Answer) -> str:
+    """The id of an answer row: the same labeller giving the same ranks to the same query is one row."""
+    blob = json.dumps([answer.query_id, answer.labeller, list(answer.ranks)], ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+class PreferenceStore:
+    """An append-only SQLite store of comparison queries and the answers oracles give them.
+
+    Args:
+        path: the database file (created if missing), or ``":memory:"`` for a throwaway store.
+            An existing file that is not an llm_gym preference store is refused with a
+            `StoreError` and left untouched.
+        timeout: seconds a write waits for another process holding the file's lock.
+        clock: the time source for ``created_at`` of new queries (inject one in tests).
+    """
+
+    def __init__(
+        self, path: str | PathLike[str], *, timeout: float = 30.0, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.path = str(path)
+        self._clock = clock
+        self._timeout = timeout
+        self._lock = threading.RLock()
+        memory = self.path == ":memory:"
+        if not memory:
+            _check_is_sqlite_or_new(Path(self.path))
+        try:
+            # isolation_level=None: no implicit transactions; `_transaction` opens each one explicitly.
+            self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        except sqlite3.OperationalError as exc:
+            raise StoreError(
+                f"cannot open preference store {self.path}: {exc}; check that its folder exists and is writable"
+            ) from exc
+        try:
+            self._open_schema()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # -- opening -------------------------------------------------------------------------
+
+    def _open_schema(self) -> None:
+        # Several processes may open the same new file at once (the ranks of a launcher, a web
+        # server and a training loop): the header is read as one snapshot, creation happens under
+        # the write lock, and the first process in creates the schema for all.
+        conn = self._conn
+        try:
+            app_id, version, n_objects = self._retry_busy(self._header_snapshot)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+                # a valid file someone else holds: say so, or a user may abandon their labels
+                raise StoreError(
+                    f"{self.path} is locked by another process for longer than the {self._timeout:g} s timeout; "
+                    "close the other program (or pass a longer timeout) and open it again"
+                ) from exc
+            raise StoreError(f"{self.path} is not an SQLite database ({exc}); pass a new file name for the store") from exc
+        if app_id == 0 and n_objects == 0 and version == 0:
+            # A new, empty database: nothing above wrote to it; now make it a store.
+            with self._transaction():
+                app_id, version, n_objects = self._header()  # another process may have created it meanwhile
+                if app_id == 0 and n_objects == 0:
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
+                    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                    app_id, version = _APPLICATION_ID, SCHEMA_VERSION
+        if app_id != _APPLICATION_ID:
+            raise StoreError(
+                f"{self.path} is an SQLite database but not an llm_gym preference store "
+                f"(application_id={app_id}, {n_objects} tables/indexes); it was left unchanged. "
+                "Pass a new file name for the store."
+            )
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} is a preference store of schema version {version}, written by a newer llm_gym "
+                f"(this one reads version {SCHEMA_VERSION}); upgrade llm_gym to open it"
+            )
+        if version < 1:
+            raise StoreError(f"{self.path}: preference store with invalid schema version {version}; it was left unchanged")
+        self._retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))  # persistent in the file; a no-op when already set
+        conn.execute("PRAGMA synchronous=FULL")  # fsync at every commit: a committed answer survives power loss
+        conn.execute("PRAGMA foreign_keys=ON")
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'leases'").fetchone():
+            with self._transaction():
+                for statement in _LEASE_SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+
+    def _header_snapshot(self) -> tuple[int, int, int]:
+        """`_header` read in one read transaction, so that a schema another process commits halfway
+        through is seen whole or not at all (three autocommit reads could mix before and after)."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                return self._header()
+            finally:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")  # it only read
+
+    def _retry_busy(self, fn: Callable[[], T]) -> T:
+        """`fn()`, retried while another process holds a lock SQLite does not wait for by itself
+        (switching the journal mode, reading while a schema is being created), up to the timeout."""
+        deadline = time.monotonic() + self._timeout
+        delay = 0.001
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(2 * delay, 0.1)
+
+    def _header(self) -> tuple[int, int, int]:
+        conn = self._conn
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        n_objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        return app_id, version, n_objects
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed whole on success, rolled back whole on any exception."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")  # take the write lock now, not halfway through
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    # -- writing -------------------------------------------------------------------------
+
+    def add_queries(self, queries: Iterable[Query]) -> int:
+        """Record comparison queries; returns how many were new (a query already stored is skipped).
+
+        Raises:
+            TypeError: if an item is not a `Query`.
+            ValueError: if a stored query has the same id but different text (nothing is written).
+        """
+        queries = list(queries)
+        for q in queries:
+            if not isinstance(q, Query):
+                raise TypeError(f"add_queries takes Query objects, got {type(q).__name__}")
+        now = self._clock()
+        added = 0
+        with self._transaction() as conn:
+            for q in queries:
+                completions = json.dumps(list(q.completions), ensure_ascii=False)
+                row = conn.execute("SELECT prompt, completions FROM queries WHERE query_id = ?", (q.query_id,)).fetchone()
+                if row is not None:
+                    if row != (q.prompt, completions):
+                        raise ValueError(
+                            f"query {q.query_id} is already stored with a different prompt or completions; "
+                            "give the new query another query_id (or leave query_id empty to use the content hash)"
+                        )
+                    continue
+                conn.execute(
+                    "INSERT INTO queries (query_id, prompt, completions, created_at) VALUES (?, ?, ?, ?)",
+                    (q.query_id, q.prompt, completions, now),
+                )
+                added += 1
+        return added
+
+    def add_answer(self, answer: Answer) -> bool:
+        """Record one answer; returns False when the identical answer (same labeller and ranks) was already stored.
+
+        Raises:
+            ValueError: for an answer to an unknown query or with the wrong number of ranks.
+        """
+        return self.add_answers([answer]) == 1
+
+    def add_answers(self, answers: Iterable[Answer]) -> int:
+        """Record answers in one transaction (all or none); returns how many rows were new.
+
+        Raises:
+            TypeError: if an item is not an `Answer`.
+            ValueError: for an answer to an unknown query (add the query first with
+                `add_queries`) or whose ranks do not match the query's number of completions.
+                Nothing of the batch is written then.
+        """
+        answers = list(answers)
+        for a in answers:
+            if not isinstance(a, Answer):
+                raise TypeError(f"add_answers takes Answer objects, got {type(a).__name__}")
+        inserted = 0
+        with self._transaction() as conn:
+            for a in answers:
+                row = conn.execute("SELECT completions FROM queries WHERE query_id = ?", (a.query_id,)).fetchone()
+                if row is None:
+                    raise ValueError(
+                        f"answer for unknown query {a.query_id!r}; add the query with add_queries() before its answers"
+                    )
+                k = len(json.loads(row[0]))
+                if len(a.ranks) != k:
+                    raise ValueError(
+                        f"answer to query {a.query_id} has {len(a.ranks)} ranks but the query has {k} completions; "
+                        "give one rank per completion (0 = best)"
+                    )
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO answers (answer_id, query_id, ranks, labeller, answered_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (answer_id(a), a.query_id, json.dumps(list(a.ranks)), a.labeller, float(a.answered_at)),
+                )
+                inserted += cur.rowcount
+        return inserted
+
+    # -- leases (labelling sessions) -------------------------------------------------------
+
+    def lease_next(self, holder: str, *, labeller: str, lease_seconds: float) -> Lease | None:
+        """Hand the oldest pending query that no one holds to `holder` for `lease_seconds`; None when none is left.
+
+        Atomic across threads and processes (one ``BEGIN IMMEDIATE`` transaction): two
+        holders never get the same query while a lease on it is open and unexpired. A holder
+        that still has an open, unexpired lease on an unanswered query gets that lease back
+        (its expiry pushed out, and its labeller now `labeller`: the answer goes under the
+        name the holder gave last), so a reloaded page does not strand its query. Queries
+        this holder skipped come after every other pending query.
+
+        Args:
+            holder: the labelling session (e.g. one browser tab), at most 100 characters.
+            labeller: the name written into the answer given under this lease.
+            lease_seconds: how long the holder may take; after that the query is pending for others again.
+        """
+        _check_name("holder", holder)
+        _check_name("labeller", labeller)
+        if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float)) or not (
+            0 < lease_seconds < math.inf
+        ):
+            raise ValueError(f"lease_seconds must be a positive number of seconds, got {lease_seconds!r}")
+        with self._transaction() as conn:
+            now = self._clock()
+            held = conn.execute(
+                "SELECT l.lease_id, q.query_id, q.prompt, q.completions FROM leases l "
+                "JOIN queries q ON q.query_id = l.query_id "
+                "WHERE l.holder = ? AND l.outcome IS NULL AND l.expires_at > ? "
+                "AND NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = l.query_id) "
+                "ORDER BY l.rowid LIMIT 1",
+                (holder, now),
+            ).fetchone()
+            if held is not None:
+                lease_id, *query_row = held
+                conn.execute("UPDATE leases SET expires_at = ?, labeller = ? WHERE lease_id = ?",
+                             (now + lease_seconds, labeller, lease_id))
+                return Lease(lease_id, _query(tuple(query_row)), holder, labeller, now + lease_seconds)
+            row = conn.execute(
+                "SELECT q.query_id, q.prompt, q.completions FROM queries q "
+                "WHERE NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = q.query_id) "
+                "AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.query_id = q.query_id "
+                "                AND l.outcome IS NULL AND l.expires_at > ?) "
+                "ORDER BY EXISTS (SELECT 1 FROM leases s WHERE s.query_id = q.query_id "
+                "                 AND s.holder = ? AND s.outcome = 'skipped'), q.rowid "
+                "LIMIT 1",
+                (now, holder),
+            ).fetchone()
+            if row is None:
+                return None
+            lease = Lease(secrets.token_urlsafe(16), _query(row), holder, labeller, now + lease_seconds)
+            conn.execute(
+                "INSERT INTO leases (lease_id, query_id, holder, labeller, leased_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (lease.lease_id, lease.query.query_id, holder, labeller, now, lease.expires_at),
+            )
+            return lease
+
+    def close_lease(self, lease_id: str, ranks: Sequence[int] | None, *, query_id: str | None = None) -> LeaseOutcome:
+        """Answer the leased query with `ranks` (stored under the lease's labeller), or skip it (None).
+
+        The answer row and the closed lease are one transaction. Closing a lease again the
+        same way (a replayed request) writes nothing and returns an equal outcome. A lease
+        past its expiry is still honoured while no one else has been handed its query.
+        Pass `query_id` to check that the lease is the one handed out for that query.
+
+        Raises:
+            KeyError: no lease has this id.
+            ValueError: the ranks do not fit the query, or the lease is for another query
+                than `query_id` (nothing is written).
+            LeaseConflict: the lease was already closed differently, or it expired and its
+                query went to another holder (nothing is written).
+        """
+        if ranks is not None:
+            ranks = tuple(ranks)
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT l.query_id, l.labeller, l.outcome, a.ranks, q.completions, "
+                "       EXISTS (SELECT 1 FROM leases n WHERE n.query_id = l.query_id AND n.rowid > l.rowid) "
+                "FROM leases l JOIN queries q ON q.query_id = l.query_id "
+                "LEFT JOIN answers a ON a.answer_id = l.answer_id WHERE l.lease_id = ?",
+                (lease_id,),
+            ).fetchone()
+            if row is None:
+                raise KeyError(f"no lease {lease_id!r} in preference store {self.path}")
+            leased_query, labeller, outcome, stored_ranks, completions, superseded = row
+            if query_id is not None and query_id != leased_query:
+                raise ValueError(f"lease {lease_id} was handed out for query {leased_query}, not {query_id}")
+            query_id = leased_query
+            asked = LeaseOutcome(lease_id, query_id, "skipped" if ranks is None else "answered", ranks)
+            if outcome is not None:
+                done = LeaseOutcome(lease_id, query_id, outcome, None if stored_ranks is None else tuple(json.loads(stored_ranks)))
+                if done != asked:
+                    given = "a skip" if done.ranks is None else f"ranks {list(done.ranks)}"
+                    raise LeaseConflict(f"lease {lease_id} was already closed with {given}; a lease takes one answer")
+                return done
+            if superseded:
+                raise LeaseConflict(
+                    f"lease {lease_id} expired and query {query_id} was handed to another labeller; "
+                    "ask for the next query"
+                )
+            now = self._clock()
+            answer = None
+            if ranks is not None:
+                answer = Answer(query_id, ranks, labeller, answered_at=now)
+                k = len(json.loads(completions))
+                if len(answer.ranks) != k:
+                    raise ValueError(f"{len(ranks)} ranks for query {query_id} with {k} completions; give one rank per completion")
+                conn.execute(
+                    "INSERT OR IGNORE INTO answers (answer_id, query_id, ranks, labeller, answered_at) VALUES (?, ?, ?, ?, ?)",
+                    (answer_id(answer), query_id, json.dumps(list(answer.ranks)), labeller, now),
+                )
+            conn.execute(
+                "UPDATE leases SET outcome = ?, answer_id = ?, closed_at = ? WHERE lease_id = ?",
+                (asked.outcome, None if answer is None else answer_id(answer), now, lease_id),
+            )
+            return asked
+
+    def active_leases(self) -> int:
+        """How many leases are open and unexpired on queries still without an answer (being labelled now)."""
+        (row,) = self._read(
+            "SELECT count(DISTINCT l.query_id) FROM leases l WHERE l.outcome IS NULL AND l.expires_at > ? "
+            "AND NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = l.query_id)",
+            (self._clock(),),
+        )
+        return row[0]
+
+    # -- reading -------------------------------------------------------------------------
+
+    def get_query(self, query_id: str) -> Query:
+        """The stored query with this id; `KeyError` if there is none."""
+        rows = self._read("SELECT query_id, prompt, completions FROM queries WHERE query_id = ?", (query_id,))
+        if not rows:
+            raise KeyError(f"no query {query_id!r} in preference store {self.path}")
+        return _query(rows[0])
+
+    def queries(self) -> list[Query]:
+        """All stored queries, in the order they were added."""
+        return [_query(r) for r in self._read("SELECT query_id, prompt, completions FROM queries ORDER BY rowid")]
+
+    def pending(self, limit: int | None = None) -> list[Query]:
+        """Queries that no one has answered yet, oldest first (at most `limit` of them)."""
+        sql = (
+            "SELECT q.query_id, q.prompt, q.completions FROM queries q "
+            "WHERE NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = q.query_id) ORDER BY q.rowid"
+        )
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
+            return [_query(r) for r in self._read(sql + " LIMIT ?", (limit,))]
+        return [_query(r) for r in self._read(sql)]
+
+    def answers(self, query_id: str | None = None) -> list[Answer]:
+        """All answers (or those to one query), in the order they were stored."""
+        sql = "SELECT query_id, ranks, labeller, answered_at FROM answers"
+        if query_id is None:
+            rows = self._read(sql + " ORDER BY rowid")
+        else:
+            rows = self._read(sql + " WHERE query_id = ? ORDER BY rowid", (query_id,))
+        return [Answer(qid, tuple(json.loads(ranks)), labeller, at) for qid, ranks, labeller, at in rows]
+
+    def comparisons(self, include_ties: bool = True) -> list[Comparison]:
+        """The training set: one `Comparison` per answer row, in the order answers were stored.
+
+        Contradictory answers to the same query are all present (a Bradley-Terry reward model
+        fits their proportions, which is what noisy labels mean). With ``include_ties=False``
+        answers in which every completion ties are left out (they carry no pair to learn from).
+        """
+        rows = self._read(
+            "SELECT q.query_id, q.prompt, q.completions, a.ranks, a.labeller "
+            "FROM answers a JOIN queries q ON q.query_id = a.query_id ORDER BY a.rowid"
+        )
+        out = []
+        for qid, prompt, completions, ranks, labeller in rows:
+            c = Comparison(prompt, tuple(json.loads(completions)), tuple(json.loads(ranks)), labeller, qid)
+            if include_ties or not c.is_tie:
+                out.append(c)
+        return out
+
+    def agreement(self) -> dict[str, float | int | None]:
+        """How often answers to the same query agree (Stiennon et al. 2020 report labeller agreement).
+
+        Only queries with more than one answer count. Returns:
+
+        * ``"queries"``: the number of queries with more than one answer;
+        * ``"unanimous"``: how many of them got identical ranks in every answer;
+        * ``"unanimous_rate"``: ``unanimous / queries`` (None when ``queries`` is 0);
+        * ``"pair_agreement"``: over every two answers to the same query and every pair of
+          its completions, the fraction ordered the same way (both "i better", both "j
+          better", or both tied); for pairwise queries this is the usual inter-labeller
+          agreement rate (None when ``queries`` is 0).
+        """
+        by_query: dict[str, list[tuple[int, ...]]] = {}
+        for qid, ranks in self._read("SELECT query_id, ranks FROM answers ORDER BY rowid"):
+            by_query.setdefault(qid, []).append(tuple(json.loads(ranks)))
+        multi = [rs for rs in by_query.values() if len(rs) > 1]
+        unanimous = sum(len(set(rs)) == 1 for rs in multi)
+        same = total = 0
+        for rs in multi:
+            k = len(rs[0])
+            for a, b in itertools.combinations(rs, 2):
+                for i, j in itertools.combinations(range(k), 2):
+                    total += 1
+                    same += _sign(a[i] - a[j]) == _sign(b[i] - b[j])
+        return {
+            "queries": len(multi),
+            "unanimous": unanimous,
+            "unanimous_rate": unanimous / len(multi) if multi else None,
+            "pair_agreement": same / total if total else None,
+        }
+
+    def counts(self) -> dict[str, int]:
+        """How many queries, answers and pending (unanswered) queries are stored."""
+        (row,) = self._read(
+            "SELECT (SELECT count(*) FROM queries), (SELECT count(*) FROM answers), "
+            "(SELECT count(*) FROM queries q WHERE NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = q.query_id))"
+        )
+        return {"queries": row[0], "answers": row[1], "pending": row[2]}
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection (idempotent). Everything written is already committed."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> PreferenceStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"PreferenceStore({self.path!r})"
+
+
+def _query(row: tuple) -> Query:
+    query_id, prompt, completions = row
+    return Query(prompt, tuple(json.loads(completions)), query_id)
+
+
+def _check_name(what: str, name: object) -> None:
+    if not isinstance(name, str) or not name.strip() or len(name) > _MAX_NAME:
+        raise ValueError(f"{what} must be a non-empty string of at most {_MAX_NAME} characters, got {name!r}")
+
+
+def _sign(x: int) -> int:
+    return (x > 0) - (x < 0)
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY / SQLITE_LOCKED: another connection holds a lock (by error code where Python gives it)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (5, 6)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _check_is_sqlite_or_new(path: Path) -> None:
+    """Refuse, before SQLite touches it, a path that is a folder or a non-empty non-SQLite file."""
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder; pass a file path for the preference store (e.g. {path / 'prefs.sqlite'})")
+    if not path.exists():
+        if not path.parent.exists():
+            raise StoreError(f"cannot create preference store {path}: folder {path.parent} does not exist; create it first")
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except OSError as exc:
+        raise StoreError(f"cannot read preference store {path}: {exc.strerror}; check its permissions") from exc
+    if head and head != _SQLITE_MAGIC:
+        raise StoreError(
+            f"{path} exists and is not an SQLite database (it starts with {head[:8]!r}); it was left unchanged. "
+            "Pass a new file name for the preference store."
+        )

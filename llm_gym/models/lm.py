@@ -1,0 +1,78 @@
+"""Language-model helpers every stage shares: whole documents as a batch, the next-token loss, perplexity.
+
+Pretraining, PPO-ptx (InstructGPT's pretraining-loss term) and the alignment-tax measure
+(held-out perplexity) all read documents the same way: `<bos> text <eos>`, right-padded,
+every real token a target.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["document_batch", "encode_documents", "labelled_tokens", "lm_loss", "perplexity"]
+
+
+def encode_documents(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
+    """Each text as `<eot> text <eot>`: BOS from the tokenizer, EOS appended."""
+    eos = tokenizer.eos_token_id
+    return [ids + [eos] for ids in tokenizer(list(texts))["input_ids"]]
+
+
+def document_batch(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded `(input_ids, attention_mask, labels)` of whole documents (`<bos> text <eos>`).
+
+    Labels are the ids, -100 on padding; each document is cut to `max_length` tokens.
+    """
+    docs = [d[:max_length] if max_length else d for d in encode_documents(tokenizer, texts)]
+    width = max(len(d) for d in docs)
+    ids = torch.full((len(docs), width), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full_like(ids, -100)
+    mask = torch.zeros_like(ids)
+    for i, d in enumerate(docs):
+        ids[i, : len(d)] = labels[i, : len(d)] = torch.tensor(d)
+        mask[i, : len(d)] = 1
+    return ids, mask, labels
+
+
+def lm_loss(
+    model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """Next-token cross-entropy of `model` on a `document_batch` (moved to the model's device)."""
+    device = next(model.parameters()).device
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(device), ignore_index=-100,
+        reduction=reduction,
+    )
+
+
+def labelled_tokens(labels: torch.Tensor) -> int:
+    """How many tokens `lm_loss` scores in a batch with these `labels` (targets other than -100)."""
+    return int((labels[:, 1:] != -100).sum())
+
+
+@torch.no_grad()
+def perplexity(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    batch_size: int = 64,
+) -> float:
+    """Token-level perplexity of `model` on `texts` (each scored as a whole document, EOS included)."""
+    if len(texts) == 0:
+        raise ValueError("perplexity needs at least one text")
+    was_training = model.training
+    model.eval()
+    total_nll, total_tokens = 0.0, 0
+    for start in range(0, len(texts), batch_size):
+        ids, mask, labels = document_batch(tokenizer, texts[start : start + batch_size])
+        total_nll += float(lm_loss(model, ids, mask, labels, reduction="sum"))
+        total_tokens += labelled_tokens(labels)
+    model.train(was_training)
+    return math.exp(total_nll / total_tokens)

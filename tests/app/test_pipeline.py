@@ -1,0 +1,345 @@
+"""The experiment pipeline: config files, a full tiny run, resuming, summary.json, and the commands around it."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from doubles import tiny_experiment_dict
+from llm_gym import PreferenceStore
+from llm_gym.agents.ppo import PPO
+from llm_gym.app.cli import main
+from llm_gym.infra.configio import ConfigError, apply_overrides, from_dict, load_config
+from llm_gym.app.pipeline import ExperimentConfig, Pipeline, PPOStage, format_summary
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny(model_cache: Path, *overrides: str, runs: tuple[str, ...] = ("ppo", "ppo_ptx"), loops: dict | None = None) -> ExperimentConfig:
+    data = tiny_experiment_dict(model_cache)
+    data["ppo"] = {name: data["ppo"][name] for name in runs}
+    data["preference_loop"] = loops or {}
+    return from_dict(ExperimentConfig, apply_overrides(data, overrides))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, model_cache, tiny_model) -> tuple[Path, dict, list[str]]:
+    """One full tiny pipeline run, shared by the tests that only read its outputs."""
+    out = tmp_path_factory.mktemp("run")
+    events: list[str] = []
+    summary = Pipeline(tiny(model_cache), out, on_event=events.append).run()
+    return out, summary, events
+
+
+def test_the_study_config_file_is_the_default_experiment() -> None:
+    """`make demo` runs ExperimentConfig(); the TOML in experiments/ must describe the same experiment."""
+    assert load_config(ExperimentConfig, REPO / "experiments" / "instructgpt" / "config.toml") == ExperimentConfig()
+
+
+def test_full_run_writes_summary_logs_labels_and_models(finished_run, model_cache) -> None:
+    out, summary, events = finished_run
+    assert [e for e in events if e.endswith("running")] == [
+        "[pretrain] running", "[sft] running", "[reward_model] running", "[ppo.ppo] running",
+        "[ppo.ppo_ptx] running", "[evaluation] running"]
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["rows"].keys() == {"pretrained", "sft", "reward_model", "ppo", "ppo_ptx"}
+    for name in ("pretrained", "sft", "ppo", "ppo_ptx"):
+        row = on_disk["rows"][name]
+        for key in ("gold", "rm_score", "kl", "win_rate", "perplexity"):
+            assert math.isfinite(row[key]), (name, key)
+    assert on_disk["rows"]["sft"]["kl"] == pytest.approx(0.0, abs=1e-6)  # SFT against itself
+    assert on_disk["rows"]["sft"]["win_rate"] == pytest.approx(0.5)  # same seed, same samples: all ties
+    labels = on_disk["rows"]["reward_model"]["labels"]
+    with PreferenceStore(out / "labels.sqlite") as store:
+        assert labels == len(store.comparisons()) > 0
+    assert on_disk["rows"]["ppo"]["labels"] == labels and on_disk["rows"]["sft"]["labels"] == 0
+    assert all(on_disk["rows"][n]["wall_seconds"] >= 0 for n in on_disk["rows"])
+    # the resolved config round-trips, and every stage has TensorBoard events
+    assert from_dict(ExperimentConfig, json.loads((out / "config.json").read_text())) == tiny(model_cache)
+    for stage in ("sft", "reward_model", "ppo_ppo", "ppo_ppo_ptx"):
+        assert list((out / "tb" / stage).glob("events.out.tfevents*")), stage
+    assert (out / "ppo" / "ppo" / "policy" / "config.json").exists()
+    table = format_summary(on_disk)
+    assert "ppo_ptx" in table and "win vs SFT" in table
+
+
+def test_rerun_reuses_every_stage(finished_run, model_cache) -> None:
+    out, summary, _ = finished_run
+    state_before = (out / "state.json").read_text()
+    events: list[str] = []
+    again = Pipeline(tiny(model_cache), out, on_event=events.append).run()
+    assert not [e for e in events if e.endswith("running")], events
+    assert (out / "state.json").read_text() == state_before
+    assert again["rows"] == summary["rows"]
+
+
+def test_changed_reward_model_reruns_downstream_but_keeps_the_labels(tmp_path, model_cache, tiny_model) -> None:
+    out = tmp_path / "run"
+    Pipeline(tiny(model_cache, "stages=['pretrain','sft','reward_model']"), out).run()
+    with PreferenceStore(out / "labels.sqlite") as store:
+        answers = len(store.answers())
+    events: list[str] = []
+    Pipeline(tiny(model_cache, "stages=['pretrain','sft','reward_model']", "reward_model.trainer.epochs=2"), out,
+             on_event=events.append).run()
+    assert "[sft] done earlier (same inputs): reusing it" in events and "[reward_model] running" in events
+    with PreferenceStore(out / "labels.sqlite") as store:
+        assert len(store.answers()) == answers, "no query is asked twice"
+
+
+def test_interrupted_ppo_resumes_from_its_checkpoint_without_duplicate_steps(tmp_path, model_cache, tiny_model, monkeypatch) -> None:
+    out = tmp_path / "run"
+    stages = "stages=['pretrain','sft','reward_model','ppo']"
+    config = tiny(model_cache, stages, "ppo.ppo.iterations=4", "ppo.ppo.checkpoint_every=2", runs=("ppo",))
+    original = PPO.train_iteration
+
+    def crash_at_third(self):
+        if self.iteration == 2 and not getattr(self, "_resumed", False):
+            raise KeyboardInterrupt  # the user presses Ctrl-C during iteration 3
+        return original(self)
+
+    monkeypatch.setattr(PPO, "train_iteration", crash_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(config, out).run()
+    assert "ppo.ppo" not in json.loads((out / "state.json").read_text())
+    checkpoint_state = json.loads((out / "ppo" / "ppo" / "checkpoint" / "trainer_state.json").read_text())
+    assert checkpoint_state["iteration"] == 2
+
+    def mark_and_run(self):
+        self._resumed = True
+        return original(self)
+
+    monkeypatch.setattr(PPO, "train_iteration", mark_and_run)
+    events: list[str] = []
+    Pipeline(config, out, on_event=events.append).run()
+    assert "[ppo.ppo] resuming from its checkpoint at iteration 2" in events
+    assert json.loads((out / "state.json").read_text())["ppo.ppo"]["result"]["iterations"] == 4
+    acc = EventAccumulator(str(out / "tb" / "ppo_ppo"))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("objective/kl")]
+    assert steps == sorted(set(steps)) and len(steps) == 4, steps
+
+    # asking for more iterations continues the same run instead of starting again
+    longer = tiny(model_cache, stages, "ppo.ppo.iterations=5", "ppo.ppo.checkpoint_every=2", runs=("ppo",))
+    events.clear()
+    Pipeline(longer, out, on_event=events.append).run()
+    assert "[ppo.ppo] resuming from its checkpoint at iteration 4" in events
+    assert json.loads((out / "state.json").read_text())["ppo.ppo"]["result"]["iterations"] == 5
+
+
+def test_config_errors_name_the_key_path(tmp_path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[reward_model]\nlables = 3\n")
+    with pytest.raises(ConfigError, match=r"reward_model\.lables: unknown key.*did you mean 'labels'|reward_model\.lables: unknown key"):
+        load_config(ExperimentConfig, bad)
+    bad.write_text("[ppo.ppo.config]\nkl_coef = 'high'\n")
+    with pytest.raises(ConfigError, match=r"ppo\.ppo\.config\.kl_coef: expected a number"):
+        load_config(ExperimentConfig, bad)
+    with pytest.raises(ConfigError, match=r"PPOStage.num_envs \(10\) must be a multiple"):
+        load_config(ExperimentConfig, REPO / "experiments" / "instructgpt" / "config.toml", ["ppo.ppo.num_envs=10"])
+    with pytest.raises(ValueError, match="unknown stage"):
+        ExperimentConfig(stages=("pretrain", "rlhf"))
+    with pytest.raises(ValueError, match="needs path"):
+        load_config(ExperimentConfig, REPO / "experiments" / "instructgpt" / "config.toml", ["oracle.kind=recorded"])
+
+
+def test_a_stage_without_its_input_says_what_to_run(tmp_path, model_cache, tiny_model) -> None:
+    with pytest.raises(RuntimeError, match="stage 'sft' has not run"):
+        Pipeline(tiny(model_cache, "stages=['pretrain','reward_model']"), tmp_path / "run").run()
+
+
+def test_recorded_oracle_feeds_the_reward_model(tmp_path, model_cache, tiny_model) -> None:
+    records = tmp_path / "labels.jsonl"
+    lines = [{"prompt": "the film was", "chosen": f" great and fun {i}", "rejected": f" dull and bad {i}"} for i in range(12)]
+    records.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    out = tmp_path / "run"
+    summary = Pipeline(tiny(model_cache, "stages=['pretrain','sft','reward_model']", "oracle.kind=recorded",
+                            f"oracle.path={json.dumps(str(records))}"), out).run()
+    assert summary["rows"]["reward_model"]["labels"] == 12
+
+
+def test_cli_run_eval_and_errors(finished_run, tmp_path, capsys) -> None:
+    out, summary, _ = finished_run
+    assert main(["eval", str(out), "--set", "evaluation.prompts=4"]) == 0
+    text = capsys.readouterr().out
+    assert "== tiny (seed 0) ==" in text and "[evaluation] running" in text
+    assert json.loads((out / "state.json").read_text())["evaluation"]["result"]["prompts"] == 4
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text("seed = 'zero'\n")
+    assert main(["run", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "seed: expected an integer" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists(), "a bad config starts nothing"
+
+
+def test_cli_run_with_overrides(tmp_path, model_cache, tiny_model, capsys) -> None:
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_experiment_dict(model_cache)))
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "--no-progress", "--set", "stages=['pretrain','sft']",
+                 "--set", "sft.epochs=2"]) == 0
+    text = capsys.readouterr().out
+    assert "[sft] finished" in text and f"summary: {out / 'summary.json'}" in text
+    assert json.loads((out / "config.json").read_text())["sft"]["epochs"] == 2
+
+
+def test_cli_label_answers_pending_queries(tmp_path) -> None:
+    from llm_gym import Query
+
+    path = tmp_path / "labels.sqlite"
+    with PreferenceStore(path) as store:
+        store.add_queries([Query("p", (" a", " b")), Query("q", (" c", " d")), Query("r", (" e", " f"))])
+    done = subprocess.run([sys.executable, "-m", "llm_gym", "label", str(path), "--name", "alice"],
+                          input="2\nt\nq\n", capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "saved 2 answers; 1 queries still pending" in done.stdout
+    with PreferenceStore(path) as store:
+        answers = store.answers()
+        assert [a.ranks for a in answers] == [(1, 0), (0, 0)] and {a.labeller for a in answers} == {"alice"}
+    assert main(["label", str(tmp_path / "missing.sqlite")]) == 2
+
+
+def test_ppo_stage_validation() -> None:
+    with pytest.raises(ValueError, match="reward must be"):
+        PPOStage(reward="human")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="iterations must be a positive int"):
+        PPOStage(iterations=0)
+
+
+def loop_config(model_cache: Path, *overrides: str) -> ExperimentConfig:
+    loop = {"iterations": 4, "num_envs": 8, "trainer": {"epochs": 1},
+            "schedule": {"total_labels": 16, "initial_labels": 8, "labels_per_round": 4, "steps_per_round": 16,
+                         "oversample": 1},
+            "config": {"minibatch_size": 4, "sampling": {"max_new_tokens": 8}}}
+    return tiny(model_cache, "stages=['pretrain','sft','preference_loop','evaluation']", *overrides, runs=(),
+                loops={"online": loop})
+
+
+def test_preference_loop_stage_spends_its_budget_and_keeps_labels_when_interrupted(tmp_path, model_cache, tiny_model,
+                                                                                     monkeypatch) -> None:
+    from llm_gym.agents.preference_loop import PreferenceLoop
+
+    out = tmp_path / "run"
+    config = loop_config(model_cache)
+    assert config.preference_loop["online"].schedule.total_labels == 16
+    original = PreferenceLoop._retrain
+    calls = {"n": 0}
+
+    def crash_on_second_round(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # stopped after the first labels were stored
+        return original(self)
+
+    monkeypatch.setattr(PreferenceLoop, "_retrain", crash_on_second_round)
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(config, out).run()
+    with PreferenceStore(out / "preference_loop" / "online" / "labels.sqlite") as store:
+        kept = store.counts()["answers"]
+    assert kept >= 8, "the labels given before the crash are in the store"
+    monkeypatch.setattr(PreferenceLoop, "_retrain", original)
+    summary = Pipeline(config, out).run()
+    row = summary["rows"]["online"]
+    with PreferenceStore(out / "preference_loop" / "online" / "labels.sqlite") as store:
+        counts = store.counts()
+    assert counts["queries"] == 16, "the budget is spent once, across the interruption"
+    assert row["labels"] == counts["answers"] >= kept
+    assert math.isfinite(row["gold"]) and math.isfinite(row["kl"])
+    assert list((out / "tb" / "loop_online").glob("events.out.tfevents*"))
+
+
+def test_a_missing_recorded_file_fails_before_any_stage(tmp_path, model_cache) -> None:
+    from llm_gym import DatasetError
+
+    config = tiny(model_cache, "oracle.kind=recorded", f"oracle.path={json.dumps(str(tmp_path / 'none.jsonl'))}")
+    with pytest.raises(DatasetError, match="oracle.path: the comparison file .* does not exist"):
+        Pipeline(config, tmp_path / "run").run()
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_stage_gives_the_same_result_alone_and_in_a_full_run(tmp_path, model_cache, tiny_model, finished_run) -> None:
+    """Stages seed torch themselves (dropout, heads), so the same config gives the same numbers."""
+    out, _, _ = finished_run
+    Pipeline(tiny(model_cache, "stages=['pretrain','sft']"), tmp_path / "run").run()
+    first = json.loads((out / "state.json").read_text())["sft"]["result"]
+    again = json.loads((tmp_path / "run" / "state.json").read_text())["sft"]["result"]
+    assert again["sft_loss"] == first["sft_loss"] and again["sft_heldout_loss"] == first["sft_heldout_loss"]
+
+
+def test_a_nested_table_changes_only_the_values_it_names(tmp_path) -> None:
+    """[ppo.ppo.config] kl_coef = 0.1 keeps the run's other defaults (minibatch 16, 24 new tokens), not PPOConfig's."""
+    f = tmp_path / "beta.toml"
+    f.write_text("[ppo.ppo.config]\nkl_coef = 0.1\n[ppo.ppo.config.sampling]\ntemperature = 0.7\n")
+    config = load_config(ExperimentConfig, f)
+    run = config.ppo["ppo"]
+    assert run.config.kl_coef == 0.1 and run.config.minibatch_size == 16 and run.config.sampling.max_new_tokens == 24
+    assert run.config.sampling.temperature == 0.7
+    assert list(config.ppo) == ["ppo"], "a table of runs replaces the default runs"
+    f.write_text("[sft]\nepochs = 3\n")
+    assert load_config(ExperimentConfig, f).sft.learning_rate == ExperimentConfig().sft.learning_rate
+
+
+def test_progress_bars_follow_the_agents(tmp_path, model_cache, tiny_model, capsys) -> None:
+    Pipeline(tiny(model_cache, "stages=['pretrain','sft','reward_model','ppo']", runs=("ppo",)), tmp_path / "run",
+             progress=True).run()
+    err = capsys.readouterr().err
+    assert "ppo.ppo" in err and "24/24" in err  # 3 iterations x 8 prompts
+
+
+def test_prompts_and_demonstrations_from_files(tmp_path, model_cache, tiny_model) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the soup was\nmy new phone is\n")
+    evals = tmp_path / "eval.jsonl"
+    evals.write_text(json.dumps({"prompt": "the hotel was"}) + "\n")
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text("\n".join(json.dumps({"prompt": "the soup was", "completion": f" great and warm {i} ."})
+                               for i in range(6)) + "\n")
+    paths = [f"task.prompts={json.dumps(str(prompts))}", f"task.eval_prompts={json.dumps(str(evals))}",
+             f"task.demonstrations={json.dumps(str(demos))}"]
+    out = tmp_path / "run"
+    pipeline = Pipeline(tiny(model_cache, *paths, "ppo.ppo.iterations=1", runs=("ppo",)), out)
+    summary = pipeline.run()
+    assert pipeline.prompts == ["the soup was", "my new phone is"] and pipeline.eval_prompts == ["the hotel was"]
+    assert json.loads((out / "state.json").read_text())["evaluation"]["result"]["prompts"] == 1
+    with PreferenceStore(out / "labels.sqlite") as store:
+        assert {q.prompt for q in store.queries()} <= {"the soup was", "my new phone is"}
+    assert math.isfinite(summary["rows"]["ppo"]["gold"])
+    # editing a file reruns what reads it
+    demos.write_text(json.dumps({"prompt": "the soup was", "completion": " fine ."}) + "\n")
+    events: list[str] = []
+    Pipeline(tiny(model_cache, *paths, "ppo.ppo.iterations=1", runs=("ppo",)), out, on_event=events.append).run()
+    assert "[sft] running" in events
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n')
+    with pytest.raises(Exception, match=r"bad.jsonl line 1: expected an object with a 'completion' field"):
+        Pipeline(tiny(model_cache, f"task.demonstrations={json.dumps(str(bad))}"), tmp_path / "run2").run()
+
+
+def test_labels_from_other_inputs_are_moved_aside_not_reused(tmp_path, model_cache, tiny_model) -> None:
+    """Another oracle noise (or another loop) must not train on the old labels; the old labels are kept."""
+    out = tmp_path / "run"
+    stages = "stages=['pretrain','sft','reward_model']"
+    Pipeline(tiny(model_cache, stages), out).run()
+    with PreferenceStore(out / "labels.sqlite") as store:
+        first = len(store.answers())
+    Pipeline(tiny(model_cache, stages, "oracle.temperature=0.5"), out).run()
+    aside = [p for p in out.glob("labels.*.sqlite")]
+    assert len(aside) == 1, "the first labels are kept under their fingerprint"
+    with PreferenceStore(aside[0]) as old, PreferenceStore(out / "labels.sqlite") as new:
+        assert len(old.answers()) == first and len(new.answers()) == first
+        assert {a.labeller for a in new.answers()} == {"synthetic"}
+    # a loop whose schedule changed starts a fresh store: its budget is spent on its own policy's samples
+    config = loop_config(model_cache)
+    Pipeline(config, out).run()
+    changed = loop_config(model_cache, "preference_loop.online.schedule.initial_labels=12")
+    Pipeline(changed, out).run()
+    folder = out / "preference_loop" / "online"
+    with PreferenceStore(folder / "labels.sqlite") as store:
+        assert store.counts()["queries"] == 16
+    assert len(list(folder.glob("labels.*.sqlite"))) == 1

@@ -1,0 +1,438 @@
+"""Preference oracles: calibrated synthetic noise, dataset replay, a scripted human at the terminal, `collect`."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llm_gym.core.data import DatasetError
+from llm_gym.feedback.oracles import PreferenceOracle, RecordedOracle, SyntheticOracle, TerminalOracle, collect
+from llm_gym.core.preferences import Answer, Comparison, Query
+from llm_gym.feedback.store import PreferenceStore
+
+
+def float_scorer(prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+    """A scorer whose score is written in the completion: lets a test fix every score exactly."""
+    return [float(c) for c in completions]
+
+
+def pair_queries(diffs: np.ndarray) -> list[Query]:
+    """Pairwise queries whose score difference (first - second) is each of `diffs`."""
+    return [Query(f"p{i}", (repr(d / 2), repr(-d / 2))) for i, d in enumerate(diffs.tolist())]
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Iterator[PreferenceStore]:
+    with PreferenceStore(tmp_path / "prefs.sqlite") as s:
+        yield s
+
+
+# --------------------------------------------------------------------------------------
+# SyntheticOracle
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_bradley_terry_calibration(temperature: float) -> None:
+    """The empirical first-preferred rate matches sigmoid(d / T) in every probability bin.
+
+    40,000 pairwise queries with score differences d spread evenly so that sigmoid(d / T)
+    spans 0.018 to 0.982, split into 8 bins of 5,000 by that probability. Tolerance: the
+    bin's empirical rate is within 0.025 of the bin's mean Bradley-Terry probability; the
+    binomial standard error is at most sqrt(0.25 / 5000) = 0.0071, so 0.025 is > 3.5 sigma.
+    """
+    n, bins = 40_000, 8
+    diffs = np.linspace(-4.0, 4.0, n) * temperature
+    oracle = SyntheticOracle(float_scorer, rng=np.random.default_rng(0), temperature=temperature)
+    answers = list(oracle.answer(pair_queries(diffs)))
+    first = np.array([a.ranks == (0, 1) for a in answers])
+    assert not any(a.is_tie for a in answers)
+    p = sigmoid(diffs / temperature)
+    for idx in np.array_split(np.argsort(p), bins):
+        assert abs(first[idx].mean() - p[idx].mean()) < 0.025, (p[idx].mean(), first[idx].mean())
+    # A wrong temperature would be caught: the calibration curve is not sigmoid(d).
+    if temperature != 1.0:
+        idx = np.array_split(np.argsort(p), bins)[2]
+        assert abs(first[idx].mean() - sigmoid(diffs[idx]).mean()) > 0.1
+
+
+def test_flip_half_is_chance() -> None:
+    """flip_prob = 0.5 makes a noiseless oracle answer at chance: 0.5 +- 0.02 over 10,000 (sigma 0.005)."""
+    oracle = SyntheticOracle(float_scorer, rng=np.random.default_rng(1), temperature=0.0, flip_prob=0.5)
+    answers = list(oracle.answer(pair_queries(np.full(10_000, 3.0))))
+    rate = np.mean([a.choice == "first" for a in answers])
+    assert abs(rate - 0.5) < 0.02
+
+
+@pytest.mark.parametrize("flip_prob", [0.1, 0.05])
+def test_flip_gives_that_rate_of_wrong_labels(flip_prob: float) -> None:
+    """With temperature 0 every wrong label is a flip: rate within 0.01 of flip_prob over 20,000 (sigma <= 0.0021)."""
+    diffs = np.random.default_rng(7).uniform(0.1, 3.0, 20_000) * np.random.default_rng(8).choice([-1, 1], 20_000)
+    oracle = SyntheticOracle(float_scorer, rng=np.random.default_rng(2), temperature=0.0, flip_prob=flip_prob)
+    answers = list(oracle.answer(pair_queries(diffs)))
+    wrong = np.mean([(a.choice == "first") != (d > 0) for a, d in zip(answers, diffs)])
+    assert abs(wrong - flip_prob) < 0.01
+
+
+def test_flip_one_is_an_adversary() -> None:
+    oracle = SyntheticOracle(float_scorer, rng=np.random.default_rng(3), temperature=0.0, flip_prob=1.0)
+    assert {a.choice for a in oracle.answer(pair_queries(np.full(200, 1.0)))} == {"second"}
+
+
+def test_tie_margin_makes_ties_and_flips_leave_them() -> None:
+    diffs = np.linspace(-1.0, 1.0, 2001)
+    oracle = SyntheticOracle(float_scorer, rng=np.random.default_rng(4), tie_margin=0.3, flip_prob=0.5)
+    answers = list(oracle.answer(pair_queries(diffs)))
+    ties = np.array([a.ranks == (0, 0) for a in answers])
+    expected = np.abs(np.array([float(q.completions[0]) - float(q.completions[1]) for q in pair_queries(diffs)])) <= 0.3
+    assert ties.sum() > 500
+    assert np.array_equal(ties, expected)
+    # Exactly equal scores tie even with the default margin 0.
+    same = SyntheticOracle(float_scorer, rng=np.random.default_rng(5))
+    assert [a.choice for a in same.answer([Query("p", ("1.0", "1.0"))])] == ["tie"]
+
+
+@pytest.mark.parametrize("flip_prob", [0.0, 0.1, 0.5])
+def test_plackett_luce_top_choice_rate(flip_prob: float) -> None:
+    """K=4: the best completion is ranked first with probability (1 - 2f) softmax(s/T)_best + 2f / K.
+
+    The scores are shuffled into random positions per query (so position bias would show).
+    20,000 queries; tolerance 0.015 (binomial sigma <= 0.0035, > 4 sigma).
+    """
+    n, temperature = 20_000, 0.8
+    scores = np.array([1.0, 0.5, 0.0, -0.5])
+    perm_rng = np.random.default_rng(11)
+    queries, best_pos = [], []
+    for i in range(n):
+        perm = perm_rng.permutation(4)
+        queries.append(Query(f"p{i}", tuple(repr(float(x)) for x in scores[perm])))
+        best_pos.append(int(np.flatnonzero(perm == 0)[0]))
+    oracle = SyntheticOracle(float_scorer, rng=np.random.default_rng(6), temperature=temperature, flip_prob=flip_prob)
+    answers = list(oracle.answer(queries))
+    assert all(sorted(a.ranks) == [0, 1, 2, 3] for a in answers)  # K-way rankings are strict
+    rate = np.mean([a.ranks[b] == 0 for a, b in zip(answers, best_pos)])
+    softmax = np.exp(scores / temperature) / np.exp(scores / temperature).sum()
+    expected = (1 - 2 * flip_prob) * softmax[0] + 2 * flip_prob / 4
+    assert abs(rate - expected) < 0.015, (rate, expected)
+
+
+def test_kway_temperature_zero_ranks_by_score_and_breaks_ties_at_random() -> None:
+    oracle = SyntheticOracle(float_scorer, rng=np.random.default_rng(0), temperature=0.0)
+    [a] = oracle.answer([Query("p", ("0.1", "3.0", "-2.0", "1.0"))])
+    assert a.ranks == (2, 0, 3, 1)
+    answers = list(oracle.answer([Query(f"p{i}", ("1.0", "1.0", "0.0")) for i in range(2000)]))
+    assert {a.ranks[2] for a in answers} == {2}
+    assert 0.45 < np.mean([a.ranks[0] == 0 for a in answers]) < 0.55
+
+
+def test_same_seed_same_answers_and_clock_injected() -> None:
+    queries = pair_queries(np.linspace(-2, 2, 300)) + [Query("k", ("0.0", "0.5", "1.0", "0.2"))] * 20
+    ticks = iter(range(1000))
+
+    def run(seed: int) -> list[Answer]:
+        oracle = SyntheticOracle(float_scorer, rng=np.random.default_rng(seed), flip_prob=0.1, clock=lambda: 42.0)
+        return list(oracle.answer(queries))
+
+    assert run(3) == run(3)
+    assert [a.ranks for a in run(3)] != [a.ranks for a in run(4)]
+    assert {a.answered_at for a in run(3)} == {42.0}
+    oracle = SyntheticOracle(float_scorer, rng=np.random.default_rng(0), clock=lambda: float(next(ticks)), name="sim-1")
+    answers = list(oracle.answer(queries[:3]))
+    assert [a.answered_at for a in answers] == [0.0, 1.0, 2.0]
+    assert {a.labeller for a in answers} == {"sim-1"}
+
+
+def test_scorer_called_once_per_batch() -> None:
+    calls: list[int] = []
+
+    def scorer(prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        calls.append(len(completions))
+        assert len(prompts) == len(completions)
+        return [float(c) for c in completions]
+
+    oracle = SyntheticOracle(scorer, rng=np.random.default_rng(0))
+    queries = pair_queries(np.linspace(-1, 1, 10)) + [Query("k", ("1", "2", "3", "4", "5"))]
+    assert len(list(oracle.answer(queries))) == 11
+    assert calls == [25]
+    assert list(oracle.answer([])) == [] and calls == [25]  # an empty batch calls nothing
+
+
+def test_synthetic_oracle_validates_arguments() -> None:
+    rng = np.random.default_rng(0)
+    with pytest.raises(TypeError, match="default_rng"):
+        SyntheticOracle(float_scorer, rng=None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="default_rng"):
+        SyntheticOracle(float_scorer, rng=np.random.RandomState(0))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="reward function"):
+        SyntheticOracle("gold", rng=rng)  # type: ignore[arg-type]
+    for kwargs, match in [
+        ({"temperature": -1.0}, "temperature must be >= 0"),
+        ({"temperature": math.nan}, "temperature"),
+        ({"flip_prob": 1.5}, r"flip_prob must be \[0.0, 1.0\]"),
+        ({"tie_margin": -0.1}, "tie_margin"),
+        ({"name": ""}, "name"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            SyntheticOracle(float_scorer, rng=rng, **kwargs)
+    with pytest.raises(TypeError, match="temperature must be a number"):
+        SyntheticOracle(float_scorer, rng=rng, temperature="hot")  # type: ignore[arg-type]
+    adversary = SyntheticOracle(float_scorer, rng=rng, flip_prob=0.7)
+    with pytest.raises(ValueError, match="pairwise queries only"):
+        list(adversary.answer([Query("p", ("1", "2", "3"))]))
+
+
+def test_broken_scorer_fails_loudly() -> None:
+    oracle = SyntheticOracle(lambda p, c: [math.nan] * len(c), rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="non-finite"):
+        list(oracle.answer(pair_queries(np.ones(2))))
+
+
+# --------------------------------------------------------------------------------------
+# collect
+# --------------------------------------------------------------------------------------
+
+
+def test_collect_stores_every_answer(store: PreferenceStore) -> None:
+    oracle = SyntheticOracle(float_scorer, rng=np.random.default_rng(0))
+    queries = pair_queries(np.linspace(-2, 2, 50))
+    answers = collect(oracle, queries, store)
+    assert store.answers() == answers
+    assert store.counts() == {"queries": 50, "answers": 50, "pending": 0}
+
+
+class _ScriptedOracle(PreferenceOracle):
+    """Yields the given answers, then raises (stands in for an oracle that crashes mid-batch)."""
+
+    name = "scripted"
+
+    def __init__(self, answers: list[Answer], error: BaseException | None = None) -> None:
+        self.answers, self.error = answers, error
+
+    def answer(self, queries: Sequence[Query]) -> Iterator[Answer]:
+        yield from self.answers
+        if self.error is not None:
+            raise self.error
+
+
+def test_collect_keeps_answers_given_before_a_crash_and_validates(store: PreferenceStore) -> None:
+    qs = pair_queries(np.linspace(-1, 1, 4))
+    given = [Answer(qs[0].query_id, (0, 1), "scripted"), Answer(qs[2].query_id, (1, 0), "scripted")]
+    with pytest.raises(KeyboardInterrupt):
+        collect(_ScriptedOracle(given, KeyboardInterrupt()), qs, store)
+    assert store.answers() == given
+    assert [q.query_id for q in store.pending()] == [qs[1].query_id, qs[3].query_id]
+
+    with pytest.raises(ValueError, match="which it was not asked"):
+        collect(_ScriptedOracle([Answer("other", (0, 1), "scripted")]), qs, store)
+    with pytest.raises(ValueError, match="3 ranks for query .* with 2 completions"):
+        collect(_ScriptedOracle([Answer(qs[1].query_id, (0, 1, 2), "scripted")]), qs, store)
+    assert store.answers() == given
+    with pytest.raises(TypeError, match="Query"):
+        collect(_ScriptedOracle([]), ["a prompt"], store)  # type: ignore[list-item]
+
+
+# --------------------------------------------------------------------------------------
+# TerminalOracle
+# --------------------------------------------------------------------------------------
+
+
+class ScriptedInput:
+    """Plays the keyboard: returns the scripted replies in turn; an exception in the script is raised."""
+
+    def __init__(self, replies: list[str | BaseException]) -> None:
+        self.replies = list(replies)
+        self.prompts: list[str] = []
+
+    def __call__(self, prompt: str) -> str:
+        self.prompts.append(prompt)
+        reply = self.replies.pop(0)
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+
+def _human_queries() -> list[Query]:
+    return [
+        Query("Review: the film was", (" great", " line one\nline two")),
+        Query("p2", ("a", "b")),
+        Query("p3 <b>", ("w", "x", "y", "")),
+        Query("p4", ("a", "b")),
+        Query("p5", ("a", "b")),
+        Query("p6", ("a", "b")),
+    ]
+
+
+def test_terminal_oracle_scripted_session() -> None:
+    qs = _human_queries()
+    keys = ScriptedInput(["x", "3", " 2 ", "TIE", "12", "1 1 2 3", "2 1 4 3", "s", "q"])
+    out = io.StringIO()
+    oracle = TerminalOracle(input_fn=keys, output=out, name="alice", clock=lambda: 7.0)
+    answers = list(oracle.answer(qs))
+    assert [(a.query_id, a.ranks) for a in answers] == [
+        (qs[0].query_id, (1, 0)),
+        (qs[1].query_id, (0, 0)),
+        (qs[2].query_id, (1, 0, 3, 2)),  # "2 1 4 3": completion 2 best, then 1, 4, 3
+    ]
+    assert {(a.labeller, a.answered_at) for a in answers} == {("alice", 7.0)}
+    assert keys.replies == []  # stopped at "q": p5 and p6 were never asked
+    text = out.getvalue()
+    assert "Review: the film was" in text and "    line one\n    line two" in text  # raw text, indented
+    assert "p3 <b>" in text and "(empty)" in text
+    assert "'x' is not a valid answer: type 1 or 2" in text and "'3' is not a valid answer" in text
+    assert "'1 1 2 3' is not a valid answer: type each of the numbers 1 to 4 once" in text
+    assert "p6" not in text
+    assert "Answered 3, skipped 1 of 6" in text
+    assert "t=tie" in keys.prompts[0] and "best first" in keys.prompts[4]
+
+
+def test_terminal_oracle_compact_ranking_and_eof_or_ctrl_c_quit() -> None:
+    qs = [Query("p", ("a", "b", "c")), Query("p2", ("a", "b"))]
+    answers = list(TerminalOracle(input_fn=ScriptedInput(["312", EOFError()]), output=io.StringIO()).answer(qs))
+    assert [a.ranks for a in answers] == [(1, 2, 0)]
+    assert answers[0].labeller == "human"
+    answers = list(TerminalOracle(input_fn=ScriptedInput(["1", KeyboardInterrupt()]), output=io.StringIO()).answer(qs[::-1]))
+    assert [a.ranks for a in answers] == [(0, 1)]
+
+
+def test_terminal_oracle_with_collect_loses_nothing(store: PreferenceStore) -> None:
+    qs = _human_queries()
+    answers = collect(TerminalOracle(input_fn=ScriptedInput(["1", "s", "quit"]), output=io.StringIO()), qs, store)
+    assert len(answers) == 1 and store.answers() == answers
+    assert len(store.pending()) == 5  # the skipped and never-shown queries stay pending
+
+    # An exception inside input_fn (a broken terminal) propagates, but earlier answers are stored.
+    qs2 = [Query(f"again {i}", ("a", "b")) for i in range(4)]
+    keys = ScriptedInput(["2", "t", RuntimeError("terminal went away")])
+    with pytest.raises(RuntimeError, match="terminal went away"):
+        collect(TerminalOracle(input_fn=keys, output=io.StringIO(), name="bob"), qs2, store)
+    assert [(a.query_id, a.ranks) for a in store.answers() if a.labeller == "bob"] == [
+        (qs2[0].query_id, (1, 0)),
+        (qs2[1].query_id, (0, 0)),
+    ]
+
+
+# --------------------------------------------------------------------------------------
+# RecordedOracle
+# --------------------------------------------------------------------------------------
+
+
+def _write_jsonl(path: Path, rows: list[object]) -> Path:
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
+    return path
+
+
+def test_recorded_oracle_reads_all_three_layouts(tmp_path: Path, store: PreferenceStore) -> None:
+    path = _write_jsonl(
+        tmp_path / "prefs.jsonl",
+        [
+            {"prompt": "the film was", "chosen": " great\n<b>", "rejected": " bad", "id": 17},
+            "",
+            {"prompt": "p2", "completions": ["x", "y"], "preference": "second", "labeller": "carol"},
+            {"prompt": "p3", "completions": ["a", "b", "c", "d"], "ranks": [2, 0, 3, 1]},
+            {"prompt": "p4 ✓", "completions": ["a", "b"], "preference": "tie"},
+        ],
+    )
+    oracle = RecordedOracle.from_jsonl(path)
+    assert [(c.prompt, c.completions, c.ranks, c.labeller) for c in oracle.comparisons] == [
+        ("the film was", (" great\n<b>", " bad"), (0, 1), "recorded"),
+        ("p2", ("x", "y"), (1, 0), "carol"),
+        ("p3", ("a", "b", "c", "d"), (2, 0, 3, 1), "recorded"),
+        ("p4 ✓", ("a", "b"), (0, 0), "recorded"),
+    ]
+    answers = collect(oracle, oracle.queries(), store)  # import the whole dataset
+    assert len(answers) == 4 and store.counts()["pending"] == 0
+    assert [(c.prompt, c.completions, c.ranks) for c in store.comparisons()] == [
+        (c.prompt, c.completions, c.ranks) for c in oracle.comparisons
+    ]
+
+
+def test_recorded_oracle_matches_reordered_completions_and_skips_unknown() -> None:
+    oracle = RecordedOracle(
+        [Comparison("p", ("good", "bad"), (0, 1)), Comparison("k", ("a", "b", "c"), (1, 2, 0), labeller="dan")],
+        clock=lambda: 1.0,
+    )
+    asked = [
+        Query("p", ("bad", "good")),  # the recorded pair in the opposite order
+        Query("p", ("good", "other")),  # no record
+        Query("k", ("c", "a", "b")),
+        Query("p", ("good", "bad")),
+    ]
+    answers = list(oracle.answer(asked))
+    assert [(a.query_id, a.ranks, a.labeller) for a in answers] == [
+        (asked[0].query_id, (1, 0), "recorded"),
+        (asked[2].query_id, (0, 1, 2), "dan"),
+        (asked[3].query_id, (0, 1), "recorded"),
+    ]
+    with pytest.raises(ValueError, match="no comparisons"):
+        RecordedOracle([])
+
+
+def test_recorded_contradictory_labels_are_kept(tmp_path: Path, store: PreferenceStore) -> None:
+    path = _write_jsonl(
+        tmp_path / "two_labellers.jsonl",
+        [
+            {"prompt": "p", "chosen": "a", "rejected": "b", "labeller": "ann"},
+            {"prompt": "p", "chosen": "b", "rejected": "a", "labeller": "ben"},
+        ],
+    )
+    oracle = RecordedOracle.from_jsonl(path)
+    query = oracle.queries()[0]
+    collect(oracle, [query], store)
+    assert sorted((a.labeller, a.ranks) for a in store.answers()) == [("ann", (0, 1)), ("ben", (1, 0))]
+    assert store.agreement()["unanimous_rate"] == 0.0
+
+
+GOOD_LINE = {"prompt": "p", "chosen": "a", "rejected": "b"}
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "match"),
+    [
+        ('{"prompt": "p", "chosen": "a"', r"line 2: invalid JSON"),
+        ('["p", "a", "b"]', r"line 2: expected a JSON object, found list"),
+        ({"chosen": "a", "rejected": "b"}, r"line 2: missing field 'prompt'"),
+        ({"prompt": "p", "chosen": "a"}, r"line 2: missing field 'rejected'"),
+        ({"prompt": "p", "chosen": "a", "rejected": 3}, r"line 2: 'rejected' must be a string"),
+        ({"prompt": "p"}, r"line 2: no completions"),
+        (
+            {"prompt": "p", "completions": ["a", "b"], "preference": "better"},
+            r"line 2: unknown pairwise answer 'better'; use one of \['first', 'second', 'tie'\]",
+        ),
+        ({"prompt": "p", "completions": ["a", "b"], "ranks": [0, 1, 2]}, r"line 2: .*3 ranks for 2 completions"),
+        ({"prompt": "p", "completions": ["a", "b"], "ranks": [0, 5]}, r"line 2: .*rank 5 is not an int in \[0, 1\]"),
+        ({"prompt": "p", "completions": ["a", "b"], "ranks": [0, 1], "preference": "first"}, r"line 2: .*exactly one of"),
+        ({"prompt": "p", "completions": ["a", "b", "c"], "preference": "first"}, r"line 2: 'preference' is for 2"),
+        ({"prompt": "p", "completions": ["a"], "ranks": [0]}, r"line 2: a query compares 2 to 9 completions"),
+        ({"prompt": "p", "completions": "ab", "ranks": [0, 1]}, r"line 2: 'completions' must be a list of strings"),
+        ({"prompt": "p", "chosen": "a", "rejected": "b", "labeller": ""}, r"line 2: 'labeller' must be a non-empty"),
+    ],
+)
+def test_recorded_oracle_bad_lines_name_file_and_line(tmp_path: Path, bad_line: object, match: str) -> None:
+    path = _write_jsonl(tmp_path / "bad.jsonl", [GOOD_LINE, bad_line, GOOD_LINE])
+    with pytest.raises(DatasetError, match=match) as info:
+        RecordedOracle.from_jsonl(path)
+    assert str(path) in str(info.value)
+
+
+def test_recorded_oracle_bad_files(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.jsonl"
+    bad = '{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}'.encode("latin-1")
+    latin1.write_bytes(json.dumps(GOOD_LINE).encode() + b"\n" + bad)
+    with pytest.raises(DatasetError, match=r"latin1.jsonl line 2: not valid UTF-8"):
+        RecordedOracle.from_jsonl(latin1)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(DatasetError, match="no comparisons"):
+        RecordedOracle.from_jsonl(empty)
+    with pytest.raises(DatasetError, match="does not exist"):
+        RecordedOracle.from_jsonl(tmp_path / "missing.jsonl")
