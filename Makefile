@@ -29,7 +29,7 @@ browser:
 	  if ! { $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium chromium-driver; } >$$log 2>&1 \
 	     || [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
 	    cat $$log >&2; rm -f $$log; \
-	    echo "error: could not install chromium and chromium-driver, which tests/test_web.py needs; install them with apt-get and rerun make test" >&2; \
+	    echo "error: could not install chromium and chromium-driver, which tests/feedback/test_web.py needs; install them with apt-get and rerun make test" >&2; \
 	    exit 1; \
 	  fi; \
 	  rm -f $$log; \

@@ -510,8 +510,8 @@ class PPO(Agent):
         if mean_kl + 3 * sem < 0:
             warnings.warn(
                 f"mean KL to the reference is negative ({mean_kl:.4f} +- {sem:.4f}) at iteration {self.iteration}: the "
-                "samples do not come from the distribution the log-probs describe (check sampling settings; see "
-                "DESIGN.md §7)",
+                "samples do not come from the distribution the log-probs describe (top-k/top-p, a minimum length or "
+                "EOS suppression applied when sampling but not when scoring; see llm_gym/models/policy.py)",
                 KLWarning,
                 stacklevel=3,
             )

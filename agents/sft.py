@@ -13,18 +13,19 @@ global count of answer tokens, so N processes compute the single-process update.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from llm_gym.core.task import Demonstration
 from llm_gym.infra.distributed import Distributed, MixedPrecision, check_training_options, resolve_mixed_precision
 from llm_gym.infra.logger import Logger
-from llm_gym.models.policy import Policy
-from llm_gym.core.task import Demonstration
 from llm_gym.models.lm import labelled_tokens, lm_loss
+from llm_gym.models.policy import Policy
+from llm_gym.models.text import TokenBatch, append_eos, encode, pad_right
 
 __all__ = ["SFTConfig", "SFTTrainer", "SFTBatch", "sft_batch"]
 
@@ -66,40 +67,28 @@ class SFTConfig:
             raise ValueError(f"SFTConfig.heldout_fraction must be in [0, 1), got {self.heldout_fraction!r}")
 
 
-class SFTBatch(NamedTuple):
-    """Right-padded token ids, attention mask and labels (-100 on prompt and padding)."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    labels: torch.Tensor
+SFTBatch = TokenBatch
+"""What `sft_batch` returns: right-padded ids, attention mask and labels (-100 on prompt and padding)."""
 
 
-def sft_batch(policy: Policy, demos: Sequence[Demonstration]) -> SFTBatch:
+def sft_batch(policy: Policy, demos: Sequence[Demonstration]) -> TokenBatch:
     """Tokenize `prompt + completion + EOS` per demonstration; only completion and EOS are labelled.
 
     The prompt is tokenized exactly as `Policy.sample` tokenizes it (BOS convention
     included) and the completion separately, so training sees the token boundary the policy
-    will see when it continues a prompt.
+    will see when it continues a prompt. A sequence longer than the context keeps its last
+    `context_length` tokens (the whole answer when it fits; unlike the policy's and the reward
+    model's cut, this one does not keep a leading BOS).
     """
     tok = policy.tokenizer
-    rows: list[tuple[list[int], int]] = []
-    for d in demos:
-        p = tok(d.prompt)["input_ids"]
-        c = tok(d.completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        ids = (p + c)[-policy.context_length :]  # keep the answer if a prompt is too long
-        rows.append((ids, min(len(c), len(ids))))
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(input_ids)
-    labels = torch.full_like(input_ids, -100)
-    for i, (ids, n_answer) in enumerate(rows):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        mask[i, : len(ids)] = 1
-        labels[i, len(ids) - n_answer : len(ids)] = torch.tensor(ids[len(ids) - n_answer :])
-    return SFTBatch(input_ids.to(policy.device), mask.to(policy.device), labels.to(policy.device))
+    prompts = encode(tok, [d.prompt for d in demos])
+    answers = append_eos(encode(tok, [d.completion for d in demos], special_tokens=False), tok.eos_token_id)
+    rows = [(p + a)[-policy.context_length :] for p, a in zip(prompts, answers)]  # keep the answer if a prompt is too long
+    batch = pad_right(rows, tok.pad_token_id, label_from=[len(r) - min(len(a), len(r)) for r, a in zip(rows, answers)])
+    return TokenBatch(*(t.to(policy.device) for t in batch))
 
 
-def _answer_loss(model: torch.nn.Module, batch: SFTBatch) -> tuple[torch.Tensor, int]:
+def _answer_loss(model: torch.nn.Module, batch: TokenBatch) -> tuple[torch.Tensor, int]:
     """Summed next-token NLL over answer tokens (the only labelled ones), and their count."""
     nll = lm_loss(model, batch.input_ids, batch.attention_mask, batch.labels, reduction="sum")
     return nll, labelled_tokens(batch.labels)
@@ -118,7 +107,7 @@ class SFTTrainer:
 
     Example:
         >>> trainer = SFTTrainer(SFTConfig(epochs=1), rng=np.random.default_rng(0))  # doctest: +SKIP
-        >>> metrics = trainer.train(policy, task.demonstrations)  # doctest: +SKIP
+        >>> metrics = trainer.fit(policy, task.demonstrations)  # doctest: +SKIP
         >>> policy.save_pretrained("runs/sft")  # doctest: +SKIP
     """
 
@@ -147,7 +136,7 @@ class SFTTrainer:
         total, count = self.dist.sum_floats(total, count)
         return total / max(count, 1)
 
-    def train(self, policy: Policy, demonstrations: Sequence[Demonstration]) -> dict[str, float]:
+    def fit(self, policy: Policy, demonstrations: Sequence[Demonstration]) -> dict[str, float]:
         """Fine-tune `policy` on `demonstrations`; returns the final train and held-out losses."""
         demos = list(demonstrations)
         if not demos:
@@ -206,3 +195,9 @@ class SFTTrainer:
             self.logger.dump(step)
         policy.model.eval()
         return metrics
+
+    def train(self, policy: Policy, demonstrations: Sequence[Demonstration]) -> dict[str, float]:
+        """Deprecated name of `fit` (a module's `train(mode)` sets training mode; trainers `fit`)."""
+        warnings.warn("SFTTrainer.train(policy, demonstrations) is now SFTTrainer.fit(policy, demonstrations)",
+                      DeprecationWarning, stacklevel=2)
+        return self.fit(policy, demonstrations)

@@ -9,6 +9,7 @@ environment code) and the names the folder exports:
 
     prompt_bandit.py   PromptBanditEnv / PromptBanditVecEnv: any prompt dataset + any reward function
     review.py          the built-in review task as a ready-made prompt bandit
+    wrappers.py        LearnedRewardWrapper: any Gymnasium env paying a learned reward, its own kept in info["true_reward"]
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 
 from gymnasium.envs.registration import register
 
-__all__ = ["PromptBanditEnv", "PromptBanditVecEnv", "ReviewSentimentEnv", "ReviewSentimentVecEnv", "review_prompts"]
+__all__ = ["LearnedRewardWrapper", "PromptBanditEnv", "PromptBanditVecEnv", "ReviewSentimentEnv", "ReviewSentimentVecEnv",
+           "StepRecorder", "StepRewardFn", "review_prompts"]
 
 register(
     id="llm_gym/PromptBandit-v0",
@@ -33,7 +35,8 @@ register(
 )
 
 _MODULES = {"PromptBanditEnv": "prompt_bandit", "PromptBanditVecEnv": "prompt_bandit", "ReviewSentimentEnv": "review",
-            "ReviewSentimentVecEnv": "review", "review_prompts": "review"}
+            "ReviewSentimentVecEnv": "review", "review_prompts": "review", "LearnedRewardWrapper": "wrappers",
+            "StepRecorder": "wrappers", "StepRewardFn": "wrappers"}
 
 
 def __getattr__(name: str) -> Any:

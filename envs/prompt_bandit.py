@@ -18,7 +18,8 @@ accepts any `str` (a model can produce characters outside it, and the reward fun
 not the space, judges them).
 
 The environment pays the reward function's score only: KL penalties and pretraining
-terms depend on the policy and belong to the agent (DESIGN.md §3). If a `gold_fn` is
+terms depend on the policy and belong to the agent (as in Ziegler et al. 2019 and InstructGPT,
+where the KL penalty is part of the RL objective, not of the reward model). If a `gold_fn` is
 given (the built-in gold scorer plays the human), its score goes in `info["gold"]`, so
 the true objective stays visible when the reward is a learned model.
 """
@@ -37,7 +38,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from llm_gym.core.data import PromptDataset, load_prompts
-from llm_gym.core.reward import RewardFn, score_batch
+from llm_gym.core.reward import RewardFn, resolve_reward_fn, score_batch
+from llm_gym.core.task import PromptTask, Task
 
 __all__ = ["PromptBanditEnv", "PromptBanditVecEnv"]
 
@@ -53,25 +55,20 @@ def _text_spaces(dataset: PromptDataset, max_completion_chars: int) -> tuple[spa
     return obs, act
 
 
-def _check_reward_fn(reward_fn: object, name: str) -> None:
-    if not callable(reward_fn):
-        raise TypeError(
-            f"{name} must be callable as {name}(prompts, completions) -> array of floats, got {type(reward_fn).__name__}"
-        )
-
-
 class _PromptSource:
-    """What both environment forms share: the dataset, the reward and gold functions, the spaces."""
+    """What both environment forms share: the dataset, the reward and gold functions, the spaces, the task."""
+
+    task: Task
+    """The data behind the environment as a `Task` (what `llm-gym run` reads from a registered environment):
+    its prompts and gold judge here; subclasses over richer tasks (the built-in review task) give more."""
 
     def _setup(
-        self, dataset: DatasetLike, reward_fn: RewardFn, gold_fn: RewardFn | None, max_completion_chars: int
+        self, dataset: DatasetLike, reward_fn: RewardFn | str, gold_fn: RewardFn | str | None, max_completion_chars: int
     ) -> tuple[spaces.Text, spaces.Text]:
         self.dataset = load_prompts(dataset)
-        _check_reward_fn(reward_fn, "reward_fn")
-        if gold_fn is not None:
-            _check_reward_fn(gold_fn, "gold_fn")
-        self.reward_fn = reward_fn
-        self.gold_fn = gold_fn
+        self.reward_fn = resolve_reward_fn(reward_fn, "reward_fn")
+        self.gold_fn = resolve_reward_fn(gold_fn, "gold_fn") if gold_fn is not None else None
+        self.task = PromptTask(prompts=self.dataset.prompts, gold=self.gold_fn)
         return _text_spaces(self.dataset, max_completion_chars)
 
     def _score(self, prompts: list[str], completions: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -90,8 +87,9 @@ class PromptBanditEnv(_PromptSource, gym.Env[str, str]):
 
     Args:
         dataset: prompts: a `PromptDataset`, a list of strings, or a `.jsonl`/`.csv`/`.txt` path.
-        reward_fn: `reward_fn(prompts, completions) -> array of floats` (a gold scorer, a reward model...).
-        gold_fn: optional true objective, reported as `info["gold"]` but not paid.
+        reward_fn: `reward_fn(prompts, completions) -> array of floats` (a gold scorer, a reward model...),
+            or its import path `"package.module:name"` (how a config file names it).
+        gold_fn: optional true objective (or its import path), reported as `info["gold"]` but not paid.
         max_completion_chars: `max_length` of the action space.
         render_mode: `"ansi"` returns the last prompt and completion as text.
 
@@ -109,8 +107,8 @@ class PromptBanditEnv(_PromptSource, gym.Env[str, str]):
     def __init__(
         self,
         dataset: DatasetLike,
-        reward_fn: RewardFn,
-        gold_fn: RewardFn | None = None,
+        reward_fn: RewardFn | str,
+        gold_fn: RewardFn | str | None = None,
         max_completion_chars: int = 1024,
         render_mode: str | None = None,
     ) -> None:
@@ -177,9 +175,9 @@ class PromptBanditVecEnv(_PromptSource, VectorEnv):
     def __init__(
         self,
         dataset: DatasetLike,
-        reward_fn: RewardFn,
+        reward_fn: RewardFn | str,
         num_envs: int = 16,
-        gold_fn: RewardFn | None = None,
+        gold_fn: RewardFn | str | None = None,
         max_completion_chars: int = 1024,
     ) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:

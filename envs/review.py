@@ -3,12 +3,16 @@
 Prompts are openings of synthetic reviews (`llm_gym.tasks.review`); the default reward is the
 gold scorer (positive sentiment plus fluency), as in Ziegler et al. 2019's
 positive-continuation task. Pass `reward_fn=` (a reward model, say) to train against a
-learned reward: the gold score is still reported in `info["gold"]`.
+learned reward: the gold score is still reported in `info["gold"]`. The environment's
+`task` is the whole review task (held-out prompts, demonstrations, pretraining and held-out
+text, the gold scorer), which is what `llm-gym run` reads from it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
+from typing import Any
 
 from llm_gym.core.reward import RewardFn
 from llm_gym.tasks.review import GoldScorer, ReviewTask, ReviewTaskConfig, generate_review_task
@@ -25,11 +29,18 @@ def _task(config: ReviewTaskConfig) -> ReviewTask:
     return generate_review_task(config)
 
 
-def review_prompts(split: str = "train", task_config: ReviewTaskConfig | None = None) -> list[str]:
+def _review_task(task_config: ReviewTaskConfig | Mapping[str, Any] | None) -> ReviewTask:
+    """The generated task for a config (a `ReviewTaskConfig`, or its fields as a table from a config file)."""
+    if isinstance(task_config, Mapping):
+        task_config = ReviewTaskConfig(**task_config)
+    return _task(task_config or ReviewTaskConfig())
+
+
+def review_prompts(split: str = "train", task_config: ReviewTaskConfig | Mapping[str, Any] | None = None) -> list[str]:
     """The built-in task's training (`"train"`) or held-out (`"eval"`) prompts."""
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
-    task = _task(task_config or ReviewTaskConfig())
+    task = _review_task(task_config)
     return task.prompts if split == "train" else task.eval_prompts
 
 
@@ -39,7 +50,7 @@ class ReviewSentimentEnv(PromptBanditEnv):
     Args:
         reward_fn: the reward paid; the gold scorer by default.
         split: `"train"` or `"eval"` prompts.
-        task_config: which generated task (seed and sizes).
+        task_config: which generated task (seed and sizes), or its fields as a table.
         max_completion_chars, render_mode: as in `PromptBanditEnv`.
     """
 
@@ -47,7 +58,7 @@ class ReviewSentimentEnv(PromptBanditEnv):
         self,
         reward_fn: RewardFn | None = None,
         split: str = "train",
-        task_config: ReviewTaskConfig | None = None,
+        task_config: ReviewTaskConfig | Mapping[str, Any] | None = None,
         max_completion_chars: int = 1024,
         render_mode: str | None = None,
     ) -> None:
@@ -59,6 +70,8 @@ class ReviewSentimentEnv(PromptBanditEnv):
             max_completion_chars=max_completion_chars,
             render_mode=render_mode,
         )
+        if split == "train":
+            self.task = _review_task(task_config)
 
 
 class ReviewSentimentVecEnv(PromptBanditVecEnv):
@@ -69,7 +82,7 @@ class ReviewSentimentVecEnv(PromptBanditVecEnv):
         reward_fn: RewardFn | None = None,
         num_envs: int = 16,
         split: str = "train",
-        task_config: ReviewTaskConfig | None = None,
+        task_config: ReviewTaskConfig | Mapping[str, Any] | None = None,
         max_completion_chars: int = 1024,
     ) -> None:
         gold = GoldScorer()
@@ -80,3 +93,5 @@ class ReviewSentimentVecEnv(PromptBanditVecEnv):
             gold_fn=gold,
             max_completion_chars=max_completion_chars,
         )
+        if split == "train":
+            self.task = _review_task(task_config)

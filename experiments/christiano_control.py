@@ -32,10 +32,13 @@ import torch
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from llm_gym.agents.mlp_reward import MLPRewardLearner
 from llm_gym.agents.preference_loop import DisagreementSelector, PreferenceLoop, PreferenceLoopConfig, RandomSelector
-from llm_gym.agents.sb3 import LearnedRewardWrapper, MLPRewardLearner, SB3Agent, SegmentBuffer, SegmentSource, segment_oracle
-from llm_gym.infra.logger import Logger
+from llm_gym.agents.sb3 import SB3Agent
+from llm_gym.agents.segments import SegmentBuffer, SegmentSource, segment_oracle
+from llm_gym.envs.wrappers import LearnedRewardWrapper
 from llm_gym.feedback.store import PreferenceStore
+from llm_gym.infra.logger import Logger
 
 # Per (env, algorithm): its settings, env steps, segment length, label budget, loop schedule.
 SETTINGS = {

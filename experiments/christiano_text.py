@@ -29,8 +29,6 @@ from llm_gym import (
     Logger,
     Policy,
     PreferenceStore,
-    RewardEnsemble,
-    RewardModel,
     RewardTrainer,
     RewardTrainerConfig,
     SamplingConfig,
@@ -40,6 +38,7 @@ from llm_gym import (
     evaluate_policy,
     generate_review_task,
     make_run_dir,
+    reward_model_from_pretrained,
 )
 from llm_gym.agents import (
     PPO,
@@ -82,8 +81,7 @@ def run_arm(arm: str, budget: int, args, sft_path: Path, task, gold) -> dict:
     out = Path(args.out)
     policy = Policy.from_pretrained(sft_path)
     ensemble = arm in ("active", "random")
-    rm = (RewardEnsemble.from_pretrained(sft_path, 3, seed=seed) if ensemble
-          else RewardModel.from_pretrained(sft_path, head_seed=seed))
+    rm = reward_model_from_pretrained(sft_path, 3 if ensemble else 1, seed=seed)
     env = PromptBanditVecEnv(task.prompts, rm, num_envs=args.num_envs, gold_fn=gold)
     total_steps = args.iterations * args.num_envs
     config = schedule(arm, budget, total_steps, args.rounds)

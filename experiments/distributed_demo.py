@@ -53,7 +53,7 @@ def main() -> None:
     sft = SFTTrainer(SFTConfig(epochs=1, batch_size=16, mixed_precision=args.mixed_precision), rng=np.random.default_rng(0),
                      logger=dist.make_logger(args.out / "sft"), distributed=dist)
     print_main = dist.main_process_only(print)
-    print_main("sft", sft.train(policy, task.demonstrations[:n]))
+    print_main("sft", sft.fit(policy, task.demonstrations[:n]))
     dist.main_process_only(policy.save_pretrained)(args.out / "sft_model")
 
     # K=4 completions per prompt from the SFT policy, ranked by the gold scorer (a noiseless labeller)
@@ -68,7 +68,7 @@ def main() -> None:
     rm = RewardModel.from_pretrained(args.out / "sft_model" if not args.smoke else report.path, device=device, head_seed=0)
     trainer = RewardTrainer(RewardTrainerConfig(epochs=2, batch_size=16, mixed_precision=args.mixed_precision),
                             logger=dist.make_logger(args.out / "reward_model"), rng=np.random.default_rng(2), distributed=dist)
-    print_main("reward model", trainer.train(rm, comparisons, gold_fn=gold))
+    print_main("reward model", trainer.fit(rm, comparisons, gold_fn=gold))
     dist.main_process_only(rm.save)(args.out / "reward_model_ckpt")
 
     env = PromptBanditVecEnv(task.prompts, dist.sharded(rm), num_envs=16, gold_fn=gold)  # each process scores its shard

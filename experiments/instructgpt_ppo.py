@@ -35,9 +35,8 @@ from llm_gym import (
     Logger,
     Policy,
     PreferenceStore,
+    LearnedReward,
     Query,
-    RewardEnsemble,
-    RewardModel,
     RewardTrainer,
     RewardTrainerConfig,
     SamplingConfig,
@@ -48,6 +47,7 @@ from llm_gym import (
     evaluate_policy,
     generate_review_task,
     make_run_dir,
+    reward_model_from_pretrained,
 )
 from llm_gym.agents import PPO, PPOConfig, SFTConfig, SFTTrainer
 from llm_gym.envs import PromptBanditVecEnv
@@ -68,7 +68,7 @@ def sft_policy(args, report, task) -> Path:
         policy = Policy.from_pretrained(report.path)
         with Logger(make_run_dir(args.out, "sft", seed=args.seed)) as logger:
             t = time.perf_counter()
-            SFTTrainer(SFTConfig(epochs=2), rng=np.random.default_rng(args.seed), logger=logger).train(policy, task.demonstrations)
+            SFTTrainer(SFTConfig(epochs=2), rng=np.random.default_rng(args.seed), logger=logger).fit(policy, task.demonstrations)
             print(f"SFT: {time.perf_counter() - t:.0f}s")
         policy.save_pretrained(path)
     return path
@@ -86,7 +86,7 @@ def train_ppo(name: str, args, sft_path: Path, env, config: PPOConfig, ptx_texts
     return policy, agent.reference, seconds
 
 
-def label_and_train_rm(args, sft_path: Path, pretrained_path: Path, task, gold) -> tuple[RewardModel | RewardEnsemble, int, dict]:
+def label_and_train_rm(args, sft_path: Path, pretrained_path: Path, task, gold) -> tuple[LearnedReward, int, dict]:
     """Sample pairs, label them with the noisy synthetic oracle, train the RM on them.
 
     Half of the pairs are two samples of the pretrained model (mixed sentiment: informative
@@ -110,12 +110,9 @@ def label_and_train_rm(args, sft_path: Path, pretrained_path: Path, task, gold) 
         comparisons = store.comparisons()
     with Logger(make_run_dir(args.out, "reward_model", seed=args.seed)) as logger:
         trainer = RewardTrainer(RewardTrainerConfig(epochs=2, learning_rate=3e-4), logger=logger, rng=np.random.default_rng(args.seed))
-        if args.rm_members > 1:  # an ensemble's mean is harder to game than one model's quirks
-            rm = RewardEnsemble.from_pretrained(sft_path, args.rm_members, seed=args.seed)
-            metrics = rm.train(trainer, comparisons, np.random.default_rng(args.seed + 1), gold_fn=gold)
-        else:
-            rm = RewardModel.from_pretrained(sft_path, head_seed=args.seed)
-            metrics = trainer.train(rm, comparisons, gold_fn=gold)
+        # rm_members > 1: an ensemble, whose mean is harder to game than one model's quirks
+        rm = reward_model_from_pretrained(sft_path, args.rm_members, seed=args.seed)
+        metrics = trainer.fit(rm, comparisons, gold, bootstrap_rng=np.random.default_rng(args.seed + 1))
     rm.normalize([d.prompt for d in task.demonstrations], [d.completion for d in task.demonstrations])
     print(f"reward model: {len(comparisons)} comparisons, held-out accuracy {metrics['heldout_accuracy']:.3f}, "
           f"gold agreement {metrics.get('gold_agreement', float('nan')):.3f}")

@@ -77,7 +77,8 @@ from llm_gym import (
     collect,
     generate_review_task,
 )
-from llm_gym.models.reward_model import RewardModel, RewardTrainer, RewardTrainerConfig
+from llm_gym.models.reward_model import RewardModel
+from llm_gym.models.reward_trainer import RewardTrainer, RewardTrainerConfig
 
 TARGET_ACCURACY = 0.80  # with 2,000 pairwise comparisons
 TARGET_OVERHEAD = 1.20  # rm.score time / bare backbone forward time, batch 64
@@ -286,7 +287,7 @@ def run_accuracy(policy: Policy, model_path: Path, task, args: argparse.Namespac
         config = RewardTrainerConfig(
             epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, heldout_fraction=0.0, ties=args.ties
         )
-        metrics = RewardTrainer(config, rng=np.random.default_rng(seed)).train(rm, comps)
+        metrics = RewardTrainer(config, rng=np.random.default_rng(seed)).fit(rm, comps)
         s1 = rm.score(ev, e1)
         s2 = rm.score(ev, e2)
         agree = np.sign(s1 - s2) == np.sign(gdiff)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from llm_gym import envs  # registers the environments (register calls only; the classes load on first use)
+from llm_gym import envs  # noqa: F401  (registers the environments: register calls only; classes load on first use)
 
 __version__ = "0.1.0"
 
@@ -36,8 +36,10 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["Evaluation", "Policy", "Rollout", "SamplingConfig", "default_device", "process_logits"],
                     "llm_gym.models.policy"),
     **dict.fromkeys(["document_batch", "lm_loss", "perplexity"], "llm_gym.models.lm"),
-    **dict.fromkeys(["RewardEnsemble", "RewardModel", "RewardTrainer", "RewardTrainerConfig", "pairwise_loss",
-                     "ranking_loss"], "llm_gym.models.reward_model"),
+    **dict.fromkeys(["LearnedReward", "RewardModel"], "llm_gym.models.reward_model"),
+    **dict.fromkeys(["pairwise_loss", "ranking_loss"], "llm_gym.models.reward_losses"),
+    **dict.fromkeys(["RewardTrainer", "RewardTrainerConfig"], "llm_gym.models.reward_trainer"),
+    **dict.fromkeys(["RewardEnsemble", "load_reward_model", "reward_model_from_pretrained"], "llm_gym.models.reward_ensemble"),
     **dict.fromkeys(["PreferenceOracle", "RecordedOracle", "SyntheticOracle", "TerminalOracle", "collect"],
                     "llm_gym.feedback.oracles"),
     **dict.fromkeys(["PreferenceStore", "StoreError"], "llm_gym.feedback.store"),
@@ -49,7 +51,9 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["Logger", "make_run_dir"], "llm_gym.infra.logger"),
     **dict.fromkeys(["ConfigError", "load_config"], "llm_gym.infra.configio"),
     **dict.fromkeys(["PolicyReport", "evaluate_policy", "kl_to_reference", "win_rate"], "llm_gym.app.evaluation"),
-    **dict.fromkeys(["ExperimentConfig", "Pipeline", "format_summary"], "llm_gym.app.pipeline"),
+    **dict.fromkeys(["ExperimentConfig", "TaskSpec"], "llm_gym.app.config"),
+    **dict.fromkeys(["Pipeline"], "llm_gym.app.pipeline"),
+    **dict.fromkeys(["format_summary"], "llm_gym.app.summary"),
     **dict.fromkeys(["agents"], "llm_gym.agents"),
 }
 

@@ -56,7 +56,7 @@ def run(model_path: str, out: Path, dist: Distributed, accumulation: int) -> dic
         SFTConfig(epochs=1, batch_size=8, heldout_fraction=0.2, gradient_accumulation_steps=accumulation),
         rng=np.random.default_rng(0), logger=dist.make_logger(out / f"logs_rank{rank}" / "sft"), distributed=dist,
     )
-    sft.train(policy, DEMOS)
+    sft.fit(policy, DEMOS)
     result.update(params(policy.model, "sft."))
 
     rm = RewardModel.from_pretrained(model_path, device=device, head_seed=0)
@@ -64,7 +64,7 @@ def run(model_path: str, out: Path, dist: Distributed, accumulation: int) -> dic
         RewardTrainerConfig(epochs=1, batch_size=8, heldout_fraction=0.0, learning_rate=1e-3, gradient_accumulation_steps=accumulation),
         logger=dist.make_logger(out / f"logs_rank{rank}" / "rm"), rng=np.random.default_rng(1), distributed=dist,
     )
-    trainer.train(rm, COMPARISONS)
+    trainer.fit(rm, COMPARISONS)
     dist.main_process_only(rm.save)(out / f"ckpt_rank{rank}" / "rm")
     result.update(params(rm.net, "rm."))
 

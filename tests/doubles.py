@@ -64,3 +64,14 @@ def tiny_experiment_dict(model_cache) -> dict:
         },
         "evaluation": {"prompts": 8, "sampling": {"max_new_tokens": 8}},
     }
+
+
+REWARD_CALLS: list[int] = []
+"""How many completions `word_count_reward` has scored (tests read it to see the environment's reward was paid)."""
+
+
+def word_count_reward(prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+    """A user's own reward function: the number of words in the completion (named in configs as
+    "doubles:word_count_reward", since tests/ is on sys.path)."""
+    REWARD_CALLS.append(len(completions))
+    return [float(len(c.split())) for c in completions]

@@ -36,6 +36,9 @@ def test_wheel_holds_only_llm_gym_and_imports(tmp_path: Path) -> None:
     assert tops == {"llm_gym", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
     assert "llm_gym/envs/prompt_bandit.py" in names and "llm_gym/agents/base.py" in names
     assert "llm_gym/py.typed" in names
+    # the labelling page's files ship as package data
+    assert {"llm_gym/feedback/web/page.html", "llm_gym/feedback/web/static/app.js",
+            "llm_gym/feedback/web/static/app.css"} <= set(names)
 
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)], check=True)

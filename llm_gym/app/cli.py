@@ -58,7 +58,7 @@ def _cmd_build_model(args: argparse.Namespace) -> int:
 def _load_experiment(config_path: str | None, overrides: Sequence[str], cache_dir: str | None):
     """The experiment of `config_path` (or the default InstructGPT study) with `--set` overrides applied."""
     from llm_gym.infra.configio import apply_overrides, from_dict, load_config, to_dict
-    from llm_gym.app.pipeline import ExperimentConfig
+    from llm_gym.app.config import ExperimentConfig
 
     extra = [f"model.cache_dir={json.dumps(cache_dir)}"] if cache_dir else []
     if config_path is None:  # the defaults written out in full, so --set changes one value of a run, not the set of runs
@@ -68,7 +68,8 @@ def _load_experiment(config_path: str | None, overrides: Sequence[str], cache_di
 
 def _run_pipeline(config, out: str, progress: bool = True) -> dict:
     from llm_gym.infra.distributed import Distributed
-    from llm_gym.app.pipeline import Pipeline, format_summary
+    from llm_gym.app.pipeline import Pipeline
+    from llm_gym.app.summary import format_summary
 
     t0 = time.perf_counter()
     # under `accelerate launch` / `torchrun` every process runs the pipeline data-parallel; the main one prints
@@ -103,7 +104,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from llm_gym.infra.configio import apply_overrides, from_dict
-    from llm_gym.app.pipeline import ExperimentConfig, Pipeline, format_summary
+    from llm_gym.app.config import ExperimentConfig
+    from llm_gym.app.pipeline import Pipeline
+    from llm_gym.app.summary import format_summary
 
     run_dir = Path(args.run_dir)
     resolved = run_dir / "config.json"

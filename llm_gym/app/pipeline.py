@@ -1,9 +1,10 @@
-"""The InstructGPT pipeline as one resumable run: pretrain -> SFT -> reward model -> PPO runs -> evaluation.
+"""The resumable pipeline runner: pretrain -> SFT -> reward model -> RL runs -> preference loops -> evaluation.
 
-An experiment is one `ExperimentConfig` (a TOML file maps onto it through
-`llm_gym.infra.configio.load_config`; the Python API uses the same dataclasses, so there is no
-second source of truth). `Pipeline(config, out).run()` executes the stages in order and
-writes everything under `out`:
+An experiment is one `ExperimentConfig` (`llm_gym.app.config`); the objects each stage is
+made of come from `llm_gym.app.stages`; the table at the end is `llm_gym.app.summary`.
+`Pipeline(config, out).run()` executes the stages in order on the experiment's task (any
+registered prompt-bandit environment; the built-in review task by default) and writes
+everything under `out`:
 
     out/config.json             the resolved config (every default filled in)
     out/state.json              per stage: a fingerprint of what it depends on, its result
@@ -15,12 +16,19 @@ writes everything under `out`:
     out/tb/<stage>/             TensorBoard event files
     out/summary.json            the table: one row per policy and per stage
 
-Resuming: a stage whose fingerprint (its own config, the seed, and the fingerprints of the
-stages it reads) matches the one in `state.json` is not run again; its stored result is
-reused. A PPO run interrupted mid-way restarts from its last checkpoint (the TensorBoard
-curve continues without duplicate steps). Labels already in the store are never asked
-again. Change a hyperparameter and rerun into the same folder: only the stages it affects
-(and those downstream) run again.
+Resuming: a stage whose fingerprint (its own config, the seed, the data it reads, and the
+fingerprints of the stages it reads) matches the one in `state.json` is not run again; its
+stored result is reused. A PPO run interrupted mid-way restarts from its last checkpoint
+(the TensorBoard curve continues without duplicate steps). Labels already in the store are
+never asked again. Change a hyperparameter and rerun into the same folder: only the stages
+it affects (and those downstream) run again.
+
+What a task lacks, the pipeline does without: no demonstrations -> SFT is skipped (the SFT
+policy is the pretrained one) and the reward is not normalised; no held-out prompts -> the
+evaluation uses the training prompts; no gold judge -> no gold, win-rate or RM-vs-gold
+figures (and labels must come from a person or a file); no held-out text -> no perplexity.
+A stage that cannot do without a part (synthetic labels without a gold judge, ptx without
+pretraining text) is refused before anything runs.
 """
 
 from __future__ import annotations
@@ -28,343 +36,46 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import cached_property
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from llm_gym.agents.lm_preferences import CompletionSource, RewardModelLearner
 from llm_gym.agents.ppo import PPO, PPOConfig
-from llm_gym.agents.preference_loop import DisagreementSelector, PreferenceLoop, PreferenceLoopConfig, RandomSelector
-from llm_gym.agents.sft import SFTConfig, SFTTrainer
+from llm_gym.agents.preference_loop import DisagreementSelector, PreferenceLoop, RandomSelector
+from llm_gym.agents.sft import SFTTrainer
+from llm_gym.app.config import STAGES, ExperimentConfig, LoopStage, PPOStage
+from llm_gym.app.evaluation import evaluate_policy
+from llm_gym.app.stages import LoadedTask, check_task, load_task, make_env, make_oracle, sample_queries, store_for
+from llm_gym.app.summary import build_summary
+from llm_gym.core.data import DatasetError
+from llm_gym.core.preferences import Comparison
+from llm_gym.core.task import Demonstration, Task
+from llm_gym.feedback.oracles import SyntheticOracle, collect
+from llm_gym.feedback.store import PreferenceStore
 from llm_gym.infra.atomic import write_json
 from llm_gym.infra.configio import to_dict
-from llm_gym.core.data import DatasetError, load_demonstrations, load_prompts
 from llm_gym.infra.distributed import Distributed
-from llm_gym.envs.prompt_bandit import PromptBanditVecEnv
-from llm_gym.app.evaluation import evaluate_policy
 from llm_gym.infra.logger import Logger
-from llm_gym.feedback.oracles import PreferenceOracle, RecordedOracle, SyntheticOracle, TerminalOracle, collect
-from llm_gym.models.policy import Policy, SamplingConfig
-from llm_gym.core.preferences import Comparison, Query
-from llm_gym.models.reward_model import RewardEnsemble, RewardModel, RewardTrainer, RewardTrainerConfig
-from llm_gym.feedback.store import PreferenceStore
-from llm_gym.tasks.review import Demonstration, GoldScorer, ReviewTask, generate_review_task
-from llm_gym.tasks.tiny_lm import TinyLMConfig, build_builtin_model
+from llm_gym.models.policy import Policy
+from llm_gym.models.reward_ensemble import load_reward_model, reward_model_from_pretrained
+from llm_gym.models.reward_model import LearnedReward
+from llm_gym.models.reward_trainer import RewardTrainer
+from llm_gym.tasks.tiny_lm import build_builtin_model
 
-__all__ = [
-    "EvaluationSpec",
-    "ExperimentConfig",
-    "LoopStage",
-    "ModelSpec",
-    "OracleSpec",
-    "PPOStage",
-    "Pipeline",
-    "RewardModelStage",
-    "STAGES",
-    "TaskSpec",
-    "format_summary",
-]
-
-STAGES = ("pretrain", "sft", "reward_model", "ppo", "preference_loop", "evaluation")
-"""The pipeline's stages, in order."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which causal language model the pipeline starts from."""
-
-    name_or_path: str = ""
-    """A Hugging Face model name or local folder (loaded with `from_pretrained`); "" = the built-in tiny
-    GPT-2, built (and cached) by the `pretrain` stage from `ExperimentConfig.pretrain`."""
-    cache_dir: str = ""
-    """Where the built-in model is cached ("" = $LLM_GYM_CACHE or ~/.cache/llm_gym)."""
-
-    def __post_init__(self) -> None:
-        for name in ("name_or_path", "cache_dir"):
-            if not isinstance(getattr(self, name), str):
-                raise TypeError(f"ModelSpec.{name} must be a string, got {getattr(self, name)!r}")
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """Where prompts and demonstrations come from: the built-in review task (`pretrain.task`) or your files.
-
-    The gold scorer (and so the synthetic oracle, `objective/gold` and the win-rate judge) is the
-    built-in task's sentiment-and-fluency scorer whatever the prompts; held-out perplexity is
-    measured on the built-in task's held-out text.
-    """
-
-    prompts: str = ""
-    """Training prompts for PPO, the preference loops and the reward model's queries: a .jsonl (key
-    "prompt"), .csv (column "prompt") or .txt (one per line) file; "" = the built-in task's prompts."""
-    eval_prompts: str = ""
-    """Held-out prompts for the evaluation, same formats; "" = the built-in task's held-out prompts."""
-    demonstrations: str = ""
-    """SFT data: a .jsonl file of {"prompt": ..., "completion": ...} lines; "" = the built-in demonstrations."""
-
-    def __post_init__(self) -> None:
-        for name in ("prompts", "eval_prompts", "demonstrations"):
-            if not isinstance(getattr(self, name), str):
-                raise TypeError(f"TaskSpec.{name} must be a file path string or \"\", got {getattr(self, name)!r}")
-
-
-@dataclass(frozen=True)
-class OracleSpec:
-    """Who labels the reward model's comparisons."""
-
-    kind: Literal["synthetic", "recorded", "terminal"] = "synthetic"
-    """`synthetic`: the gold scorer under Bradley-Terry noise; `recorded`: replay the JSONL file `path`
-    (its comparisons are the training set); `terminal`: a person answers at the keyboard."""
-    temperature: float = 1.0
-    """Synthetic oracle: Bradley-Terry / Plackett-Luce temperature in gold-score units (0 = noiseless)."""
-    flip_prob: float = 0.1
-    """Synthetic oracle: probability of inverting a pairwise label (Christiano et al.'s random answers)."""
-    tie_margin: float = 0.0
-    """Synthetic oracle: pairwise gold differences up to this are answered as ties."""
-    path: str = ""
-    """Recorded oracle: the JSONL file (see `RecordedOracle.from_jsonl` for the layouts)."""
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("synthetic", "recorded", "terminal"):
-            raise ValueError(f"OracleSpec.kind must be 'synthetic', 'recorded' or 'terminal', got {self.kind!r}")
-        if self.kind == "recorded" and not self.path:
-            raise ValueError("OracleSpec.kind='recorded' needs path = the JSONL file of comparisons")
-        if not self.temperature >= 0 or not 0 <= self.flip_prob <= 1 or not self.tie_margin >= 0:
-            raise ValueError(
-                f"OracleSpec needs temperature >= 0, flip_prob in [0, 1], tie_margin >= 0; got "
-                f"{self.temperature}, {self.flip_prob}, {self.tie_margin}"
-            )
-
-
-@dataclass(frozen=True)
-class RewardModelStage:
-    """How comparisons are collected and the reward model trained (InstructGPT stage 2)."""
-
-    queries: int = 700
-    """Comparison queries posed to the oracle (each compares `k` completions of one training prompt);
-    700 4-way rankings are about 2,000 pairwise judgements of labelling effort (K-1 each)."""
-    k: int = 4
-    """Completions per query: 2 = pairwise; 4 to 9 = InstructGPT's K-way rankings (all C(K,2) pairs)."""
-    sources: tuple[str, ...] = ("pretrained", "sft")
-    """Policies whose samples are compared, the queries split evenly between them (InstructGPT compared
-    outputs of several models): "pretrained" and/or "sft"."""
-    members: int = 1
-    """Reward models in the ensemble (each on a bootstrap resample; the reward is their mean)."""
-    pooling: Literal["last", "mean"] = "last"
-    """The head reads the final token's state ("last") or the mean of the completion's states ("mean")."""
-    trainer: RewardTrainerConfig = field(default_factory=RewardTrainerConfig)
-    """Epochs, batch size, learning rate, held-out split, ties."""
-
-    def __post_init__(self) -> None:
-        if isinstance(self.queries, bool) or not isinstance(self.queries, int) or self.queries < 2:
-            raise ValueError(f"RewardModelStage.queries must be an int >= 2, got {self.queries!r}")
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or not 2 <= self.k <= 9:
-            raise ValueError(f"RewardModelStage.k must be 2 (pairwise) or 4..9 (rankings), got {self.k!r}")
-        if self.k == 3:
-            raise ValueError("RewardModelStage.k=3 is not an InstructGPT ranking size; use 2 or 4..9")
-        if not self.sources or any(s not in ("pretrained", "sft") for s in self.sources):
-            raise ValueError(f"RewardModelStage.sources must be a non-empty list of 'pretrained'/'sft', got {self.sources!r}")
-        if isinstance(self.members, bool) or not isinstance(self.members, int) or self.members < 1:
-            raise ValueError(f"RewardModelStage.members must be a positive int, got {self.members!r}")
-        if self.pooling not in ("last", "mean"):
-            raise ValueError(f"RewardModelStage.pooling must be 'last' or 'mean', got {self.pooling!r}")
-
-
-@dataclass(frozen=True)
-class PPOStage:
-    """One PPO run from the SFT policy (InstructGPT stage 3); set `config.ptx_coef` > 0 for PPO-ptx."""
-
-    reward: Literal["reward_model", "gold"] = "reward_model"
-    """The environment's reward: the trained reward model, or the gold scorer itself (an upper bound)."""
-    iterations: int = 40
-    """PPO iterations (each samples `num_envs` prompts and updates on them)."""
-    num_envs: int = 64
-    """Prompts per iteration (the batched environment's size); a multiple of `config.minibatch_size`."""
-    checkpoint_every: int = 10
-    """Write a resumable checkpoint every this many iterations (0 = only at the end)."""
-    config: PPOConfig = field(default_factory=lambda: PPOConfig(sampling=SamplingConfig(max_new_tokens=24), minibatch_size=16))
-    """The agent's hyperparameters (KL coefficient, ptx coefficient, learning rates, epochs...)."""
-
-    def __post_init__(self) -> None:
-        if self.reward not in ("reward_model", "gold"):
-            raise ValueError(f"PPOStage.reward must be 'reward_model' or 'gold', got {self.reward!r}")
-        for name in ("iterations", "num_envs"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"PPOStage.{name} must be a positive int, got {v!r}")
-        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
-            raise ValueError(f"PPOStage.checkpoint_every must be an int >= 0, got {self.checkpoint_every!r}")
-        if self.num_envs % self.config.minibatch_size:
-            raise ValueError(
-                f"PPOStage.num_envs ({self.num_envs}) must be a multiple of config.minibatch_size ({self.config.minibatch_size})"
-            )
-
-
-def _default_ppo_runs() -> dict[str, PPOStage]:
-    sampling = SamplingConfig(max_new_tokens=24)
-    return {
-        "ppo": PPOStage(config=PPOConfig(sampling=sampling, minibatch_size=16, kl_coef=0.2)),
-        "ppo_ptx": PPOStage(config=PPOConfig(sampling=sampling, minibatch_size=16, kl_coef=0.2, ptx_coef=0.2)),
-    }
-
-
-def _default_loop_ppo() -> PPOConfig:
-    return PPOConfig(sampling=SamplingConfig(max_new_tokens=24), minibatch_size=16, kl_coef=0.2, log_samples_every=0)
-
-
-@dataclass(frozen=True)
-class LoopStage:
-    """One Christiano preference loop from SFT: PPO against a reward model retrained as labels arrive.
-
-    The schedule decides the comparison of Ziegler et al. and Stiennon et al.: all labels up front
-    (`initial_labels = total_labels`: the offline pipeline), a few up front and more every round
-    (online, Christiano), or `mode = "rounds"` (retrain the RM from scratch each round, train the
-    policy against it frozen: Stiennon's batch rounds).
-    """
-
-    iterations: int = 60
-    """PPO iterations in total (each samples `num_envs` prompts)."""
-    num_envs: int = 32
-    """Prompts per PPO iteration; a multiple of `config.minibatch_size`."""
-    k: int = 2
-    """Completions per query (2 = pairwise; 4..9 = rankings)."""
-    selector: Literal["random", "disagreement"] = "random"
-    """Which proposed queries are asked: at random, or where the ensemble disagrees most (needs members >= 2)."""
-    members: int = 1
-    """Reward models in the ensemble."""
-    schedule: PreferenceLoopConfig = field(default_factory=lambda: PreferenceLoopConfig(
-        total_labels=500, initial_labels=125, labels_per_round=63, steps_per_round=320, oversample=1))
-    """Label budget and its schedule (`steps_per_round` counts completions: iterations x num_envs)."""
-    trainer: RewardTrainerConfig = field(default_factory=RewardTrainerConfig)
-    """How the reward model is (re)trained each round."""
-    config: PPOConfig = field(default_factory=_default_loop_ppo)
-    """The inner PPO agent's hyperparameters."""
-
-    def __post_init__(self) -> None:
-        for name in ("iterations", "num_envs", "members"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"LoopStage.{name} must be a positive int, got {v!r}")
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or not 2 <= self.k <= 9 or self.k == 3:
-            raise ValueError(f"LoopStage.k must be 2 (pairwise) or 4..9 (rankings), got {self.k!r}")
-        if self.selector not in ("random", "disagreement"):
-            raise ValueError(f"LoopStage.selector must be 'random' or 'disagreement', got {self.selector!r}")
-        if self.selector == "disagreement" and self.members < 2:
-            raise ValueError("LoopStage.selector='disagreement' needs members >= 2 (an ensemble to disagree)")
-        if self.num_envs % self.config.minibatch_size:
-            raise ValueError(
-                f"LoopStage.num_envs ({self.num_envs}) must be a multiple of config.minibatch_size ({self.config.minibatch_size})"
-            )
-
-
-@dataclass(frozen=True)
-class EvaluationSpec:
-    """How every policy of the run is evaluated on held-out prompts."""
-
-    prompts: int = 200
-    """Held-out prompts (the built-in task's eval prompts, the first this many)."""
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=24))
-    """Sampling settings for every policy (and for SFT, the reference of KL and win rate)."""
-    seed: int = 999
-    """Sampling seed (the same for every policy, so they answer the same prompts with the same noise)."""
-    judge_temperature: float = 0.0
-    """The win-rate judge is the gold scorer as a synthetic oracle at this temperature (0 = noiseless;
-    the labelling oracle's own temperature and flip rate give the win rate a noisy labeller would report)."""
-    judge_flip_prob: float = 0.0
-    """The win-rate judge's probability of inverting its answer."""
-
-    def __post_init__(self) -> None:
-        if isinstance(self.prompts, bool) or not isinstance(self.prompts, int) or self.prompts < 1:
-            raise ValueError(f"EvaluationSpec.prompts must be a positive int, got {self.prompts!r}")
-        if not self.judge_temperature >= 0 or not 0 <= self.judge_flip_prob <= 1:
-            raise ValueError(
-                f"EvaluationSpec needs judge_temperature >= 0 and judge_flip_prob in [0, 1], got "
-                f"{self.judge_temperature!r}, {self.judge_flip_prob!r}"
-            )
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    """One experiment: the model, the task, the oracle, the stages and their hyperparameters, the seed."""
-
-    name: str = "instructgpt"
-    """A name for the run (used in logs and sweep tables)."""
-    seed: int = 0
-    """Seed of every stage's randomness (sampling, label noise, minibatch order, head initialisation)."""
-    out: str = "runs/instructgpt"
-    """Output folder (the command line's `--out` overrides it)."""
-    stages: tuple[str, ...] = STAGES
-    """Stages to run, a subset of pretrain, sft, reward_model, ppo, preference_loop, evaluation (their inputs must
-    exist: run earlier, or in this list)."""
-    threads: int = 1
-    """torch CPU threads (1 avoids OpenMP oversubscription on small shared machines; 0 = torch's default)."""
-    model: ModelSpec = field(default_factory=ModelSpec)
-    """The starting model."""
-    task: TaskSpec = field(default_factory=TaskSpec)
-    """Prompt and demonstration files ("" = the built-in task's)."""
-    pretrain: TinyLMConfig = field(default_factory=TinyLMConfig)
-    """The built-in task (`pretrain.task`) and, when `model.name_or_path` is "", the tiny GPT built on it."""
-    sft: SFTConfig = field(default_factory=SFTConfig)
-    """Supervised fine-tuning on the task's demonstrations."""
-    oracle: OracleSpec = field(default_factory=OracleSpec)
-    """Who labels comparisons."""
-    reward_model: RewardModelStage = field(default_factory=RewardModelStage)
-    """Comparison collection and reward-model training."""
-    ppo: dict[str, PPOStage] = field(default_factory=_default_ppo_runs)
-    """PPO runs by name (each starts from SFT); a TOML table per run, e.g. [ppo.ppo_ptx]."""
-    preference_loop: dict[str, LoopStage] = field(default_factory=dict)
-    """Christiano preference loops by name (each starts from SFT, with its own label store); none by default."""
-    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
-    """Held-out evaluation of every policy."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"ExperimentConfig.name must be a non-empty string, got {self.name!r}")
-        unknown = [s for s in self.stages if s not in STAGES]
-        if unknown:
-            raise ValueError(f"ExperimentConfig.stages: unknown stage(s) {unknown}; choose from {list(STAGES)}")
-        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
-            raise ValueError(f"ExperimentConfig.threads must be an int >= 0 (0 = torch's default), got {self.threads!r}")
-        for run in [*self.ppo, *self.preference_loop]:
-            if not run or "/" in run or run in ("pretrained", "sft", "reward_model"):
-                raise ValueError(f"ExperimentConfig: {run!r} cannot name a run (empty, has '/', or a reserved name)")
-        both = set(self.ppo) & set(self.preference_loop)
-        if both:
-            raise ValueError(f"ExperimentConfig: {sorted(both)} name both a PPO run and a preference loop; rename one")
-
-
-# ------------------------------------------------------------------------------------------ state
+__all__ = ["Pipeline"]
 
 
 def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _store_for(path: Path, fingerprint: str) -> Path:
-    """`path`, made ready for labels gathered under `fingerprint` (what decides which queries are asked and how
-    they are answered). Labels in it from other inputs (another oracle noise, another policy trajectory)
-    would be wrong to reuse, and labels are never deleted: that store is moved aside to
-    `<stem>.<its fingerprint>.sqlite`. The same inputs (a resumed run) keep the store and every answer in it."""
-    marker = path.with_suffix(".fingerprint")
-    if path.exists() and (not marker.exists() or marker.read_text() != fingerprint):
-        old = marker.read_text() if marker.exists() else "unknown"
-        aside = path.with_name(f"{path.stem}.{old}.sqlite")
-        for suffix in ("", "-wal", "-shm"):
-            source = Path(str(path) + suffix)
-            if source.exists():
-                os.replace(source, Path(str(aside) + suffix))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(fingerprint)
-    return path
 
 
 Event = Callable[[str], None]
@@ -413,47 +124,43 @@ class Pipeline:
             json.loads(self.state_file.read_text()) if self.dist.is_main and self.state_file.exists() else {})
 
     # -------------------------------------------------------------------------------- helpers
-    # The task's data is read once per Pipeline (a run sees one version of its files).
+    # The task is read once per Pipeline (a run sees one version of its environment's data and its files).
     @cached_property
-    def task(self) -> ReviewTask:
-        return generate_review_task(self.config.pretrain.task)
+    def loaded(self) -> LoadedTask:
+        """The task of `config.task` with its environment's reward and its data fingerprints (`stages.load_task`)."""
+        return load_task(self.config.task, self.config.pretrain.task)
+
+    @property
+    def task(self) -> Task:
+        """The experiment's task: prompts, held-out prompts, demonstrations, texts, the gold judge (or None)."""
+        return self.loaded.task
 
     @cached_property
     def prompts(self) -> list[str]:
-        """Training prompts (the `task.prompts` file, or the built-in task's)."""
-        spec = self.config.task
-        return list(load_prompts(spec.prompts)) if spec.prompts else list(self.task.prompts)
+        """Training prompts (the `task.prompts` file, or the task's)."""
+        return list(self.task.prompts)
 
     @cached_property
     def eval_prompts(self) -> list[str]:
-        spec = self.config.task
-        return list(load_prompts(spec.eval_prompts)) if spec.eval_prompts else list(self.task.eval_prompts)
+        """Held-out prompts (the `task.eval_prompts` file, or the task's; may be empty)."""
+        return list(self.task.eval_prompts)
 
     @cached_property
     def demonstrations(self) -> list[Demonstration]:
-        spec = self.config.task
-        return load_demonstrations(spec.demonstrations) if spec.demonstrations else list(self.task.demonstrations)
-
-    @cached_property
-    def _file_hashes(self) -> dict[str, str]:
-        """Content hash of each task file ("builtin" where there is none)."""
-        spec = self.config.task
-        return {name: hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path else "builtin"
-                for name, path in (("prompts", spec.prompts), ("eval_prompts", spec.eval_prompts),
-                                   ("demonstrations", spec.demonstrations))}
+        """SFT demonstrations (the `task.demonstrations` file, or the task's; may be empty)."""
+        return list(self.task.demonstrations)
 
     def _data_fingerprint(self, *names: str) -> list[str]:
-        """Content hashes of the task files a stage reads (so editing a file reruns what depends on it)."""
-        return [self._file_hashes[name] for name in names]
+        """Hashes of the task data a stage reads (so editing a file or the environment's data reruns what depends on it)."""
+        return [self.loaded.fingerprints[name] for name in names]
 
     def _use_threads(self) -> None:
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
 
-    def _env(self, reward_fn: Any, num_envs: int) -> PromptBanditVecEnv:
-        """The batched prompt-bandit environment over the training prompts, reporting the gold score.
-        Under a launcher each process scores its shard of every batch (PPO steps it on all of them)."""
-        return PromptBanditVecEnv(self.prompts, self.dist.sharded(reward_fn), num_envs=num_envs, gold_fn=GoldScorer())
+    def _env(self, reward_fn: Any, num_envs: int) -> Any:
+        """The batched prompt bandit over the training prompts, reporting the task's gold judge when it has one."""
+        return make_env(self.prompts, reward_fn, num_envs, self.task.gold, self.dist)
 
     def _done(self, key: str, fingerprint: str) -> dict[str, Any] | None:
         entry = self.state.get(key)
@@ -506,6 +213,7 @@ class Pipeline:
         self._use_threads()
         if cfg.oracle.kind == "recorded" and not Path(cfg.oracle.path).is_file():
             raise DatasetError(f"oracle.path: the comparison file {cfg.oracle.path} does not exist (cwd is {Path.cwd()})")
+        check_task(cfg, self.task)  # a stage that needs a part the task lacks fails now, not after pretraining
         self.out.mkdir(parents=True, exist_ok=True)
         self._write(self.out / "config.json", to_dict(cfg))
         t0 = time.perf_counter()
@@ -541,7 +249,7 @@ class Pipeline:
         def body() -> dict[str, Any]:
             def build() -> Any:
                 with self._logger("pretrain") as logger:
-                    return build_builtin_model(cfg.pretrain, cache_dir=cfg.model.cache_dir or None, logger=logger, task=self.task)
+                    return build_builtin_model(cfg.pretrain, cache_dir=cfg.model.cache_dir or None, logger=logger)
 
             report = self.dist.main_process_only(build)()  # one build; the others load the cached copy
             return {"path": str(report.path), "built": not report.cached, "perplexity_before": report.perplexity_before,
@@ -554,50 +262,18 @@ class Pipeline:
         base = self._need("pretrain")
         fp = _fingerprint(base["fingerprint"], to_dict(cfg.sft), cfg.seed, self._data_fingerprint("demonstrations"))
         path = self.out / "sft"
+        if not self.demonstrations:  # nothing to imitate: the SFT policy (the reference of KL and win rate) is the base
+            return self._timed("sft", fp, lambda: {"path": base["result"]["path"], "skipped": "the task has no demonstrations"})
 
         def body() -> dict[str, Any]:
             policy = Policy.from_pretrained(base["result"]["path"], device=self.device)
             with self._logger("sft") as logger:
                 trainer = SFTTrainer(cfg.sft, rng=np.random.default_rng(cfg.seed), logger=logger, distributed=self.dist)
-                metrics = trainer.train(policy, self.demonstrations)
+                metrics = trainer.fit(policy, self.demonstrations)
             self.dist.main_process_only(policy.save_pretrained)(path)
             return {"path": str(path), **metrics}
 
         return self._timed("sft", fp, body)
-
-    def _oracle(self, gold: GoldScorer, rng: np.random.Generator) -> PreferenceOracle:
-        spec = self.config.oracle
-        if spec.kind == "synthetic":
-            return SyntheticOracle(gold, rng=rng, temperature=spec.temperature, flip_prob=spec.flip_prob, tie_margin=spec.tie_margin)
-        if spec.kind == "recorded":
-            return RecordedOracle.from_jsonl(spec.path)
-        return TerminalOracle(input_fn=self.input_fn)
-
-    def _queries(self, oracle: PreferenceOracle) -> list[Query]:
-        """The comparisons to label: the recorded file's own, or `queries` sampled from the source policies."""
-        cfg, rm_cfg = self.config, self.config.reward_model
-        if isinstance(oracle, RecordedOracle):
-            return oracle.queries()[: rm_cfg.queries]
-        paths = {"pretrained": self._need("pretrain")["result"]["path"], "sft": self._need("sft")["result"]["path"]}
-        prompts = self.prompts
-        queries: list[Query] = []
-        share = np.array_split(np.arange(rm_cfg.queries), len(rm_cfg.sources))
-        sampling = cfg.evaluation.sampling
-        for s, (source, idx) in enumerate(zip(rm_cfg.sources, share)):
-            policy = Policy.from_pretrained(paths[source], device=self.device)
-            chunk_prompts = [prompts[int(i) % len(prompts)] for i in idx]
-            samples = []
-            for j in range(rm_cfg.k):  # k independent samples per prompt, batches of 64 seeded explicitly
-                col: list[str] = []
-                for b in range(0, len(chunk_prompts), 64):
-                    seed = cfg.seed * 1_000_003 + s * 100_003 + j * 10_007 + b
-                    col += policy.sample(chunk_prompts[b : b + 64], sampling, seed=seed).completions
-                samples.append(col)
-            for i, p in enumerate(chunk_prompts):
-                completions = tuple(col[i] for col in samples)
-                if len(set(completions)) == len(completions):  # identical samples say nothing
-                    queries.append(Query(p, completions))
-        return queries
 
     def _stage_reward_model(self) -> dict[str, Any]:
         cfg, rm_cfg = self.config, self.config.reward_model
@@ -605,16 +281,17 @@ class Pipeline:
         upstream = [self._need("pretrain")["fingerprint"], sft["fingerprint"]]
         fp = _fingerprint(upstream, to_dict(rm_cfg), to_dict(cfg.oracle), cfg.seed, self._data_fingerprint("prompts"))
         path = self.out / "reward_model"
-        gold = GoldScorer()
+        gold = self.task.gold
 
         def label() -> tuple[int, list[Comparison]]:
-            oracle = self._oracle(gold, np.random.default_rng(cfg.seed))
-            queries = self._queries(oracle)
+            oracle = make_oracle(cfg.oracle, gold, np.random.default_rng(cfg.seed), self.input_fn)
+            sources = {"pretrained": self._need("pretrain")["result"]["path"], "sft": sft["result"]["path"]}
+            queries = sample_queries(cfg, oracle, self.prompts, sources, self.device)
             # labels persist across runs: the store is append-only and never deleted, and a
             # query already answered there is not asked again (a resumed run keeps every answer)
             labels_fp = _fingerprint(upstream, to_dict(cfg.oracle), rm_cfg.queries, rm_cfg.k, list(rm_cfg.sources), cfg.seed,
                                      self._data_fingerprint("prompts"))
-            with PreferenceStore(_store_for(self.out / "labels.sqlite", labels_fp)) as store:
+            with PreferenceStore(store_for(self.out / "labels.sqlite", labels_fp)) as store:
                 answered = {a.query_id for a in store.answers()}
                 todo = [q for q in queries if q.query_id not in answered]
                 collect(oracle, todo, store)
@@ -628,26 +305,20 @@ class Pipeline:
             trainer_rng = np.random.default_rng(cfg.seed + 1)
             with self._logger("reward_model") as logger:
                 trainer = RewardTrainer(rm_cfg.trainer, logger=logger, rng=trainer_rng, distributed=self.dist)
-                init = sft["result"]["path"]
-                if rm_cfg.members > 1:
-                    rm: RewardModel | RewardEnsemble = RewardEnsemble.from_pretrained(
-                        init, rm_cfg.members, seed=cfg.seed, pooling=rm_cfg.pooling, device=self.device)
-                    metrics = rm.train(trainer, comparisons, np.random.default_rng(cfg.seed + 2), gold_fn=gold)
-                else:
-                    rm = RewardModel.from_pretrained(init, head_seed=cfg.seed, pooling=rm_cfg.pooling, device=self.device)
-                    metrics = trainer.train(rm, comparisons, gold_fn=gold)
+                rm = reward_model_from_pretrained(sft["result"]["path"], rm_cfg.members, seed=cfg.seed,
+                                                  pooling=rm_cfg.pooling, device=self.device)
+                metrics = trainer.fit(rm, comparisons, gold, bootstrap_rng=np.random.default_rng(cfg.seed + 2))
             demos = self.demonstrations
-            rm.normalize([d.prompt for d in demos], [d.completion for d in demos])  # demonstrations score 0 on average
+            if demos:  # InstructGPT: demonstrations score 0 on average
+                rm.normalize([d.prompt for d in demos], [d.completion for d in demos])
             self.dist.main_process_only(rm.save)(path)
             return {"path": str(path), "labels": len(comparisons), "queries_posed": n_queries,
                     "ensemble": rm_cfg.members > 1, **{k: float(v) for k, v in metrics.items()}}
 
         return self._timed("reward_model", fp, body)
 
-    def _load_rm(self) -> RewardModel | RewardEnsemble:
-        result = self._need("reward_model")["result"]
-        loader = RewardEnsemble if result["ensemble"] else RewardModel
-        return loader.load(result["path"], device=self.device)
+    def _load_rm(self) -> LearnedReward:
+        return load_reward_model(self._need("reward_model")["result"]["path"], device=self.device)
 
     def _stage_ppo(self) -> None:
         for name, run in self.config.ppo.items():
@@ -671,8 +342,8 @@ class Pipeline:
         folder = self.out / "ppo" / name
 
         def body() -> dict[str, Any]:
-            gold = GoldScorer()
-            reward_fn = gold if run.reward == "gold" else self._load_rm()
+            reward_fn = {"gold": lambda: self.task.gold, "env": lambda: self.loaded.env_reward,
+                         "reward_model": self._load_rm}[run.reward]()
             env = self._env(reward_fn, run.num_envs)
             ppo_config = run.config
             ptx = list(self.task.pretrain_texts) if ppo_config.ptx_coef > 0 else None
@@ -734,16 +405,14 @@ class Pipeline:
         folder = self.out / "preference_loop" / name
 
         def body() -> dict[str, Any]:
-            gold = GoldScorer()
+            gold = self.task.gold
             sft_path = self._need("sft")["result"]["path"]
             policy = Policy.from_pretrained(sft_path, device=self.device)
             seed = cfg.seed
-            rm: RewardModel | RewardEnsemble = (
-                RewardEnsemble.from_pretrained(sft_path, loop.members, seed=seed, device=self.device)
-                if loop.members > 1 else RewardModel.from_pretrained(sft_path, head_seed=seed, device=self.device))
+            rm = reward_model_from_pretrained(sft_path, loop.members, seed=seed, device=self.device)
             env = self._env(rm, loop.num_envs)
             demos = self.demonstrations
-            store_path = self.dist.main_process_only(_store_for)(folder / "labels.sqlite", self._loop_fingerprint(loop))
+            store_path = self.dist.main_process_only(store_for)(folder / "labels.sqlite", self._loop_fingerprint(loop))
             # only the main process opens the store file (PreferenceLoop reads and writes it there alone);
             # the others hold an in-memory stand-in they never touch
             where = store_path if self.dist.is_main else ":memory:"
@@ -755,10 +424,10 @@ class Pipeline:
                 trainer = RewardTrainer(loop.trainer, logger=logger, rng=np.random.default_rng(seed + 1),
                                         distributed=self.dist)
                 learner = RewardModelLearner(rm, trainer, rng=np.random.default_rng(seed + 2), gold_fn=gold,
-                                             reference=([d.prompt for d in demos], [d.completion for d in demos]))
+                                             reference=([d.prompt for d in demos], [d.completion for d in demos]) if demos else None)
                 source = CompletionSource(policy, self.prompts, loop.config.sampling, rng=np.random.default_rng(seed + 3),
                                           k=loop.k)
-                oracle = self._oracle(gold, np.random.default_rng(seed + 4))
+                oracle = make_oracle(cfg.oracle, gold, np.random.default_rng(seed + 4), self.input_fn)
                 selector = DisagreementSelector() if loop.selector == "disagreement" else RandomSelector()
                 agent = PreferenceLoop(ppo, source, selector, oracle, learner, store, loop.schedule,
                                        rng=np.random.default_rng(seed + 5), logger=logger, distributed=self.dist)
@@ -789,26 +458,26 @@ class Pipeline:
                           self._data_fingerprint("eval_prompts"))
 
         def body() -> dict[str, Any]:
-            gold = GoldScorer()
+            task, gold = self.task, self.task.gold
             rm = self._load_rm() if rm_entry else None
-            task = self.task
-            prompts = self.eval_prompts[: cfg.evaluation.prompts]
-            if not prompts:
-                raise RuntimeError("there are no held-out prompts (pretrain.task.n_eval_prompts = 0); "
-                                   "raise it or give task.eval_prompts")
+            prompts = (self.eval_prompts or self.prompts)[: cfg.evaluation.prompts]
+            if not self.eval_prompts:
+                self.on_event("[evaluation] the task has no held-out prompts: evaluating on training prompts")
             sft = Policy.from_pretrained(policies["sft"]["result"]["path"], device=self.device)
-            judge = SyntheticOracle(gold, rng=np.random.default_rng(cfg.seed + 3),
-                                    temperature=cfg.evaluation.judge_temperature,
-                                    flip_prob=cfg.evaluation.judge_flip_prob, name="judge")
+            # the win-rate judge is the gold judge as a (possibly noisy) synthetic oracle; no gold judge, no win rate
+            judge = None if gold is None else SyntheticOracle(
+                gold, rng=np.random.default_rng(cfg.seed + 3), temperature=cfg.evaluation.judge_temperature,
+                flip_prob=cfg.evaluation.judge_flip_prob, name="judge")
             rows = {}
             for name, entry in policies.items():
                 policy = sft if name == "sft" else Policy.from_pretrained(entry["result"]["path"], device=self.device)
                 t = time.perf_counter()
                 report = evaluate_policy(policy, prompts, sampling=cfg.evaluation.sampling, seed=cfg.evaluation.seed,
                                          gold_fn=gold, reward_fn=rm, reference=sft, oracle=judge,
-                                         heldout_texts=task.heldout_texts)
+                                         heldout_texts=list(task.heldout_texts) or None)
                 rows[name] = {**report.as_dict(), "eval_seconds": time.perf_counter() - t}
-                self.on_event(f"[evaluation] {name}: gold {report.gold:+.3f}")
+                if report.gold is not None:
+                    self.on_event(f"[evaluation] {name}: gold {report.gold:+.3f}")
             return {"rows": rows, "prompts": len(prompts)}
 
         # evaluation samples a few hundred completions: the main process does it, the others get its table
@@ -827,49 +496,7 @@ class Pipeline:
     # -------------------------------------------------------------------------------- summary
     def summary(self) -> dict[str, Any]:
         """Per stage: gold, RM score, KL to SFT, win rate vs SFT, perplexity, labels used, wall time (what is known)."""
-        rows: dict[str, dict[str, Any]] = {}
-        evaluation = self.state.get("evaluation", {}).get("result", {}).get("rows", {})
-        labels = self.state.get("reward_model", {}).get("result", {}).get("labels")
-        runs = [*(f"ppo.{n}" for n in self.config.ppo), *(f"preference_loop.{n}" for n in self.config.preference_loop)]
-        for key in ("pretrain", "sft", "reward_model", *runs):
-            entry = self.state.get(key)
-            if entry is None:
-                continue
-            result = entry["result"]
-            name = {"pretrain": "pretrained", "sft": "sft"}.get(key, key.split(".", 1)[-1])
-            row = {"stage": key, "wall_seconds": result.get("seconds")}
-            if key == "reward_model":
-                row.update(labels=labels, heldout_accuracy=result.get("heldout_accuracy"),
-                           gold_agreement=result.get("gold_agreement"))
-            else:
-                row.update(evaluation.get(name, {}))
-                if key.startswith("preference_loop."):
-                    row["labels"] = result["labels"]
-                else:
-                    row["labels"] = labels if key.startswith("ppo.") and result.get("reward") == "reward_model" else 0
-            rows[name] = row
-        return {"name": self.config.name, "seed": self.config.seed, "out": str(self.out), "rows": rows,
-                "tensorboard": str(self.out / "tb")}
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """The summary as an InstructGPT-style table (one row per policy / stage), for printing."""
-
-    def cell(row: dict[str, Any], key: str, fmt: str) -> str:
-        v = row.get(key)
-        return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, fmt)
-
-    head = (f"{'stage':<16}{'gold':>8}{'RM':>8}{'KL to SFT':>11}{'win vs SFT':>12}{'perplexity':>12}"
-            f"{'labels':>8}{'RM~gold':>9}{'wall s':>8}")
-    lines = [f"== {summary['name']} (seed {summary['seed']}) ==", head, "-" * len(head)]
-    for name, row in summary["rows"].items():
-        lines.append(f"{name:<16}{cell(row, 'gold', '+.3f'):>8}{cell(row, 'rm_score', '+.3f'):>8}{cell(row, 'kl', '.2f'):>11}"
-                     f"{cell(row, 'win_rate', '.1%'):>12}{cell(row, 'perplexity', '.2f'):>12}{cell(row, 'labels', 'd'):>8}"
-                     f"{cell(row, 'gold_agreement', '.3f'):>9}{cell(row, 'wall_seconds', '.0f'):>8}")
-    lines.append("gold: the built-in task's gold scorer; RM: the trained reward model (demonstrations score 0); "
-                 "win vs SFT: the judge prefers the policy's completion (ties 1/2); perplexity: held-out pretraining text;\n"
-                 "RM~gold: how often the reward model orders its held-out comparisons as the gold scorer does")
-    return "\n".join(lines)
+        return build_summary(self.config, self.state, self.out)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -216,7 +216,7 @@ def plan_sweep(
             key also given in `overrides`, a ``seed`` grid together with ``seeds > 1``, or
             nothing to sweep.
     """
-    from llm_gym.app.pipeline import ExperimentConfig
+    from llm_gym.app.config import ExperimentConfig
 
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"seeds must be a positive int, got {seeds!r}")
@@ -364,7 +364,7 @@ def _warm_model_cache(config_path: str | PathLike[str], points: Sequence[SweepPo
     pretrain the same model at the same time (and race to put it in the cache)."""
     import torch
 
-    from llm_gym.app.pipeline import ExperimentConfig
+    from llm_gym.app.config import ExperimentConfig
     from llm_gym.tasks.tiny_lm import build_builtin_model, find_builtin_model
 
     extra = [f"model.cache_dir={json.dumps(os.fspath(cache_dir))}"] if cache_dir is not None else []

@@ -9,12 +9,13 @@ the step that produced it rather than silently poisoning a training run.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["RewardFn", "score_batch", "validate_rewards"]
+__all__ = ["RewardFn", "resolve_reward_fn", "score_batch", "validate_rewards"]
 
 
 @runtime_checkable
@@ -67,3 +68,33 @@ def score_batch(reward_fn: RewardFn, prompts: Sequence[str], completions: Sequen
     if len(prompts) != len(completions):
         raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions; they must pair up")
     return validate_rewards(reward_fn(list(prompts), list(completions)), len(prompts), source=_name(reward_fn))
+
+
+def resolve_reward_fn(reward_fn: RewardFn | str, what: str = "reward_fn") -> RewardFn:
+    """A reward function, or an import path to one: ``"package.module:name"`` (how config files name code).
+
+    The object at the path is used as it is when it is a function or another callable; a class
+    is instantiated with no arguments (``"llm_gym.tasks.review:GoldScorer"``).
+
+    Raises:
+        ValueError: a string that is not ``module:name``, a module that cannot be imported, or a
+            name the module lacks (the message says which).
+        TypeError: the result is not callable.
+    """
+    if isinstance(reward_fn, str):
+        module_name, sep, attr = reward_fn.partition(":")
+        if not sep or not module_name or not attr:
+            raise ValueError(f'{what}: {reward_fn!r} is not an import path; write it as "package.module:name"')
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ValueError(f"{what}: cannot import module {module_name!r} ({exc}); check the name and that it is installed") from exc
+        obj: object = module
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                raise ValueError(f"{what}: module {module_name!r} has no {attr!r}; check the name after the colon")
+            obj = getattr(obj, part)
+        reward_fn = obj() if isinstance(obj, type) else obj  # type: ignore[assignment]
+    if not callable(reward_fn):
+        raise TypeError(f"{what} must be callable as {what}(prompts, completions) -> array of floats, got {type(reward_fn).__name__}")
+    return reward_fn

@@ -54,6 +54,10 @@ class PreferenceOracle(ABC):
     """
 
     name: str
+    store: PreferenceStore | None = None
+    """The store this oracle keeps queries and answers in itself (None for most oracles). An oracle with a
+    store adds the queries it is asked to it and yields only answers already stored there, as `WebOracle`
+    does with the page's store: `collect` into that same store then writes neither again."""
 
     @abstractmethod
     def answer(self, queries: Sequence[Query]) -> Iterator[Answer]:
@@ -70,7 +74,9 @@ def collect(oracle: PreferenceOracle, queries: Sequence[Query], store: Preferenc
 
     The queries are added to the store first (idempotent), so the ones left unanswered stay
     `pending` for a later session or another labeller. If the oracle raises (or the user
-    presses Ctrl-C) halfway, every answer yielded before that is already stored.
+    presses Ctrl-C) halfway, every answer yielded before that is already stored. When the
+    oracle's own `PreferenceOracle.store` is `store` (the same database), the oracle has
+    written both, so each query and answer is written once, not again here.
 
     Returns:
         The answers the oracle gave, in the order it gave them.
@@ -83,7 +89,10 @@ def collect(oracle: PreferenceOracle, queries: Sequence[Query], store: Preferenc
     for q in queries:
         if not isinstance(q, Query):
             raise TypeError(f"collect takes Query objects, got {type(q).__name__}; build them with Query(prompt, completions)")
-    store.add_queries(queries)
+    own_store = getattr(oracle, "store", None)
+    written_by_oracle = isinstance(own_store, PreferenceStore) and own_store.same_database(store)
+    if not written_by_oracle:
+        store.add_queries(queries)
     asked = {q.query_id: q for q in queries}
     oracle_name = getattr(oracle, "name", type(oracle).__name__)
     answers: list[Answer] = []
@@ -101,7 +110,8 @@ def collect(oracle: PreferenceOracle, queries: Sequence[Query], store: Preferenc
                 f"oracle {oracle_name!r} gave {len(a.ranks)} ranks for query {q.query_id} with {q.k} completions; "
                 "give one rank per completion (0 = best)"
             )
-        store.add_answer(a)
+        if not written_by_oracle:
+            store.add_answer(a)
         answers.append(a)
     return answers
 

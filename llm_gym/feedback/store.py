@@ -13,9 +13,10 @@ two tables of data:
 and one of bookkeeping for labelling sessions (the web page, `llm_gym.feedback.web`):
 
 ``leases(lease_id, query_id, holder, labeller, leased_at, expires_at, outcome, answer_id, closed_at)``
-    a pending query handed to one labeller for a limited time (`lease_next`), closed by
-    an answer or a skip (`close_lease`, which fills in ``outcome``, ``answer_id`` and
-    ``closed_at``: the only rows that ever change). Store files from before this table
+    a pending query handed to one labeller for a limited time, closed by an answer or a
+    skip (which fills in ``outcome``, ``answer_id`` and ``closed_at``: the only rows that
+    ever change). `llm_gym.feedback.leases` holds the logic that hands them out and
+    closes them; this module only creates the table. Store files from before this table
     get it when they are first opened (``CREATE TABLE IF NOT EXISTS``); older versions of
     llm_gym ignore it.
 
@@ -42,15 +43,6 @@ Guarantees:
 `pending` (queries with no answer yet, oldest first) is the work list of a labelling UI,
 and `comparisons` is the training set of a reward model.
 
-**Leases** let several labellers (browser tabs, processes) share one store without doing
-the same query twice. `lease_next(holder, ...)` hands out the oldest pending query that no
-one holds, in one ``BEGIN IMMEDIATE`` transaction, so two labellers never get the same
-query at once; a lease not closed within its time expires and the query goes back to the
-queue. `close_lease(lease_id, ranks)` stores the answer and closes the lease in one
-transaction; closing it again with the same answer (a replayed request) stores nothing and
-returns the same `LeaseOutcome`. A holder who skipped a query is handed the other pending
-queries before it again (it comes back once nothing else is left).
-
 >>> from llm_gym.core.preferences import Answer, Query
 >>> with PreferenceStore(":memory:") as store:
 ...     q = Query("the film was", (" great .", " bad ."))
@@ -71,14 +63,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
-import secrets
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
@@ -88,7 +78,7 @@ from llm_gym.core.preferences import Answer, Comparison, Query
 
 T = TypeVar("T")
 
-__all__ = ["PreferenceStore", "StoreError", "SCHEMA_VERSION", "Lease", "LeaseOutcome", "LeaseConflict"]
+__all__ = ["PreferenceStore", "StoreError", "SCHEMA_VERSION", "answer_id"]
 
 SCHEMA_VERSION = 1
 """Stored in ``PRAGMA user_version``; a file from a newer llm_gym is refused, not rewritten."""
@@ -113,8 +103,8 @@ CREATE TABLE answers (
 CREATE INDEX answers_by_query ON answers(query_id);
 """
 
-# Added after schema version 1 shipped; created on open where missing, so version-1 files still open
-# (and older llm_gym versions, which do not know the table, ignore it).
+# The table `llm_gym.feedback.leases` works on. Added after schema version 1 shipped; created on open where
+# missing, so version-1 files still open (and older llm_gym versions, which do not know the table, ignore it).
 _LEASE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
     lease_id    TEXT PRIMARY KEY,       -- random, an answer is submitted with it (replays are recognised)
@@ -131,40 +121,9 @@ CREATE INDEX IF NOT EXISTS leases_by_query ON leases(query_id);
 CREATE INDEX IF NOT EXISTS leases_by_holder ON leases(holder);
 """
 
-_MAX_NAME = 100  # characters of a lease holder or labeller name
-
 
 class StoreError(ValueError):
     """The file cannot be used as a preference store; the message says why and what to do."""
-
-
-class LeaseConflict(ValueError):
-    """A lease cannot be closed this way: it was already closed with another answer, or it
-    expired and its query was handed to someone else. Nothing was written."""
-
-
-@dataclass(frozen=True)
-class Lease:
-    """A pending query handed to one labelling session until `expires_at` (store clock time)."""
-
-    lease_id: str
-    query: Query
-    holder: str
-    labeller: str
-    expires_at: float
-
-
-@dataclass(frozen=True)
-class LeaseOutcome:
-    """How a lease was closed: ``"answered"`` with `ranks`, or ``"skipped"`` (ranks None).
-
-    A replayed close (same lease, same answer) returns an equal `LeaseOutcome`.
-    """
-
-    lease_id: str
-    query_id: str
-    outcome: str
-    ranks: tuple[int, ...] | None
 
 
 def answer_id(answer: Answer) -> str:
@@ -374,139 +333,8 @@ class PreferenceStore:
                         f"answer to query {a.query_id} has {len(a.ranks)} ranks but the query has {k} completions; "
                         "give one rank per completion (0 = best)"
                     )
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO answers (answer_id, query_id, ranks, labeller, answered_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (answer_id(a), a.query_id, json.dumps(list(a.ranks)), a.labeller, float(a.answered_at)),
-                )
-                inserted += cur.rowcount
+                inserted += _insert_answer(conn, a)
         return inserted
-
-    # -- leases (labelling sessions) -------------------------------------------------------
-
-    def lease_next(self, holder: str, *, labeller: str, lease_seconds: float) -> Lease | None:
-        """Hand the oldest pending query that no one holds to `holder` for `lease_seconds`; None when none is left.
-
-        Atomic across threads and processes (one ``BEGIN IMMEDIATE`` transaction): two
-        holders never get the same query while a lease on it is open and unexpired. A holder
-        that still has an open, unexpired lease on an unanswered query gets that lease back
-        (its expiry pushed out, and its labeller now `labeller`: the answer goes under the
-        name the holder gave last), so a reloaded page does not strand its query. Queries
-        this holder skipped come after every other pending query.
-
-        Args:
-            holder: the labelling session (e.g. one browser tab), at most 100 characters.
-            labeller: the name written into the answer given under this lease.
-            lease_seconds: how long the holder may take; after that the query is pending for others again.
-        """
-        _check_name("holder", holder)
-        _check_name("labeller", labeller)
-        if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float)) or not (
-            0 < lease_seconds < math.inf
-        ):
-            raise ValueError(f"lease_seconds must be a positive number of seconds, got {lease_seconds!r}")
-        with self._transaction() as conn:
-            now = self._clock()
-            held = conn.execute(
-                "SELECT l.lease_id, q.query_id, q.prompt, q.completions FROM leases l "
-                "JOIN queries q ON q.query_id = l.query_id "
-                "WHERE l.holder = ? AND l.outcome IS NULL AND l.expires_at > ? "
-                "AND NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = l.query_id) "
-                "ORDER BY l.rowid LIMIT 1",
-                (holder, now),
-            ).fetchone()
-            if held is not None:
-                lease_id, *query_row = held
-                conn.execute("UPDATE leases SET expires_at = ?, labeller = ? WHERE lease_id = ?",
-                             (now + lease_seconds, labeller, lease_id))
-                return Lease(lease_id, _query(tuple(query_row)), holder, labeller, now + lease_seconds)
-            row = conn.execute(
-                "SELECT q.query_id, q.prompt, q.completions FROM queries q "
-                "WHERE NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = q.query_id) "
-                "AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.query_id = q.query_id "
-                "                AND l.outcome IS NULL AND l.expires_at > ?) "
-                "ORDER BY EXISTS (SELECT 1 FROM leases s WHERE s.query_id = q.query_id "
-                "                 AND s.holder = ? AND s.outcome = 'skipped'), q.rowid "
-                "LIMIT 1",
-                (now, holder),
-            ).fetchone()
-            if row is None:
-                return None
-            lease = Lease(secrets.token_urlsafe(16), _query(row), holder, labeller, now + lease_seconds)
-            conn.execute(
-                "INSERT INTO leases (lease_id, query_id, holder, labeller, leased_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (lease.lease_id, lease.query.query_id, holder, labeller, now, lease.expires_at),
-            )
-            return lease
-
-    def close_lease(self, lease_id: str, ranks: Sequence[int] | None, *, query_id: str | None = None) -> LeaseOutcome:
-        """Answer the leased query with `ranks` (stored under the lease's labeller), or skip it (None).
-
-        The answer row and the closed lease are one transaction. Closing a lease again the
-        same way (a replayed request) writes nothing and returns an equal outcome. A lease
-        past its expiry is still honoured while no one else has been handed its query.
-        Pass `query_id` to check that the lease is the one handed out for that query.
-
-        Raises:
-            KeyError: no lease has this id.
-            ValueError: the ranks do not fit the query, or the lease is for another query
-                than `query_id` (nothing is written).
-            LeaseConflict: the lease was already closed differently, or it expired and its
-                query went to another holder (nothing is written).
-        """
-        if ranks is not None:
-            ranks = tuple(ranks)
-        with self._transaction() as conn:
-            row = conn.execute(
-                "SELECT l.query_id, l.labeller, l.outcome, a.ranks, q.completions, "
-                "       EXISTS (SELECT 1 FROM leases n WHERE n.query_id = l.query_id AND n.rowid > l.rowid) "
-                "FROM leases l JOIN queries q ON q.query_id = l.query_id "
-                "LEFT JOIN answers a ON a.answer_id = l.answer_id WHERE l.lease_id = ?",
-                (lease_id,),
-            ).fetchone()
-            if row is None:
-                raise KeyError(f"no lease {lease_id!r} in preference store {self.path}")
-            leased_query, labeller, outcome, stored_ranks, completions, superseded = row
-            if query_id is not None and query_id != leased_query:
-                raise ValueError(f"lease {lease_id} was handed out for query {leased_query}, not {query_id}")
-            query_id = leased_query
-            asked = LeaseOutcome(lease_id, query_id, "skipped" if ranks is None else "answered", ranks)
-            if outcome is not None:
-                done = LeaseOutcome(lease_id, query_id, outcome, None if stored_ranks is None else tuple(json.loads(stored_ranks)))
-                if done != asked:
-                    given = "a skip" if done.ranks is None else f"ranks {list(done.ranks)}"
-                    raise LeaseConflict(f"lease {lease_id} was already closed with {given}; a lease takes one answer")
-                return done
-            if superseded:
-                raise LeaseConflict(
-                    f"lease {lease_id} expired and query {query_id} was handed to another labeller; "
-                    "ask for the next query"
-                )
-            now = self._clock()
-            answer = None
-            if ranks is not None:
-                answer = Answer(query_id, ranks, labeller, answered_at=now)
-                k = len(json.loads(completions))
-                if len(answer.ranks) != k:
-                    raise ValueError(f"{len(ranks)} ranks for query {query_id} with {k} completions; give one rank per completion")
-                conn.execute(
-                    "INSERT OR IGNORE INTO answers (answer_id, query_id, ranks, labeller, answered_at) VALUES (?, ?, ?, ?, ?)",
-                    (answer_id(answer), query_id, json.dumps(list(answer.ranks)), labeller, now),
-                )
-            conn.execute(
-                "UPDATE leases SET outcome = ?, answer_id = ?, closed_at = ? WHERE lease_id = ?",
-                (asked.outcome, None if answer is None else answer_id(answer), now, lease_id),
-            )
-            return asked
-
-    def active_leases(self) -> int:
-        """How many leases are open and unexpired on queries still without an answer (being labelled now)."""
-        (row,) = self._read(
-            "SELECT count(DISTINCT l.query_id) FROM leases l WHERE l.outcome IS NULL AND l.expires_at > ? "
-            "AND NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = l.query_id)",
-            (self._clock(),),
-        )
-        return row[0]
 
     # -- reading -------------------------------------------------------------------------
 
@@ -600,6 +428,17 @@ class PreferenceStore:
         )
         return {"queries": row[0], "answers": row[1], "pending": row[2]}
 
+    def same_database(self, other: PreferenceStore) -> bool:
+        """Whether `other` is this store: the same object, or another connection to the same file."""
+        if other is self:
+            return True
+        if ":memory:" in (self.path, other.path):  # each connection to ":memory:" is a database of its own
+            return False
+        try:
+            return os.path.samefile(self.path, other.path)
+        except OSError:  # a file removed since it was opened
+            return False
+
     # -- lifetime ------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -619,14 +458,17 @@ class PreferenceStore:
         return f"PreferenceStore({self.path!r})"
 
 
+def _insert_answer(conn: sqlite3.Connection, answer: Answer) -> int:
+    """Insert one checked answer row inside an open transaction: 1 if it is new, 0 if the identical answer is stored."""
+    return conn.execute(
+        "INSERT OR IGNORE INTO answers (answer_id, query_id, ranks, labeller, answered_at) VALUES (?, ?, ?, ?, ?)",
+        (answer_id(answer), answer.query_id, json.dumps(list(answer.ranks)), answer.labeller, float(answer.answered_at)),
+    ).rowcount
+
+
 def _query(row: tuple) -> Query:
     query_id, prompt, completions = row
     return Query(prompt, tuple(json.loads(completions)), query_id)
-
-
-def _check_name(what: str, name: object) -> None:
-    if not isinstance(name, str) or not name.strip() or len(name) > _MAX_NAME:
-        raise ValueError(f"{what} must be a non-empty string of at most {_MAX_NAME} characters, got {name!r}")
 
 
 def _sign(x: int) -> int:

@@ -1,8 +1,8 @@
 """Language-model helpers every stage shares: whole documents as a batch, the next-token loss, perplexity.
 
-Pretraining, PPO-ptx (InstructGPT's pretraining-loss term) and the alignment-tax measure
-(held-out perplexity) all read documents the same way: `<bos> text <eos>`, right-padded,
-every real token a target.
+Pretraining, PPO-ptx (InstructGPT's pretraining-loss term, Ouyang et al. 2022, eq. 2) and the
+alignment-tax measure (held-out perplexity) all read documents the same way: `<bos> text <eos>`,
+right-padded, every real token a target (`llm_gym.models.text` does the tokenising and padding).
 """
 
 from __future__ import annotations
@@ -13,31 +13,23 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from llm_gym.models.text import TokenBatch, append_eos, encode, pad_right
+
 __all__ = ["document_batch", "encode_documents", "labelled_tokens", "lm_loss", "perplexity"]
 
 
 def encode_documents(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
-    """Each text as `<eot> text <eot>`: BOS from the tokenizer, EOS appended."""
-    eos = tokenizer.eos_token_id
-    return [ids + [eos] for ids in tokenizer(list(texts))["input_ids"]]
+    """Each text as `<bos> text <eos>`: BOS from the tokenizer's convention, EOS appended."""
+    return append_eos(encode(tokenizer, texts), tokenizer.eos_token_id)
 
 
-def document_batch(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def document_batch(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int | None = None) -> TokenBatch:
     """Right-padded `(input_ids, attention_mask, labels)` of whole documents (`<bos> text <eos>`).
 
-    Labels are the ids, -100 on padding; each document is cut to `max_length` tokens.
+    Labels are the ids, -100 on padding; each document is cut to its first `max_length` tokens.
     """
     docs = [d[:max_length] if max_length else d for d in encode_documents(tokenizer, texts)]
-    width = max(len(d) for d in docs)
-    ids = torch.full((len(docs), width), tokenizer.pad_token_id, dtype=torch.long)
-    labels = torch.full_like(ids, -100)
-    mask = torch.zeros_like(ids)
-    for i, d in enumerate(docs):
-        ids[i, : len(d)] = labels[i, : len(d)] = torch.tensor(d)
-        mask[i, : len(d)] = 1
-    return ids, mask, labels
+    return pad_right(docs, tokenizer.pad_token_id)
 
 
 def lm_loss(

@@ -6,12 +6,13 @@ recomputes those log-probs in one forward pass (what PPO needs for the ratio and
 the reference). Both go through the same `process_logits`, so the log-probs are those of
 the distribution the tokens were actually drawn from (temperature, top-k and top-p
 included). That is what keeps the KL penalty meaningful: log-probs computed under other
-settings than sampling are the usual cause of a negative "KL" in LM PPO (DESIGN.md §7).
+settings than sampling are the usual cause of a negative "KL" in LM PPO
+(`tests/models/test_policy.py` checks that the two agree for each setting).
 
 Layout of a batch: prompts are left-padded (`prompt_mask` 0 on the left), completions are
 right-padded (`completion_mask` 1 for every generated token up to and including EOS).
 Position ids count real tokens only, so a left-padded prompt is seen exactly as an
-unpadded one.
+unpadded one (`llm_gym.models.text` tokenises, cuts and pads for every model here).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Literal, NamedTuple
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from llm_gym.models.text import encode, pad_left, position_ids, truncate_left_all
 
 __all__ = ["Evaluation", "Policy", "Rollout", "SamplingConfig", "process_logits", "default_device"]
 
@@ -188,30 +191,19 @@ class Policy:
             raise ValueError(
                 f"max_new_tokens={max_new_tokens} leaves no room for a prompt in a context of {self.context_length} tokens"
             )
-        encoded = [self.tokenizer(p)["input_ids"] for p in prompts]
-        bos = self.tokenizer.bos_token_id
-        truncated = 0
-        for i, ids in enumerate(encoded):
-            if len(ids) <= limit:
-                continue
-            if self.overflow == "reject":
-                raise ValueError(
-                    f"prompt {i} has {len(ids)} tokens but the context ({self.context_length}) minus max_new_tokens "
-                    f"({max_new_tokens}) leaves {limit}; shorten it, lower max_new_tokens, or use overflow='truncate_left'"
-                )
-            encoded[i] = truncate_left(ids, limit, bos)
-            truncated += 1
+        encoded = encode(self.tokenizer, prompts)
+        if self.overflow == "reject":
+            for i, ids in enumerate(encoded):
+                if len(ids) > limit:
+                    raise ValueError(
+                        f"prompt {i} has {len(ids)} tokens but the context ({self.context_length}) minus max_new_tokens "
+                        f"({max_new_tokens}) leaves {limit}; shorten it, lower max_new_tokens, or use overflow='truncate_left'"
+                    )
+        encoded, truncated = truncate_left_all(encoded, limit, self.tokenizer.bos_token_id)
         if truncated:
             self.num_truncated_prompts += truncated
             _log.warning("truncated %d prompt(s) on the left to fit %d tokens (total so far: %d)", truncated, limit, self.num_truncated_prompts)
-        width = max(len(ids) for ids in encoded)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for i, seq in enumerate(encoded):
-            if seq:
-                ids[i, width - len(seq) :] = torch.tensor(seq)
-                mask[i, width - len(seq) :] = 1
+        ids, mask = pad_left(encoded, self.tokenizer.pad_token_id)
         if (mask.sum(-1) == 0).any():
             raise ValueError("a prompt encoded to zero tokens; give non-empty prompts")
         return ids.to(self.device), mask.to(self.device), truncated
@@ -232,14 +224,14 @@ class Policy:
             seed: an int seed or a `torch.Generator` on the policy's device; the same seed gives
                 the same samples.
         """
-        gen = _as_generator(seed, self.device)
+        gen = as_generator(seed, self.device)
         prompt_ids, prompt_mask, truncated = self.encode_prompts(prompts, config.max_new_tokens)
         batch = prompt_ids.shape[0]
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         was_training = self.model.training
         self.model.eval()
 
-        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+        positions = position_ids(prompt_mask)
         out = self.model(
             input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1
         )
@@ -306,7 +298,7 @@ class Policy:
         """
         ids = torch.cat([prompt_ids, completion_ids], dim=1)
         mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = position_ids(mask)
         steps = completion_ids.shape[1]
         # logits at position j predict token j+1: keep the last T+1 positions, drop the final one
         out = (model if model is not None else self.model)(
@@ -343,17 +335,12 @@ class Policy:
         return self.evaluate(prompt_ids, prompt_mask, completion_ids, completion_mask, config).logprobs
 
 
-def truncate_left(ids: list[int], limit: int, bos: int | None) -> list[int]:
-    """The last `limit` tokens of `ids`, keeping a leading BOS (the model was trained to see one)."""
-    keep_bos = bos is not None and ids[0] == bos
-    return ([bos] if keep_bos else []) + ids[len(ids) - limit + int(keep_bos) :]
-
-
-def _as_generator(seed: int | torch.Generator | None, device: torch.device) -> torch.Generator | None:
+def as_generator(seed: int | torch.Generator | None, device: torch.device | str, name: str = "seed") -> torch.Generator | None:
+    """A `torch.Generator` on `device` seeded with `seed` (a generator or None passes through); `name` is the argument's, for errors."""
     if seed is None or isinstance(seed, torch.Generator):
         return seed
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, a torch.Generator or None, got {type(seed).__name__}")
+        raise TypeError(f"{name} must be an int, a torch.Generator or None, got {type(seed).__name__}")
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     return gen

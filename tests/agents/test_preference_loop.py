@@ -125,7 +125,7 @@ def test_fresh_fit_restores_the_initial_weights(tiny_model) -> None:
     data = [Comparison(p, (" great .", " bad ."), (0, 1)) for p in PROMPTS]
     learner.fit(data)
     assert any(not torch.equal(a, b) for a, b in zip(initial, rm.parameters())), "a fit moves the weights"
-    trainer.train = lambda *args, **kwargs: {}  # a fit that trains nothing: only the restore remains
+    trainer.fit = lambda *args, **kwargs: {}  # a fit that trains nothing: only the restore remains
     learner.fit(data, fresh=True)
     assert all(torch.equal(a, b) for a, b in zip(initial, rm.parameters()))
 

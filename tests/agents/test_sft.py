@@ -1,9 +1,10 @@
-"""SFT: loss on answer tokens only, held-out loss falls, the model saves with save_pretrained."""
+"""SFT: loss on answer tokens only, held-out loss falls, the model saves with save_pretrained, the deprecated name."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from llm_gym import Demonstration, Logger, Policy, TinyLMConfig, generate_review_task
 from llm_gym.agents.sft import SFTConfig, SFTTrainer, sft_batch
@@ -26,7 +27,7 @@ def test_sft_lowers_heldout_loss_and_round_trips(policy: Policy, tmp_path) -> No
     task = generate_review_task(TinyLMConfig.smoke().task)
     logger = Logger(None)
     trainer = SFTTrainer(SFTConfig(epochs=4, batch_size=8, learning_rate=5e-3), rng=np.random.default_rng(0), logger=logger)
-    metrics = trainer.train(policy, task.demonstrations)
+    metrics = trainer.fit(policy, task.demonstrations)
     assert metrics["sft_heldout_loss"] < 0.9 * metrics["sft_heldout_loss_before"]
     assert [s for s, _ in logger.history["train/sft_heldout_loss"]][0] == 0
     assert "train/sft_loss" in logger.history
@@ -38,8 +39,25 @@ def test_sft_lowers_heldout_loss_and_round_trips(policy: Policy, tmp_path) -> No
 
 def test_sft_errors(policy: Policy) -> None:
     with pytest.raises(ValueError, match="at least one demonstration"):
-        SFTTrainer(SFTConfig(), rng=np.random.default_rng(0)).train(policy, [])
+        SFTTrainer(SFTConfig(), rng=np.random.default_rng(0)).fit(policy, [])
     with pytest.raises(ValueError, match="heldout_fraction"):
         SFTConfig(heldout_fraction=1.0)
     with pytest.raises(TypeError, match="numpy Generator"):
         SFTTrainer(SFTConfig(), rng=0)  # type: ignore[arg-type]
+
+
+def test_deprecated_train_is_fit(tiny_model) -> None:
+    demos = generate_review_task(TinyLMConfig.smoke().task).demonstrations[:12]
+    results = []
+    for call in ("fit", "train"):
+        policy = Policy.from_pretrained(tiny_model.path, device="cpu")
+        trainer = SFTTrainer(SFTConfig(epochs=1, batch_size=4), rng=np.random.default_rng(0))
+        torch.manual_seed(0)  # dropout draws from torch's global generator
+        if call == "train":
+            with pytest.warns(DeprecationWarning, match="SFTTrainer.fit"):
+                metrics = trainer.train(policy, demos)
+        else:
+            metrics = trainer.fit(policy, demos)
+        results.append((metrics, [p.detach().clone() for p in policy.model.parameters()]))
+    (m1, p1), (m2, p2) = results
+    assert m1 == m2 and all(torch.equal(a, b) for a, b in zip(p1, p2))

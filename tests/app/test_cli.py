@@ -33,7 +33,7 @@ def test_every_subcommand_has_help_with_examples(capsys) -> None:
 def test_demo_runs_the_default_study(monkeypatch, tmp_path) -> None:
     """`llm-gym demo` (what `make demo` calls) is the InstructGPT study's default config, with --set applied."""
     from llm_gym.app import cli
-    from llm_gym.app.pipeline import ExperimentConfig
+    from llm_gym.app.config import ExperimentConfig
 
     seen = {}
     monkeypatch.setattr(cli, "_run_pipeline", lambda config, out, progress=True: seen.update(config=config, out=out))
@@ -51,3 +51,21 @@ def test_build_model_finds_the_cached_model(model_cache, tiny_model, capsys) -> 
     text = capsys.readouterr().out
     assert "found in cache" in text, "the session's tiny model is reused, not rebuilt"
     assert "held-out perplexity: untrained" in text
+
+
+def test_help_imports_no_heavy_library() -> None:
+    """`llm-gym --help` and `llm-gym <command> --help` answer at once: neither torch, transformers nor the web server
+    is imported to print them (they load when a command runs)."""
+    code = (
+        "import sys\n"
+        "from llm_gym.app import cli\n"
+        "for argv in ([], ['run'], ['sweep'], ['demo'], ['eval'], ['label'], ['build-model']):\n"
+        "    try:\n"
+        "        cli.main([*argv, '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = ('torch', 'transformers', 'llm_gym.feedback.web', 'http.server', 'llm_gym.app.pipeline')\n"
+        "print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stderr.strip().splitlines()[-1] == "[]"

@@ -16,7 +16,9 @@ from llm_gym import PreferenceStore
 from llm_gym.agents.ppo import PPO
 from llm_gym.app.cli import main
 from llm_gym.infra.configio import ConfigError, apply_overrides, from_dict, load_config
-from llm_gym.app.pipeline import ExperimentConfig, Pipeline, PPOStage, format_summary
+from llm_gym.app.config import ExperimentConfig, PPOStage
+from llm_gym.app.pipeline import Pipeline
+from llm_gym.app.summary import format_summary
 
 REPO = Path(__file__).resolve().parents[2]
 

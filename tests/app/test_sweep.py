@@ -11,7 +11,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from llm_gym.infra.configio import ConfigError, load_config
-from llm_gym.app.pipeline import ExperimentConfig
+from llm_gym.app.config import ExperimentConfig
 from llm_gym.app.sweep import SweepError, parse_grid, plan_sweep, run_sweep
 from llm_gym.tasks.tiny_lm import TinyLMConfig
 

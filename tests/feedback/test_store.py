@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from llm_gym.core.preferences import Answer, Comparison, Query
-from llm_gym.feedback.store import SCHEMA_VERSION, LeaseConflict, PreferenceStore, StoreError
+from llm_gym.feedback.leases import lease_next
+from llm_gym.feedback.store import SCHEMA_VERSION, PreferenceStore, StoreError
 
 from doubles import run_in_threads
 
@@ -334,137 +335,12 @@ def test_crash_mid_write_leaves_only_whole_answers(tmp_path: Path) -> None:
         assert all(c.completions[0].startswith("line\n<a> ü ") for c in s.comparisons())
 
 
-# --------------------------------------------------------------------------------------
-# Leases: the work queue of labelling sessions (the web page)
-# --------------------------------------------------------------------------------------
-
-
-class _Clock:
-    """A clock the test moves by hand (lease expiry without sleeping)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture()
-def clocked(tmp_path: Path):
-    clock = _Clock()
-    with PreferenceStore(tmp_path / "prefs.sqlite", clock=clock) as s:
-        s.add_queries([_pair(i) for i in range(3)])
-        yield s, clock
-
-
-def _lease(store: PreferenceStore, holder: str, seconds: float = 60.0):
-    return store.lease_next(holder, labeller=f"{holder}-name", lease_seconds=seconds)
-
-
-def test_leases_hand_each_pending_query_to_one_holder(clocked) -> None:
-    store, _ = clocked
-    qs = store.queries()
-    store.add_answer(Answer(qs[0].query_id, (0, 1), "terminal"))  # answered: never handed out
-    a, b = _lease(store, "tab-a"), _lease(store, "tab-b")
-    assert (a.query, b.query) == (qs[1], qs[2]), "oldest pending first, a different one each"
-    assert _lease(store, "tab-c") is None, "everything pending is held"
-    assert _lease(store, "tab-a").lease_id == a.lease_id, "a holder asking again (a reloaded page) keeps its lease"
-    assert store.active_leases() == 2 and store.counts()["pending"] == 2
-
-
-def test_closing_a_lease_stores_the_answer_once(clocked) -> None:
-    store, clock = clocked
-    lease = _lease(store, "tab-a")
-    clock.now += 5
-    done = store.close_lease(lease.lease_id, (1, 0), query_id=lease.query.query_id)
-    assert done.outcome == "answered" and done.ranks == (1, 0)
-    assert store.answers() == [Answer(lease.query.query_id, (1, 0), "tab-a-name", 1005.0)]
-    clock.now += 5
-    assert store.close_lease(lease.lease_id, [1, 0]) == done, "a replay gets the same outcome"
-    with pytest.raises(LeaseConflict, match="already closed with ranks \\[1, 0\\]"):
-        store.close_lease(lease.lease_id, (0, 0))
-    with pytest.raises(LeaseConflict, match="already closed"):
-        store.close_lease(lease.lease_id, None)
-    assert len(store.answers()) == 1 and store.active_leases() == 0
-
-
-def test_bad_closes_write_nothing(clocked) -> None:
-    store, _ = clocked
-    lease = _lease(store, "tab-a")
-    with pytest.raises(KeyError, match="no lease 'nope'"):
-        store.close_lease("nope", (0, 1))
-    with pytest.raises(ValueError, match="3 ranks"):
-        store.close_lease(lease.lease_id, (0, 1, 2))
-    with pytest.raises(ValueError, match="rank 5"):
-        store.close_lease(lease.lease_id, (0, 5))
-    with pytest.raises(ValueError, match="handed out for query"):
-        store.close_lease(lease.lease_id, (0, 1), query_id=store.queries()[2].query_id)
-    assert store.answers() == [] and store.active_leases() == 1
-    for bad in (0, -1, float("nan"), float("inf"), True):
-        with pytest.raises(ValueError, match="lease_seconds"):
-            store.lease_next("tab-b", labeller="b", lease_seconds=bad)
-    with pytest.raises(ValueError, match="holder"):
-        store.lease_next("", labeller="b", lease_seconds=1)
-
-
-def test_an_expired_lease_goes_back_to_the_queue(clocked) -> None:
-    store, clock = clocked
-    a = _lease(store, "tab-a", seconds=30)
-    _lease(store, "tab-b"), _lease(store, "tab-c")  # the other two queries are held
-    assert _lease(store, "tab-d") is None
-    clock.now += 31
-    assert store.active_leases() == 2
-    d = _lease(store, "tab-d")
-    assert d.query == a.query, "the expired query is pending again"
-    with pytest.raises(LeaseConflict, match="expired and query .* was handed to another labeller"):
-        store.close_lease(a.lease_id, (0, 1))
-    store.close_lease(d.lease_id, (1, 0))
-    assert [x.labeller for x in store.answers()] == ["tab-d-name"]
-
-
-def test_a_late_answer_is_kept_while_no_one_else_took_the_query(clocked) -> None:
-    store, clock = clocked
-    a = _lease(store, "tab-a", seconds=30)
-    clock.now += 300
-    assert store.close_lease(a.lease_id, (0, 0)).outcome == "answered"
-    assert store.answers()[0].ranks == (0, 0)
-
-
-def test_a_skipped_query_comes_after_the_others_for_that_holder(clocked) -> None:
-    store, _ = clocked
-    qs = store.queries()
-    first = _lease(store, "tab-a")
-    assert store.close_lease(first.lease_id, None).outcome == "skipped"
-    assert store.answers() == [] and store.counts()["pending"] == 3
-    assert _lease(store, "tab-b").query == qs[0], "another holder gets it at once (oldest first)"
-    second = _lease(store, "tab-a")
-    assert second.query == qs[1], "the holder who skipped it is handed the others first"
-    store.close_lease(second.lease_id, (0, 1))
-    third = _lease(store, "tab-a")
-    assert third.query == qs[2]
-    store.close_lease(third.lease_id, None)
-    again = _lease(store, "tab-a")
-    assert again.query == qs[2] and again.lease_id != third.lease_id, "skipped queries come back when nothing else is left"
-
-
-def test_concurrent_holders_never_share_a_query(tmp_path: Path) -> None:
-    """Four connections (as four processes would have) lease and answer until the queue is empty."""
-    path = tmp_path / "prefs.sqlite"
-    with PreferenceStore(path) as s:
-        s.add_queries([_pair(i) for i in range(60)])
-    got: dict[str, list[str]] = {}
-
-    def work(holder: str) -> None:
-        with PreferenceStore(path) as store:
-            while (lease := _lease(store, holder)) is not None:
-                got.setdefault(holder, []).append(lease.query.query_id)
-                store.close_lease(lease.lease_id, (0, 1))
-
-    run_in_threads(work, [f"tab-{i}" for i in range(4)])
-    handed = [qid for ids in got.values() for qid in ids]
-    assert len(handed) == len(set(handed)) == 60
-    with PreferenceStore(path) as s:
-        assert s.counts() == {"queries": 60, "answers": 60, "pending": 0}
+def test_same_database_is_the_same_file_or_object(tmp_path: Path) -> None:
+    with PreferenceStore(tmp_path / "a.sqlite") as a, PreferenceStore(tmp_path / "a.sqlite") as again, \
+            PreferenceStore(tmp_path / "b.sqlite") as b, PreferenceStore(":memory:") as m1, PreferenceStore(":memory:") as m2:
+        assert a.same_database(a) and a.same_database(again) and again.same_database(a)
+        assert not a.same_database(b) and not a.same_database(m1)
+        assert m1.same_database(m1) and not m1.same_database(m2), "each :memory: store is a database of its own"
 
 
 def test_a_store_file_from_before_leases_opens_and_gains_them(tmp_path: Path) -> None:
@@ -478,4 +354,4 @@ def test_a_store_file_from_before_leases_opens_and_gains_them(tmp_path: Path) ->
     with PreferenceStore(path) as s:
         assert s.answers() == [Answer(_pair(0).query_id, (0, 1), "alice", 1.0)]
         s.add_queries([_pair(1)])
-        assert _lease(s, "tab-a").query == _pair(1)
+        assert lease_next(s, "tab-a", labeller="tab-a-name", lease_seconds=60.0).query == _pair(1)

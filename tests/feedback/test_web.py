@@ -4,6 +4,7 @@ leases between labellers, a server killed mid-answer, `WebOracle` inside a train
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
 import logging
 import signal
@@ -722,6 +723,18 @@ def test_a_killed_server_leaves_each_answer_whole_or_absent(store_path) -> None:
 # --------------------------------------------------------------------------------------
 
 
+def _preference_loop_helpers():
+    """PROMPTS and build from tests/agents/test_preference_loop.py (another folder's test module: not importable
+    by name unless pytest collected that folder first)."""
+    module = sys.modules.get("test_preference_loop")
+    if module is None:
+        path = Path(__file__).resolve().parents[1] / "agents" / "test_preference_loop.py"
+        spec = importlib.util.spec_from_file_location("test_preference_loop", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module.PROMPTS, module.build
+
+
 def answer_through_the_page(server: LabelServer, session: str, choose) -> bool:
     """Answer the next query over HTTP as the page would; False when nothing is pending."""
     lease = take(server, session)
@@ -762,9 +775,38 @@ def test_web_oracle_yields_answers_as_they_come(store_path, tmp_path) -> None:
         WebOracle(store_path, poll=-1)
 
 
+def test_collect_with_a_web_oracle_writes_each_query_and_answer_once(store_path, monkeypatch) -> None:
+    """The page stores the answer and WebOracle posts the queries: `collect` into that store writes neither again."""
+    writes = {"add_queries": 0, "add_answers": 0}
+    for method in writes:
+        def counted(self, items, _method=method, _original=getattr(PreferenceStore, method)):
+            writes[_method] += 1
+            return _original(self, items)
+        monkeypatch.setattr(PreferenceStore, method, counted)
+    q1, q2 = pairs(2)
+    first = lambda prompt, completions: "first"  # noqa: E731
+    with WebOracle(store_path) as oracle, PreferenceStore(store_path) as loop_store:
+        server = oracle.serve()
+        assert collect(oracle, [q1, q2], loop_store) == [] and writes == {"add_queries": 1, "add_answers": 0}
+        assert answer_through_the_page(server, "session-a", first)
+        answers = collect(oracle, [q1, q2], loop_store)  # another connection to the page's store file
+        assert [a.query_id for a in answers] == [q1.query_id]
+        assert writes == {"add_queries": 2, "add_answers": 0}, "the page stored the answer: collect must not store it again"
+        assert answer_through_the_page(server, "session-a", first)
+        assert [a.query_id for a in collect(oracle, [q2], oracle.store)] == [q2.query_id]  # the oracle's own store
+        assert writes == {"add_queries": 3, "add_answers": 0}
+        assert loop_store.counts() == {"queries": 2, "answers": 2, "pending": 0}
+
+
+def test_import_llm_gym_leaves_the_web_server_unloaded() -> None:
+    code = "import sys, llm_gym; assert 'llm_gym.feedback.web' not in sys.modules, sorted(sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
 def test_a_training_loop_learns_from_answers_given_on_the_page(tiny_model, store_path) -> None:
     """PreferenceLoop + WebOracle: a labeller answers over HTTP while the agent trains; the reward model learns them."""
-    from test_preference_loop import PROMPTS, build
+    PROMPTS, build = _preference_loop_helpers()
 
     web = WebOracle(store_path)
     loop, store, rm = build(tiny_model, store_path, oracle_wrapper=lambda synthetic: web, total_labels=24,

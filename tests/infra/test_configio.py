@@ -13,7 +13,7 @@ import pytest
 from llm_gym.agents import PPOConfig, SFTConfig
 from llm_gym.infra.configio import ConfigError, apply_overrides, field_docs, from_dict, load_config, parse_override, to_dict
 from llm_gym.models.policy import SamplingConfig
-from llm_gym.models.reward_model import RewardTrainerConfig
+from llm_gym.models.reward_trainer import RewardTrainerConfig
 from llm_gym.tasks.review import ReviewTaskConfig
 from llm_gym.tasks.tiny_lm import TinyLMConfig
 

@@ -151,7 +151,7 @@ def test_bf16_sft_step_runs_on_cpu(policy: Policy) -> None:
     from llm_gym.agents.sft import SFTConfig, SFTTrainer
 
     metrics = SFTTrainer(SFTConfig(epochs=1, batch_size=4, heldout_fraction=0.0, mixed_precision="bf16"),
-                         rng=np.random.default_rng(0)).train(policy, worker.DEMOS[:4])
+                         rng=np.random.default_rng(0)).fit(policy, worker.DEMOS[:4])
     assert np.isfinite(metrics["sft_loss"])
 
 

@@ -1,4 +1,4 @@
-"""A local web page for human preference labelling, on the durable preference store.
+"""The labelling page's HTTP server: `LabelServer`, `serve` and the request handler.
 
 ``llm-gym label STORE --web`` (or `serve`) starts a small HTTP server from the standard
 library (`http.server.ThreadingHTTPServer`: no web framework to install or keep up to
@@ -6,13 +6,11 @@ date for a page with three JSON endpoints). The page shows one pending query at 
 the prompt and two completions side by side (choose first / second / tie / skip, by click
 or with the keys ``1`` ``2`` ``t`` ``s``), or K completions to rank (click or type their
 numbers best first, ``Enter`` submits, ``Backspace`` undoes, ``s`` skips). Each answer is
-committed to the SQLite `PreferenceStore` before the page is told it is saved.
+committed to the SQLite `PreferenceStore` before the page is told it is saved. The page
+itself is three files shipped beside this module (``page.html``, ``static/app.css``,
+``static/app.js``), read once with `importlib.resources`.
 
-`WebOracle` is the `PreferenceOracle` a training loop uses with it: it posts the loop's
-queries to the store the page serves from and hands back, without waiting, the answers
-that have come in.
-
-Work sharing. Each query is handed out under a *lease* (`PreferenceStore.lease_next`):
+Work sharing. Each query is handed out under a *lease* (`llm_gym.feedback.leases`):
 one labelling session (a browser tab) holds it for ``lease_seconds``; two sessions never
 get the same pending query at once, and a query not answered in time goes back to the
 queue. The answer is submitted with the lease id, so a replayed or double-clicked
@@ -60,19 +58,19 @@ import re
 import secrets
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from os import PathLike
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from llm_gym.feedback.oracles import PreferenceOracle
-from llm_gym.core.preferences import PAIRWISE_CHOICES, Answer, Query
-from llm_gym.feedback.store import LeaseConflict, PreferenceStore, answer_id
+from llm_gym.core.preferences import PAIRWISE_CHOICES, Query
+from llm_gym.feedback.leases import LeaseConflict, active_leases, close_lease, lease_next
+from llm_gym.feedback.store import PreferenceStore
 
-__all__ = ["LabelServer", "WebOracle", "serve", "TOKEN_HEADER"]
+__all__ = ["LabelServer", "serve", "TOKEN_HEADER", "DEFAULT_LEASE_SECONDS", "is_loopback"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +78,7 @@ TOKEN_HEADER = "X-LLM-Gym-Token"
 """The request header that carries the access token on API calls."""
 
 DEFAULT_LEASE_SECONDS = 300.0
+"""How long a labeller holds a query before it goes back to the queue, unless told otherwise."""
 
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
@@ -133,6 +132,12 @@ def _public_origin(origin: str) -> str:
             f"https://labels.example.org or https://10.0.0.5:8443 (no path), got {origin!r}"
         )
     return normal
+
+
+def _check_lease_seconds(lease_seconds: object) -> None:
+    """A ValueError unless `lease_seconds` is a positive number of seconds (below 1e9)."""
+    if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float)) or not 0 < lease_seconds < 1e9:
+        raise ValueError(f"lease_seconds must be a positive number of seconds, got {lease_seconds!r}")
 
 
 def _open_store(store: PreferenceStore | str | PathLike[str]) -> tuple[PreferenceStore, bool]:
@@ -206,8 +211,7 @@ class LabelServer:
                 "the access token must be 16 to 256 URL-safe characters (letters, digits, - _ . ~), e.g. from "
                 "`python -c \"import secrets; print(secrets.token_urlsafe())\"`"
             )
-        if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float)) or not 0 < lease_seconds < 1e9:
-            raise ValueError(f"lease_seconds must be a positive number of seconds, got {lease_seconds!r}")
+        _check_lease_seconds(lease_seconds)
         _check_labeller(labeller)
         self.public_origin = None if public_origin is None else _public_origin(public_origin)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
@@ -313,7 +317,7 @@ class LabelServer:
         return {
             "answered": counts["queries"] - counts["pending"],
             "pending": counts["pending"],
-            "labelling": self.store.active_leases(),
+            "labelling": active_leases(self.store),
             "answers": counts["answers"],
             "queries": counts["queries"],
         }
@@ -332,7 +336,7 @@ class LabelServer:
             _check_labeller(labeller, "'labeller'")
         except ValueError as err:
             raise _RequestError(HTTPStatus.BAD_REQUEST, str(err)) from None
-        lease = self.store.lease_next(session, labeller=labeller.strip(), lease_seconds=self.lease_seconds)
+        lease = lease_next(self.store, session, labeller=labeller.strip(), lease_seconds=self.lease_seconds)
         if lease is None:
             return {"done": True, "progress": self.progress()}
         q = lease.query
@@ -365,7 +369,7 @@ class LabelServer:
             ) from None
         ranks = _ranks_from_body(body, query)
         try:
-            outcome = self.store.close_lease(body["lease_id"], ranks, query_id=query.query_id)
+            outcome = close_lease(self.store, body["lease_id"], ranks, query_id=query.query_id)
         except KeyError:
             raise _RequestError(
                 HTTPStatus.NOT_FOUND, f"unknown lease_id {body['lease_id']!r}: ask /api/next for a query and answer it with "
@@ -685,402 +689,17 @@ def serve(
 
 
 # --------------------------------------------------------------------------------------
-# The oracle a training loop uses
+# The page: HTML, CSS and JavaScript shipped beside this module (nothing from the internet)
 # --------------------------------------------------------------------------------------
 
 
-class WebOracle(PreferenceOracle):
-    """People labelling on the web page, as an oracle a training loop calls without waiting for them.
-
-    `answer(queries)` adds the queries to the store the page serves from and yields, at
-    once, the answers already stored for any of *these* queries that it has not yielded
-    before; queries not answered yet stay pending on the page. Answers to queries of an
-    earlier call are yielded when those queries are posed again, which is what
-    `PreferenceLoop` does with every pending query each round (and `collect` accepts only
-    answers to the queries it passed). When the oracle and the loop share one store file,
-    the page's answers are in the loop's store the moment they are given, so the reward
-    model trains on them at its next refit either way.
-
-    Args:
-        store: the preference store the page serves (a path, or an open `PreferenceStore`).
-        lease_seconds: for the server `serve` starts: how long a labeller holds a query.
-        poll: seconds `answer` keeps looking for answers to its queries before it returns
-            (0, the default, looks once: training never waits for a person).
-
-    >>> import tempfile, os
-    >>> from llm_gym.core.preferences import Query
-    >>> path = os.path.join(tempfile.mkdtemp(), "labels.sqlite")
-    >>> oracle = WebOracle(path)
-    >>> list(oracle.answer([Query("the film was", (" great .", " dull ."))]))  # nobody has answered yet
-    []
-    >>> oracle.store.counts()["pending"]
-    1
-    >>> oracle.close()
-    """
-
-    name = "web"
-
-    def __init__(
-        self,
-        store: PreferenceStore | str | PathLike[str],
-        *,
-        lease_seconds: float = DEFAULT_LEASE_SECONDS,
-        poll: float = 0.0,
-    ) -> None:
-        if isinstance(poll, bool) or not isinstance(poll, (int, float)) or not 0 <= poll < 1e6:
-            raise ValueError(f"poll must be a number of seconds >= 0 (0 = never wait), got {poll!r}")
-        if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float)) or not 0 < lease_seconds < 1e9:
-            raise ValueError(f"lease_seconds must be a positive number of seconds, got {lease_seconds!r}")
-        self.lease_seconds, self.poll = float(lease_seconds), float(poll)
-        self.store, self._owns_store = _open_store(store)
-        self._yielded: set[str] = set()
-        self._servers: list[LabelServer] = []
-
-    def answer(self, queries: Sequence[Query]) -> Iterator[Answer]:
-        """Post `queries` to the page and yield the answers stored for them that were not yielded before."""
-        queries = list(queries)
-        self.store.add_queries(queries)
-        deadline = time.monotonic() + self.poll
-        order = list(dict.fromkeys(q.query_id for q in queries))
-        waiting = set(order)
-        while True:
-            for qid in [qid for qid in order if qid in waiting]:
-                stored = self.store.answers(qid)
-                if stored:
-                    waiting.discard(qid)
-                for a in stored:
-                    key = answer_id(a)
-                    if key not in self._yielded:
-                        self._yielded.add(key)
-                        yield a
-            if not waiting or time.monotonic() >= deadline:
-                return
-            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
-
-    def serve(self, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None, labeller: str = "human") -> LabelServer:
-        """Start the labelling page on this oracle's store in a background thread; open its `url` in a browser.
-
-        `close` stops it. For a page in another process, run ``llm-gym label STORE --web``.
-        """
-        server = LabelServer(self.store, host=host, port=port, token=token, lease_seconds=self.lease_seconds,
-                             labeller=labeller).start()
-        self._servers.append(server)
-        return server
-
-    def close(self) -> None:
-        """Stop the servers `serve` started, and close the store if this oracle opened it."""
-        for server in self._servers:
-            server.close()
-        self._servers.clear()
-        if self._owns_store:
-            self.store.close()
-
-    def __enter__(self) -> WebOracle:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def _asset(name: str) -> bytes:
+    """A file of the page, from this package (a folder or a wheel alike)."""
+    return resources.files(__package__).joinpath(name).read_bytes()
 
 
-# --------------------------------------------------------------------------------------
-# The page: HTML, CSS and JavaScript served from here (nothing from the internet)
-# --------------------------------------------------------------------------------------
-
-_PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="llm-gym-token" content="{token}">
-<meta name="llm-gym-labeller" content="{labeller}">
-<title>llm_gym · preference labelling</title>
-<link rel="stylesheet" href="/static/app.css">
-<script src="/static/app.js" defer></script>
-</head>
-<body data-state="loading">
-<header>
-  <h1>llm_gym <span>preference labelling</span></h1>
-  <p id="progress" aria-live="polite">loading…</p>
-  <label class="who">labeller <input id="labeller" maxlength="100" autocomplete="off" spellcheck="false"></label>
-</header>
-<main>
-  <section id="query" hidden>
-    <h2>Prompt</h2>
-    <div id="prompt" class="text prompt"></div>
-    <p id="instructions" class="instructions"></p>
-    <div id="completions" class="completions"></div>
-    <div id="pair-actions" class="actions" hidden>
-      <button type="button" id="choose-first" data-choice="first"><kbd>1</kbd> First is better</button>
-      <button type="button" id="choose-second" data-choice="second"><kbd>2</kbd> Second is better</button>
-      <button type="button" id="choose-tie" data-choice="tie"><kbd>t</kbd> Tie</button>
-      <button type="button" id="skip-pair" class="quiet" data-choice="skip"><kbd>s</kbd> Skip</button>
-    </div>
-    <div id="rank-actions" class="actions" hidden>
-      <button type="button" id="submit-ranking" disabled><kbd>Enter</kbd> Submit ranking</button>
-      <button type="button" id="undo-ranking" class="quiet"><kbd>Backspace</kbd> Undo</button>
-      <button type="button" id="skip-rank" class="quiet" data-choice="skip"><kbd>s</kbd> Skip</button>
-    </div>
-  </section>
-  <section id="done" hidden>
-    <h2>Nothing to label right now</h2>
-    <p>Every query is answered or being labelled by someone else. This page checks for new queries every few seconds.</p>
-  </section>
-  <p id="status" role="status"></p>
-</main>
-<footer>Every answer is saved to the preference store before the page moves on. A query you hold goes back to the
-queue after {lease} s without an answer.</footer>
-</body>
-</html>
-"""
-
-_CSS = """
-:root { --ink: #1d2430; --muted: #5b6472; --line: #d5dae1; --accent: #2457c5; --bg: #f5f6f8; --card: #fff;
-        --chosen: #e6eeff; --ok: #17723a; --bad: #b3261e; }
-* { box-sizing: border-box; }
-[hidden] { display: none !important; }
-body { margin: 0; font: 16px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--ink);
-       background: var(--bg); }
-header { display: flex; align-items: center; gap: 1.5rem; padding: .8rem 1.5rem; background: var(--card);
-         border-bottom: 1px solid var(--line); flex-wrap: wrap; }
-h1 { font-size: 1.1rem; margin: 0; }
-h1 span { font-weight: 400; color: var(--muted); }
-#progress { margin: 0; color: var(--muted); flex: 1; }
-.who { color: var(--muted); font-size: .9rem; }
-.who input { font: inherit; padding: .2rem .4rem; border: 1px solid var(--line); border-radius: 4px; width: 10rem; }
-main { max-width: 1200px; margin: 0 auto; padding: 1.2rem 1.5rem; }
-h2 { font-size: .8rem; text-transform: uppercase; letter-spacing: .06em; color: var(--muted); margin: 0 0 .4rem; }
-.text { white-space: pre-wrap; overflow-wrap: anywhere; font-family: ui-monospace, "SFMono-Regular", Menlo, monospace;
-        font-size: .95rem; }
-.text:empty::before { content: "(empty)"; color: var(--muted); font-style: italic; }
-.prompt { background: var(--card); border: 1px solid var(--line); border-radius: 6px; padding: .8rem 1rem; }
-.instructions { color: var(--muted); margin: 1rem 0 .6rem; }
-.completions { display: grid; gap: 1rem; grid-template-columns: repeat(auto-fit, minmax(260px, 1fr)); }
-.completions.pair { grid-template-columns: 1fr 1fr; }
-.card { position: relative; background: var(--card); border: 2px solid var(--line); border-radius: 8px;
-        padding: .7rem 1rem 1rem; cursor: pointer; text-align: left; }
-.card:hover { border-color: var(--accent); }
-.card.ranked { background: var(--chosen); border-color: var(--accent); }
-.card-head { display: flex; justify-content: space-between; align-items: center; margin-bottom: .4rem; }
-.card-key { font-weight: 600; color: var(--muted); }
-.card-rank { font-weight: 700; color: var(--accent); }
-.actions { display: flex; gap: .6rem; flex-wrap: wrap; margin-top: 1.2rem; }
-button { font: inherit; padding: .5rem 1rem; border-radius: 6px; border: 1px solid var(--accent);
-         background: var(--accent); color: #fff; cursor: pointer; }
-button.quiet { background: var(--card); color: var(--accent); }
-button:disabled { opacity: .45; cursor: default; }
-kbd { font: .75rem ui-monospace, monospace; border: 1px solid currentColor; border-radius: 3px; padding: 0 .3rem;
-      margin-right: .3rem; opacity: .85; }
-#status { min-height: 1.5rem; margin-top: 1rem; }
-#status.ok { color: var(--ok); }
-#status.error { color: var(--bad); font-weight: 600; }
-footer { max-width: 1200px; margin: 0 auto; padding: 0 1.5rem 2rem; color: var(--muted); font-size: .85rem; }
-@media (max-width: 700px) { .completions.pair { grid-template-columns: 1fr; } }
-"""
-
-_JS = r"""
-"use strict";
-(function () {
-  const meta = (name) => document.querySelector('meta[name="' + name + '"]').content;
-  const TOKEN = meta("llm-gym-token");
-  const DEFAULT_LABELLER = meta("llm-gym-labeller");
-  if (location.search) history.replaceState(null, "", location.pathname);  // the token leaves the address bar
-  const $ = (id) => document.getElementById(id);
-  const body = document.body;
-
-  let session = sessionStorage.getItem("llm_gym_session");
-  if (!session) {
-    const bytes = new Uint8Array(16);
-    crypto.getRandomValues(bytes);
-    session = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-    sessionStorage.setItem("llm_gym_session", session);
-  }
-  const nameInput = $("labeller");
-  nameInput.value = localStorage.getItem("llm_gym_labeller") || DEFAULT_LABELLER;
-  nameInput.addEventListener("change", () => localStorage.setItem("llm_gym_labeller", nameInput.value.trim()));
-
-  let current = null;   // the leased query
-  let order = [];       // K-way: completion indices picked so far, best first
-  let busy = false;
-  let timer = null;
-  let shownAt = 0;      // when the current query was shown: keys are ignored for KEY_GUARD_MS after
-  const KEY_GUARD_MS = 150;
-
-  async function api(method, path, payload) {
-    const options = { method, headers: { "X-LLM-Gym-Token": TOKEN }, cache: "no-store", credentials: "same-origin" };
-    if (payload !== undefined) {
-      options.headers["Content-Type"] = "application/json";
-      options.body = JSON.stringify(payload);
-    }
-    let response;
-    try {
-      response = await fetch(path, options);
-    } catch (e) {
-      throw new Error("Cannot reach the labelling server. Try again: an answer is never stored twice.");
-    }
-    let data = {};
-    try { data = await response.json(); } catch (e) { /* not JSON */ }
-    if (!response.ok) {
-      const err = new Error(data.error || ("HTTP " + response.status));
-      err.status = response.status;
-      throw err;
-    }
-    return data;
-  }
-
-  function say(text, kind) {
-    const s = $("status");
-    s.textContent = text;
-    s.className = kind || "";
-  }
-
-  function showProgress(p, mine) {
-    let text = "answered " + p.answered + " · pending " + p.pending;
-    const others = p.labelling - (mine ? 1 : 0);
-    if (others > 0) text += " (" + others + " being labelled by others)";
-    $("progress").textContent = text;
-  }
-
-  async function next() {
-    clearTimeout(timer);
-    body.dataset.state = "loading";
-    try {
-      const d = await api("POST", "/api/next", { session, labeller: nameInput.value.trim() || DEFAULT_LABELLER });
-      showProgress(d.progress, !d.done);
-      current = d.done ? null : d;
-      order = [];
-      render();
-      if (!current) timer = setTimeout(next, 3000);
-    } catch (e) {
-      body.dataset.state = "error";
-      say(e.message, "error");
-      timer = setTimeout(next, 5000);
-    }
-  }
-
-  function render() {
-    $("query").hidden = !current;
-    $("done").hidden = !!current;
-    if (!current) {
-      $("query").removeAttribute("data-query-id");
-      body.dataset.state = "done";
-      return;
-    }
-    const q = current;
-    const pair = q.k === 2;
-    shownAt = performance.now();
-    $("query").dataset.queryId = q.query_id;
-    $("prompt").textContent = q.prompt;
-    $("instructions").textContent = pair
-      ? "Which completion is better? Click it or press 1 or 2; t = tie, s = skip."
-      : "Rank the " + q.k + " completions: click them (or type their numbers) best first, then Enter. " +
-        "Backspace undoes, s skips.";
-    const box = $("completions");
-    box.className = "completions" + (pair ? " pair" : "");
-    box.replaceChildren();
-    q.completions.forEach((text, i) => {
-      const card = document.createElement("div");
-      card.className = "card";
-      card.dataset.index = String(i);
-      const head = document.createElement("div");
-      head.className = "card-head";
-      const key = document.createElement("span");
-      key.className = "card-key";
-      key.textContent = pair ? (i === 0 ? "1 · first" : "2 · second") : String(i + 1);
-      const rank = document.createElement("span");
-      rank.className = "card-rank";
-      head.append(key, rank);
-      const content = document.createElement("div");
-      content.className = "text completion";
-      content.textContent = text;   // text, never HTML: markup in a completion is shown, not run
-      card.append(head, content);
-      card.addEventListener("click", () => (pair ? choose(i === 0 ? "first" : "second") : pick(i)));
-      box.append(card);
-    });
-    $("pair-actions").hidden = !pair;
-    $("rank-actions").hidden = pair;
-    showRanking();
-    setBusy(false);
-    body.dataset.state = "query";
-  }
-
-  function showRanking() {
-    if (!current || current.k === 2) return;
-    document.querySelectorAll("#completions .card").forEach((card) => {
-      const position = order.indexOf(Number(card.dataset.index));
-      card.classList.toggle("ranked", position >= 0);
-      card.querySelector(".card-rank").textContent = position >= 0 ? "#" + (position + 1) : "";
-    });
-    $("submit-ranking").disabled = busy || order.length !== current.k;
-  }
-
-  function pick(i) {
-    if (busy || !current || order.includes(i)) return;
-    order.push(i);
-    if (order.length === current.k - 1) {  // the last one is implied
-      for (let j = 0; j < current.k; j++) if (!order.includes(j)) order.push(j);
-    }
-    showRanking();
-  }
-
-  function undo() {
-    if (busy || !current) return;
-    if (order.length === current.k) order.pop();  // the implied last one goes with the one before it
-    order.pop();
-    showRanking();
-  }
-
-  function setBusy(value) {
-    busy = value;
-    document.querySelectorAll("main button").forEach((b) => { b.disabled = value; });
-    showRanking();
-  }
-
-  async function submit(payload) {
-    if (!current || busy) return;
-    setBusy(true);
-    const answered = current;
-    try {
-      const done = await api("POST", "/api/answer",
-                             Object.assign({ lease_id: answered.lease_id, query_id: answered.query_id }, payload));
-      say(done.outcome === "skipped" ? "Skipped." : "Saved.", "ok");
-      await next();
-    } catch (e) {
-      say(e.message, "error");
-      if (e.status === 409 || e.status === 404) await next();  // the lease is gone: move on
-      else setBusy(false);  // keep the query: pressing again resubmits with the same lease (stored once)
-    }
-  }
-
-  function choose(choice) { submit({ choice }); }
-
-  document.querySelectorAll("[data-choice]").forEach((b) => b.addEventListener("click", () => choose(b.dataset.choice)));
-  $("submit-ranking").addEventListener("click", () => submit({ ranking: order.slice() }));
-  $("undo-ranking").addEventListener("click", undo);
-
-  document.addEventListener("keydown", (e) => {
-    if (!current || e.ctrlKey || e.metaKey || e.altKey || e.target === nameInput) return;
-    // A held key (auto-repeat), or a press meant for the query just answered, must not answer the next one.
-    if (e.repeat || performance.now() - shownAt < KEY_GUARD_MS) return;
-    const key = e.key.toLowerCase();
-    if (key === "s") choose("skip");
-    else if (current.k === 2) {
-      if (key === "1") choose("first");
-      else if (key === "2") choose("second");
-      else if (key === "t") choose("tie");
-      else return;
-    } else if (/^[1-9]$/.test(key) && Number(key) <= current.k) pick(Number(key) - 1);
-    else if (key === "enter" && order.length === current.k) submit({ ranking: order.slice() });
-    else if (key === "backspace") undo();
-    else if (key === "escape") { order = []; showRanking(); }
-    else return;
-    e.preventDefault();
-  });
-
-  next();
-})();
-"""
-
+_PAGE = _asset("page.html").decode()  # a str.format template: {token}, {labeller}, {lease}
 _STATIC = {
-    "/static/app.js": ("text/javascript; charset=utf-8", _JS.encode()),
-    "/static/app.css": ("text/css; charset=utf-8", _CSS.encode()),
+    "/static/app.js": ("text/javascript; charset=utf-8", _asset("static/app.js")),
+    "/static/app.css": ("text/css; charset=utf-8", _asset("static/app.css")),
 }

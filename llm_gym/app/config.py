@@ -1,0 +1,329 @@
+"""An experiment as one config: the model, the task, the labeller, each stage's hyperparameters, the seed.
+
+`ExperimentConfig` is what `llm-gym run` reads (a TOML file maps onto it through
+`llm_gym.infra.configio.load_config`) and what the Python API passes to `Pipeline`: one
+source of truth. Each field is documented where it is declared (`llm-gym run --help`
+and the commented `experiments/instructgpt/config.toml` show the same text) and checked
+when the config is built, so a bad value fails before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from llm_gym.agents.ppo import PPOConfig
+from llm_gym.agents.preference_loop import PreferenceLoopConfig
+from llm_gym.agents.sft import SFTConfig
+from llm_gym.models.policy import SamplingConfig
+from llm_gym.models.reward_trainer import RewardTrainerConfig
+from llm_gym.tasks.tiny_lm import TinyLMConfig
+
+__all__ = [
+    "BUILTIN_ENV",
+    "EvaluationSpec",
+    "ExperimentConfig",
+    "LoopStage",
+    "ModelSpec",
+    "OracleSpec",
+    "PPOStage",
+    "RewardModelStage",
+    "STAGES",
+    "TaskSpec",
+]
+
+STAGES = ("pretrain", "sft", "reward_model", "ppo", "preference_loop", "evaluation")
+"""The pipeline's stages, in order."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which causal language model the pipeline starts from."""
+
+    name_or_path: str = ""
+    """A Hugging Face model name or local folder (loaded with `from_pretrained`); "" = the built-in tiny
+    GPT-2, built (and cached) by the `pretrain` stage from `ExperimentConfig.pretrain`."""
+    cache_dir: str = ""
+    """Where the built-in model is cached ("" = $LLM_GYM_CACHE or ~/.cache/llm_gym)."""
+
+    def __post_init__(self) -> None:
+        for name in ("name_or_path", "cache_dir"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"ModelSpec.{name} must be a string, got {getattr(self, name)!r}")
+
+
+BUILTIN_ENV = "llm_gym/ReviewSentiment-v0"
+"""The built-in review task's environment: the default task, generated from `ExperimentConfig.pretrain.task`."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Which task the experiment runs on: a registered Gymnasium environment, optionally with your files.
+
+    The pipeline makes the environment once (`gymnasium.make(env, **env_kwargs)`) and reads its
+    `task` (prompts, and whichever of held-out prompts, demonstrations, pretraining text and gold
+    judge it has; see `llm_gym.core.task`) and its own reward function; any prompt-bandit
+    environment has both (`llm_gym/PromptBandit-v0` over your prompts and reward, or your own
+    registration of it). Files given here replace the matching part of the task. Gold, win-rate and
+    RM-vs-gold figures appear only when the task has a gold judge, perplexity only when it has
+    held-out text.
+    """
+
+    env: str = BUILTIN_ENV
+    """A Gymnasium environment id ("module:Name-v0" imports `module` first, which may register it); the
+    default is the built-in review task, generated from `pretrain.task` (the corpus the built-in model
+    is pretrained on)."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for `gymnasium.make(env, ...)`, e.g. {dataset = "prompts.jsonl", reward_fn =
+    "my_pkg.rewards:length"} for llm_gym/PromptBandit-v0 (reward functions and datasets as import
+    paths and file paths)."""
+    prompts: str = ""
+    """Training prompts for the RL runs, the preference loops and the reward model's queries, instead of the
+    environment's: a .jsonl (key "prompt"), .csv (column "prompt") or .txt (one per line) file; "" = the task's."""
+    eval_prompts: str = ""
+    """Held-out prompts for the evaluation, same formats; "" = the task's (or its training prompts if it has none)."""
+    demonstrations: str = ""
+    """SFT data: a .jsonl file of {"prompt": ..., "completion": ...} lines; "" = the task's (none: SFT is skipped)."""
+    gold: str = ""
+    """The gold judge (plays the human: synthetic labels, gold score, win rate): "" = the task's own (the
+    built-in task has one, most environments none), or "module:name" of a reward function."""
+
+    def __post_init__(self) -> None:
+        for name in ("env", "prompts", "eval_prompts", "demonstrations", "gold"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"TaskSpec.{name} must be a string, got {getattr(self, name)!r}")
+        if not self.env:
+            raise ValueError(f'TaskSpec.env must name a Gymnasium environment, e.g. "{BUILTIN_ENV}"')
+        if not isinstance(self.env_kwargs, dict) or not all(isinstance(k, str) for k in self.env_kwargs):
+            raise TypeError(f"TaskSpec.env_kwargs must be a table of keyword arguments, got {self.env_kwargs!r}")
+        if self.gold and ":" not in self.gold:
+            raise ValueError(f'TaskSpec.gold must be "" or an import path "module:name", got {self.gold!r}')
+
+
+@dataclass(frozen=True)
+class OracleSpec:
+    """Who labels the reward model's comparisons."""
+
+    kind: Literal["synthetic", "recorded", "terminal"] = "synthetic"
+    """`synthetic`: the task's gold judge under Bradley-Terry noise; `recorded`: replay the JSONL file `path`
+    (its comparisons are the training set); `terminal`: a person answers at the keyboard."""
+    temperature: float = 1.0
+    """Synthetic oracle: Bradley-Terry / Plackett-Luce temperature in gold-score units (0 = noiseless)."""
+    flip_prob: float = 0.1
+    """Synthetic oracle: probability of inverting a pairwise label (Christiano et al.'s random answers)."""
+    tie_margin: float = 0.0
+    """Synthetic oracle: pairwise gold differences up to this are answered as ties."""
+    path: str = ""
+    """Recorded oracle: the JSONL file (see `RecordedOracle.from_jsonl` for the layouts)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("synthetic", "recorded", "terminal"):
+            raise ValueError(f"OracleSpec.kind must be 'synthetic', 'recorded' or 'terminal', got {self.kind!r}")
+        if self.kind == "recorded" and not self.path:
+            raise ValueError("OracleSpec.kind='recorded' needs path = the JSONL file of comparisons")
+        if not self.temperature >= 0 or not 0 <= self.flip_prob <= 1 or not self.tie_margin >= 0:
+            raise ValueError(
+                f"OracleSpec needs temperature >= 0, flip_prob in [0, 1], tie_margin >= 0; got "
+                f"{self.temperature}, {self.flip_prob}, {self.tie_margin}"
+            )
+
+
+@dataclass(frozen=True)
+class RewardModelStage:
+    """How comparisons are collected and the reward model trained (InstructGPT stage 2)."""
+
+    queries: int = 700
+    """Comparison queries posed to the oracle (each compares `k` completions of one training prompt);
+    700 4-way rankings are about 2,000 pairwise judgements of labelling effort (K-1 each)."""
+    k: int = 4
+    """Completions per query: 2 = pairwise; 4 to 9 = InstructGPT's K-way rankings (all C(K,2) pairs)."""
+    sources: tuple[str, ...] = ("pretrained", "sft")
+    """Policies whose samples are compared, the queries split evenly between them (InstructGPT compared
+    outputs of several models): "pretrained" and/or "sft"."""
+    members: int = 1
+    """Reward models in the ensemble (each on a bootstrap resample; the reward is their mean)."""
+    pooling: Literal["last", "mean"] = "last"
+    """The head reads the final token's state ("last") or the mean of the completion's states ("mean")."""
+    trainer: RewardTrainerConfig = field(default_factory=RewardTrainerConfig)
+    """Epochs, batch size, learning rate, held-out split, ties."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.queries, bool) or not isinstance(self.queries, int) or self.queries < 2:
+            raise ValueError(f"RewardModelStage.queries must be an int >= 2, got {self.queries!r}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or not 2 <= self.k <= 9:
+            raise ValueError(f"RewardModelStage.k must be 2 (pairwise) or 4..9 (rankings), got {self.k!r}")
+        if self.k == 3:
+            raise ValueError("RewardModelStage.k=3 is not an InstructGPT ranking size; use 2 or 4..9")
+        if not self.sources or any(s not in ("pretrained", "sft") for s in self.sources):
+            raise ValueError(f"RewardModelStage.sources must be a non-empty list of 'pretrained'/'sft', got {self.sources!r}")
+        if isinstance(self.members, bool) or not isinstance(self.members, int) or self.members < 1:
+            raise ValueError(f"RewardModelStage.members must be a positive int, got {self.members!r}")
+        if self.pooling not in ("last", "mean"):
+            raise ValueError(f"RewardModelStage.pooling must be 'last' or 'mean', got {self.pooling!r}")
+
+
+@dataclass(frozen=True)
+class PPOStage:
+    """One PPO run from the SFT policy (InstructGPT stage 3); set `config.ptx_coef` > 0 for PPO-ptx."""
+
+    reward: Literal["reward_model", "gold", "env"] = "reward_model"
+    """What the agent is paid: the trained reward model, the task's gold judge itself (an upper bound), or
+    the environment's own reward function (`env`: a verifiable reward, say)."""
+    iterations: int = 40
+    """PPO iterations (each samples `num_envs` prompts and updates on them)."""
+    num_envs: int = 64
+    """Prompts per iteration (the batched environment's size); a multiple of `config.minibatch_size`."""
+    checkpoint_every: int = 10
+    """Write a resumable checkpoint every this many iterations (0 = only at the end)."""
+    config: PPOConfig = field(default_factory=lambda: PPOConfig(sampling=SamplingConfig(max_new_tokens=24), minibatch_size=16))
+    """The agent's hyperparameters (KL coefficient, ptx coefficient, learning rates, epochs...)."""
+
+    def __post_init__(self) -> None:
+        if self.reward not in ("reward_model", "gold", "env"):
+            raise ValueError(f"PPOStage.reward must be 'reward_model', 'gold' or 'env', got {self.reward!r}")
+        for name in ("iterations", "num_envs"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"PPOStage.{name} must be a positive int, got {v!r}")
+        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise ValueError(f"PPOStage.checkpoint_every must be an int >= 0, got {self.checkpoint_every!r}")
+        if self.num_envs % self.config.minibatch_size:
+            raise ValueError(
+                f"PPOStage.num_envs ({self.num_envs}) must be a multiple of config.minibatch_size ({self.config.minibatch_size})"
+            )
+
+
+def _default_ppo_runs() -> dict[str, PPOStage]:
+    sampling = SamplingConfig(max_new_tokens=24)
+    return {
+        "ppo": PPOStage(config=PPOConfig(sampling=sampling, minibatch_size=16, kl_coef=0.2)),
+        "ppo_ptx": PPOStage(config=PPOConfig(sampling=sampling, minibatch_size=16, kl_coef=0.2, ptx_coef=0.2)),
+    }
+
+
+def _default_loop_ppo() -> PPOConfig:
+    return PPOConfig(sampling=SamplingConfig(max_new_tokens=24), minibatch_size=16, kl_coef=0.2, log_samples_every=0)
+
+
+@dataclass(frozen=True)
+class LoopStage:
+    """One Christiano preference loop from SFT: PPO against a reward model retrained as labels arrive.
+
+    The schedule decides the comparison of Ziegler et al. and Stiennon et al.: all labels up front
+    (`initial_labels = total_labels`: the offline pipeline), a few up front and more every round
+    (online, Christiano), or `mode = "rounds"` (retrain the RM from scratch each round, train the
+    policy against it frozen: Stiennon's batch rounds).
+    """
+
+    iterations: int = 60
+    """PPO iterations in total (each samples `num_envs` prompts)."""
+    num_envs: int = 32
+    """Prompts per PPO iteration; a multiple of `config.minibatch_size`."""
+    k: int = 2
+    """Completions per query (2 = pairwise; 4..9 = rankings)."""
+    selector: Literal["random", "disagreement"] = "random"
+    """Which proposed queries are asked: at random, or where the ensemble disagrees most (needs members >= 2)."""
+    members: int = 1
+    """Reward models in the ensemble."""
+    schedule: PreferenceLoopConfig = field(default_factory=lambda: PreferenceLoopConfig(
+        total_labels=500, initial_labels=125, labels_per_round=63, steps_per_round=320, oversample=1))
+    """Label budget and its schedule (`steps_per_round` counts completions: iterations x num_envs)."""
+    trainer: RewardTrainerConfig = field(default_factory=RewardTrainerConfig)
+    """How the reward model is (re)trained each round."""
+    config: PPOConfig = field(default_factory=_default_loop_ppo)
+    """The inner PPO agent's hyperparameters."""
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "num_envs", "members"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"LoopStage.{name} must be a positive int, got {v!r}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or not 2 <= self.k <= 9 or self.k == 3:
+            raise ValueError(f"LoopStage.k must be 2 (pairwise) or 4..9 (rankings), got {self.k!r}")
+        if self.selector not in ("random", "disagreement"):
+            raise ValueError(f"LoopStage.selector must be 'random' or 'disagreement', got {self.selector!r}")
+        if self.selector == "disagreement" and self.members < 2:
+            raise ValueError("LoopStage.selector='disagreement' needs members >= 2 (an ensemble to disagree)")
+        if self.num_envs % self.config.minibatch_size:
+            raise ValueError(
+                f"LoopStage.num_envs ({self.num_envs}) must be a multiple of config.minibatch_size ({self.config.minibatch_size})"
+            )
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    """How every policy of the run is evaluated on held-out prompts."""
+
+    prompts: int = 200
+    """Held-out prompts (the first this many of the task's held-out prompts)."""
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=24))
+    """Sampling settings for every policy (and for SFT, the reference of KL and win rate)."""
+    seed: int = 999
+    """Sampling seed (the same for every policy, so they answer the same prompts with the same noise)."""
+    judge_temperature: float = 0.0
+    """The win-rate judge is the task's gold judge as a synthetic oracle at this temperature (0 = noiseless;
+    the labelling oracle's own temperature and flip rate give the win rate a noisy labeller would report)."""
+    judge_flip_prob: float = 0.0
+    """The win-rate judge's probability of inverting its answer."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompts, bool) or not isinstance(self.prompts, int) or self.prompts < 1:
+            raise ValueError(f"EvaluationSpec.prompts must be a positive int, got {self.prompts!r}")
+        if not self.judge_temperature >= 0 or not 0 <= self.judge_flip_prob <= 1:
+            raise ValueError(
+                f"EvaluationSpec needs judge_temperature >= 0 and judge_flip_prob in [0, 1], got "
+                f"{self.judge_temperature!r}, {self.judge_flip_prob!r}"
+            )
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: the model, the task, the oracle, the stages and their hyperparameters, the seed."""
+
+    name: str = "instructgpt"
+    """A name for the run (used in logs and sweep tables)."""
+    seed: int = 0
+    """Seed of every stage's randomness (sampling, label noise, minibatch order, head initialisation)."""
+    out: str = "runs/instructgpt"
+    """Output folder (the command line's `--out` overrides it)."""
+    stages: tuple[str, ...] = STAGES
+    """Stages to run, a subset of pretrain, sft, reward_model, ppo, preference_loop, evaluation (their inputs must
+    exist: run earlier, or in this list)."""
+    threads: int = 1
+    """torch CPU threads (1 avoids OpenMP oversubscription on small shared machines; 0 = torch's default)."""
+    model: ModelSpec = field(default_factory=ModelSpec)
+    """The starting model."""
+    task: TaskSpec = field(default_factory=TaskSpec)
+    """The task: a registered environment (the built-in review task by default) and files that replace its parts."""
+    pretrain: TinyLMConfig = field(default_factory=TinyLMConfig)
+    """The built-in model, built when `model.name_or_path` is "": its corpus (`pretrain.task`, which is also the
+    built-in review task the default environment hands out) and its size and pretraining budget."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """Supervised fine-tuning on the task's demonstrations."""
+    oracle: OracleSpec = field(default_factory=OracleSpec)
+    """Who labels comparisons."""
+    reward_model: RewardModelStage = field(default_factory=RewardModelStage)
+    """Comparison collection and reward-model training."""
+    ppo: dict[str, PPOStage] = field(default_factory=_default_ppo_runs)
+    """PPO runs by name (each starts from SFT); a TOML table per run, e.g. [ppo.ppo_ptx]."""
+    preference_loop: dict[str, LoopStage] = field(default_factory=dict)
+    """Christiano preference loops by name (each starts from SFT, with its own label store); none by default."""
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
+    """Held-out evaluation of every policy."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"ExperimentConfig.name must be a non-empty string, got {self.name!r}")
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"ExperimentConfig.stages: unknown stage(s) {unknown}; choose from {list(STAGES)}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
+            raise ValueError(f"ExperimentConfig.threads must be an int >= 0 (0 = torch's default), got {self.threads!r}")
+        for run in [*self.ppo, *self.preference_loop]:
+            if not run or "/" in run or run in ("pretrained", "sft", "reward_model"):
+                raise ValueError(f"ExperimentConfig: {run!r} cannot name a run (empty, has '/', or a reserved name)")
+        both = set(self.ppo) & set(self.preference_loop)
+        if both:
+            raise ValueError(f"ExperimentConfig: {sorted(both)} name both a PPO run and a preference loop; rename one")
+
+

@@ -1,0 +1,81 @@
+"""The run's table: one row per policy and per stage, InstructGPT-style, with only the columns the task allows.
+
+`build_summary` turns a pipeline's state into `summary.json`'s content; `format_summary`
+prints it. A column appears when at least one row has a value for it: a task without a
+gold judge has no gold, win-rate or RM-vs-gold column, one without held-out text no
+perplexity column (they are never computed on another task's judge).
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from llm_gym.app.config import ExperimentConfig
+
+__all__ = ["COLUMNS", "build_summary", "format_summary"]
+
+COLUMNS: tuple[tuple[str, str, int, str, str], ...] = (
+    # (row key, header, width, format, legend)
+    ("gold", "gold", 8, "+.3f", "gold: the task's gold judge"),
+    ("rm_score", "RM", 8, "+.3f", "RM: the trained reward model (demonstrations score 0)"),
+    ("kl", "KL to SFT", 11, ".2f", ""),
+    ("win_rate", "win vs SFT", 12, ".1%", "win vs SFT: the judge prefers the policy's completion (ties 1/2)"),
+    ("perplexity", "perplexity", 12, ".2f", "perplexity: held-out pretraining text"),
+    ("labels", "labels", 8, "d", ""),
+    ("gold_agreement", "RM~gold", 9, ".3f",
+     "RM~gold: how often the reward model orders its held-out comparisons as the gold judge does"),
+    ("wall_seconds", "wall s", 8, ".0f", ""),
+)
+"""The table's columns in order; a legend line explains the less obvious ones."""
+
+
+def build_summary(config: ExperimentConfig, state: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Per stage: gold, RM score, KL to SFT, win rate vs SFT, perplexity, labels used, wall time (what is known)."""
+    rows: dict[str, dict[str, Any]] = {}
+    evaluation = state.get("evaluation", {}).get("result", {}).get("rows", {})
+    labels = state.get("reward_model", {}).get("result", {}).get("labels")
+    runs = [*(f"ppo.{n}" for n in config.ppo), *(f"preference_loop.{n}" for n in config.preference_loop)]
+    for key in ("pretrain", "sft", "reward_model", *runs):
+        entry = state.get(key)
+        if entry is None:
+            continue
+        result = entry["result"]
+        name = {"pretrain": "pretrained", "sft": "sft"}.get(key, key.split(".", 1)[-1])
+        row = {"stage": key, "wall_seconds": result.get("seconds")}
+        if key == "reward_model":
+            row.update(labels=labels, heldout_accuracy=result.get("heldout_accuracy"),
+                       gold_agreement=result.get("gold_agreement"))
+        else:
+            row.update(evaluation.get(name, {}))
+            if key.startswith("preference_loop."):
+                row["labels"] = result["labels"]
+            else:
+                row["labels"] = labels if key.startswith("ppo.") and result.get("reward") == "reward_model" else 0
+        rows[name] = row
+    return {"name": config.name, "seed": config.seed, "out": str(out), "rows": rows, "tensorboard": str(out / "tb")}
+
+
+def _known(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and not math.isfinite(value))
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as an InstructGPT-style table (one row per policy / stage), for printing."""
+    rows = summary["rows"]
+    columns = [c for c in COLUMNS if any(_known(row.get(c[0])) for row in rows.values())]
+
+    def cell(row: dict[str, Any], key: str, fmt: str) -> str:
+        v = row.get(key)
+        return format(v, fmt) if _known(v) else "-"
+
+    head = f"{'stage':<16}" + "".join(f"{title:>{width}}" for _, title, width, _, _ in columns)
+    lines = [f"== {summary['name']} (seed {summary['seed']}) ==", head, "-" * len(head)]
+    for name, row in rows.items():
+        lines.append(f"{name:<16}" + "".join(f"{cell(row, key, fmt):>{width}}" for key, _, width, fmt, _ in columns))
+    legend = [text for key, _, _, _, text in columns if text]
+    if legend:
+        lines.append(textwrap.fill("; ".join(legend), width=120))
+    return "\n".join(lines)

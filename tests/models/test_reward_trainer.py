@@ -1,0 +1,89 @@
+"""RewardTrainer: learning from gold labels, warm starts, bad comparison sets, config checks, the deprecated name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from llm_gym.core.preferences import Comparison
+from llm_gym.infra.logger import Logger
+from llm_gym.models.reward_model import RewardModel
+from llm_gym.models.reward_trainer import RewardTrainer, RewardTrainerConfig
+from llm_gym.tasks.review import GoldScorer
+from llm_gym.tasks.tiny_lm import PretrainReport
+
+
+def test_training_on_gold_labels_beats_chance(rm: RewardModel, gold_comparisons) -> None:
+    comparisons = gold_comparisons(300)
+    logger = Logger(None)
+    trainer = RewardTrainer(
+        RewardTrainerConfig(epochs=3, batch_size=16, learning_rate=1e-3, heldout_fraction=0.25), logger=logger, rng=np.random.default_rng(1)
+    )
+    before = {n: p.detach().clone() for n, p in rm.net.named_parameters()}
+    metrics = trainer.fit(rm, comparisons, gold_fn=GoldScorer())
+    assert metrics["heldout_accuracy"] > 0.7, metrics
+    assert metrics["gold_agreement"] > 0.7, metrics
+    assert metrics["num_heldout"] == 75 and metrics["num_train"] == 225
+    # every parameter moved except the two that Bradley-Terry cannot see: a constant added to
+    # all rewards (the head's bias, and the final layer-norm bias that only feeds it) cancels in r_w - r_l
+    unchanged = {n for n, p in rm.net.named_parameters() if torch.equal(before[n], p)}
+    assert unchanged <= {"head.bias", "backbone.ln_f.bias"}, unchanged
+    for key in ("train_loss", "train_accuracy", "train_margin", "heldout_loss", "heldout_accuracy", "heldout_margin", "gold_agreement"):
+        assert len(logger.history[f"reward_model/{key}"]) == 3
+    # warm start: a second call continues from these weights and the logging step keeps counting
+    steps = trainer.num_updates
+    trainer.fit(rm, comparisons[:32])
+    assert trainer.num_updates > steps
+    assert logger.history["reward_model/train_loss"][-1][0] == trainer.num_updates
+
+
+def test_bad_comparison_sets(rm: RewardModel) -> None:
+    trainer = RewardTrainer(RewardTrainerConfig(epochs=1), rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="empty"):
+        trainer.fit(rm, [])
+    ties = [Comparison("p", ("a", "b"), (0, 0)), Comparison("q", ("a", "b", "c", "d"), (1, 1, 1, 1))]
+    with pytest.raises(ValueError, match="all 2 comparisons are ties"):
+        trainer.fit(rm, ties)
+    # contradictory labels are kept (both trained on), not dropped: with dropout off both copies
+    # get the same scores, so exactly one of the two opposite pairs is ordered right
+    a = Comparison("p", ("x", "y"), (0, 1))
+    b = Comparison("p", ("x", "y"), (1, 0))
+    metrics = RewardTrainer(RewardTrainerConfig(epochs=1, heldout_fraction=0.0), rng=np.random.default_rng(0)).fit(rm, [a, b, ties[0]])
+    assert metrics["num_train"] == 3 and metrics["train_accuracy"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("epochs", 0, "epochs"),
+        ("batch_size", 1.5, "batch_size"),
+        ("learning_rate", -1.0, "learning_rate"),
+        ("learning_rate", float("nan"), "learning_rate"),
+        ("weight_decay", -0.1, "weight_decay"),
+        ("heldout_fraction", 1.0, "heldout_fraction"),
+        ("max_grad_norm", 0.0, "max_grad_norm"),
+        ("ties", "ignore", "ties"),
+        ("eval_batch_size", 0, "eval_batch_size"),
+        ("disable_dropout", "yes", "disable_dropout"),
+    ],
+)
+def test_trainer_config_validation(field: str, value: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        RewardTrainerConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_deprecated_train_is_fit(tiny_model: PretrainReport, gold_comparisons) -> None:
+    comparisons = gold_comparisons(24)
+    results = []
+    for call in ("fit", "train"):
+        rm = RewardModel.from_pretrained(tiny_model.path, device="cpu", head_seed=0)
+        trainer = RewardTrainer(RewardTrainerConfig(epochs=1), logger=Logger(None), rng=np.random.default_rng(0))
+        if call == "train":
+            with pytest.warns(DeprecationWarning, match="RewardTrainer.fit"):
+                metrics = trainer.train(rm, comparisons)
+        else:
+            metrics = trainer.fit(rm, comparisons)
+        results.append((metrics, [p.detach().clone() for p in rm.parameters()], trainer.logger.history))
+    (m1, p1, h1), (m2, p2, h2) = results
+    assert m1 == m2 and h1 == h2 and all(torch.equal(a, b) for a, b in zip(p1, p2))
