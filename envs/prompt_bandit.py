@@ -167,6 +167,11 @@ class PromptBanditVecEnv(_PromptSource, VectorEnv):
     autoreset) and an info dict of arrays: `prompt`, `completion`, `prompt_index` and, with
     a `gold_fn`, `gold` — all about the prompts just answered.
 
+    Grouped prompts (`group_size=G`): each batch holds `num_envs / G` prompts, each handed out
+    `G` times in a row (slots `[g*G, (g+1)*G)` share a prompt), which is what the group-sampling
+    algorithms need: RLOO's leave-one-out baseline and GRPO's group-normalised advantage compare
+    the `G` completions of one prompt. `info["group"]` gives each slot's group number.
+
     Made by `gymnasium.make_vec("llm_gym/PromptBandit-v0", num_envs=16, dataset=..., reward_fn=...)`.
     """
 
@@ -179,24 +184,41 @@ class PromptBanditVecEnv(_PromptSource, VectorEnv):
         num_envs: int = 16,
         gold_fn: RewardFn | str | None = None,
         max_completion_chars: int = 1024,
+        group_size: int = 1,
     ) -> None:
-        if not isinstance(num_envs, int) or num_envs < 1:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+            raise ValueError(f"group_size must be a positive int (completions per prompt), got {group_size!r}")
+        if num_envs % group_size:
+            raise ValueError(
+                f"group_size={group_size} must divide num_envs={num_envs} (each of num_envs / group_size prompts "
+                f"is handed out group_size times); use num_envs={num_envs - num_envs % group_size or group_size}"
+            )
         self.num_envs = num_envs
+        self.group_size = group_size
         self.single_observation_space, self.single_action_space = self._setup(dataset, reward_fn, gold_fn, max_completion_chars)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._indices: np.ndarray | None = None
 
     def _draw(self) -> tuple[tuple[str, ...], np.ndarray]:
-        self._indices = self.np_random.integers(len(self.dataset), size=self.num_envs)
+        drawn = self.np_random.integers(len(self.dataset), size=self.num_envs // self.group_size)
+        self._indices = np.repeat(drawn, self.group_size) if self.group_size > 1 else drawn
         return tuple(self.dataset[int(i)] for i in self._indices), self._indices.copy()
 
+    def _info(self, indices: np.ndarray) -> dict[str, Any]:
+        info: dict[str, Any] = {"prompt_index": indices}
+        if self.group_size > 1:
+            info["group"] = np.arange(self.num_envs) // self.group_size
+        return info
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[tuple[str, ...], dict[str, Any]]:
-        """Hand out `num_envs` prompts drawn uniformly with replacement from the seeded `np_random`."""
+        """Hand out `num_envs` prompts (`num_envs / group_size` distinct draws, uniform with replacement, from the
+        seeded `np_random`, each repeated `group_size` times)."""
         super().reset(seed=seed)
         prompts, indices = self._draw()
-        return prompts, {"prompt_index": indices}
+        return prompts, self._info(indices)
 
     def step(self, actions: Sequence[str]) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Score one completion per current prompt, then hand out the next batch of prompts."""
@@ -210,7 +232,7 @@ class PromptBanditVecEnv(_PromptSource, VectorEnv):
         info: dict[str, Any] = {
             "prompt": np.array(prompts, dtype=object),
             "completion": np.array(list(actions), dtype=object),
-            "prompt_index": self._indices.copy(),
+            **self._info(self._indices.copy()),
         }
         if gold is not None:
             info["gold"] = gold

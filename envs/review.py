@@ -84,6 +84,7 @@ class ReviewSentimentVecEnv(PromptBanditVecEnv):
         split: str = "train",
         task_config: ReviewTaskConfig | Mapping[str, Any] | None = None,
         max_completion_chars: int = 1024,
+        group_size: int = 1,
     ) -> None:
         gold = GoldScorer()
         super().__init__(
@@ -92,6 +93,7 @@ class ReviewSentimentVecEnv(PromptBanditVecEnv):
             num_envs=num_envs,
             gold_fn=gold,
             max_completion_chars=max_completion_chars,
+            group_size=group_size,
         )
         if split == "train":
             self.task = _review_task(task_config)

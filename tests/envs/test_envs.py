@@ -240,3 +240,30 @@ def test_bad_actions_and_arguments() -> None:
         PromptBanditVecEnv(PROMPTS, length_reward, num_envs=0)
     with pytest.raises(ValueError, match="render_mode"):
         PromptBanditEnv(PROMPTS, length_reward, render_mode="human")
+
+
+def test_grouped_prompts_hand_out_each_prompt_group_size_times() -> None:
+    reward = CountingReward()
+    vec = gymnasium.make_vec("llm_gym/PromptBandit-v0", num_envs=6, dataset=PROMPTS, reward_fn=reward, group_size=3)
+    prompts, info = vec.reset(seed=0)
+    assert prompts[0] == prompts[1] == prompts[2] and prompts[3] == prompts[4] == prompts[5]
+    assert list(info["group"]) == [0, 0, 0, 1, 1, 1]
+    assert list(info["prompt_index"][::3]) == list(info["prompt_index"][1::3])
+    next_prompts, rewards, _, _, step_info = vec.step([" a", " bb", " ccc", " a", " bb", " ccc"])
+    assert reward.calls == 1 and list(step_info["prompt"]) == list(prompts)  # one reward call for the whole batch
+    assert list(step_info["group"]) == [0, 0, 0, 1, 1, 1]
+    assert next_prompts[0] == next_prompts[2] and next_prompts[3] == next_prompts[5]
+    # group_size=1 is the plain batch: same draws as before grouping existed
+    plain = gymnasium.make_vec("llm_gym/PromptBandit-v0", num_envs=6, dataset=PROMPTS, reward_fn=reward)
+    ungrouped = PromptBanditVecEnv(PROMPTS, reward, num_envs=6, group_size=1)
+    assert plain.reset(seed=5)[0] == ungrouped.reset(seed=5)[0] and "group" not in ungrouped.reset(seed=5)[1]
+    review = gymnasium.make_vec("llm_gym/ReviewSentiment-v0", num_envs=4, group_size=2)
+    assert review.reset(seed=0)[0][0] == review.reset(seed=0)[0][1]
+
+
+@pytest.mark.parametrize(("num_envs", "group_size", "match"), [
+    (6, 4, "group_size=4 must divide num_envs=6"), (6, 0, "group_size must be a positive int"),
+    (6, True, "group_size must be a positive int"), (True, 1, "num_envs must be a positive int")])
+def test_bad_group_sizes_are_refused_with_the_fix(num_envs, group_size, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        PromptBanditVecEnv(PROMPTS, length_reward, num_envs=num_envs, group_size=group_size)
