@@ -27,6 +27,7 @@ from torch import nn
 
 from llm_gym.agents.segments import SegmentBuffer, action_features
 from llm_gym.core.preferences import Comparison, Query
+from llm_gym.infra.configio import check_finite
 
 __all__ = ["MLPRewardLearner", "MLPRewardLearnerConfig", "RewardNet"]
 
@@ -69,6 +70,7 @@ class MLPRewardLearnerConfig:
     """Gradient steps per fit at least, per member."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         for name in ("ensemble_size", "batch_size", "epochs", "min_steps"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:

@@ -2,7 +2,9 @@
 
 Sources: Schulman et al. 2017 (clipped objective, GAE from Schulman et al. 2016), Ziegler
 et al. 2019 (per-token KL penalty to the reference, adaptive KL coefficient), Ouyang et
-al. 2022 (InstructGPT: the same objective plus the ptx pretraining term).
+al. 2022 (InstructGPT: the same objective plus the ptx pretraining term). The clipped
+surrogate and its reductions serve RLOO and GRPO too (`agents/rloo.py`, `agents/grpo.py`);
+the KL estimators and controllers are `agents/kl.py`.
 
 Shapes: (B, T) per completion token, with a (B, T) mask that is 1 for real tokens.
 """
@@ -14,6 +16,8 @@ from typing import NamedTuple
 
 import torch
 
+from llm_gym.agents.kl import AdaptiveKLController, FixedKLController, KLEstimator, kl_estimate  # noqa: F401 (the controllers are re-exported)
+
 __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
@@ -24,6 +28,7 @@ __all__ = [
     "kl_penalized_rewards",
     "masked_mean",
     "masked_whiten",
+    "reduce_tokens",
 ]
 
 
@@ -59,18 +64,20 @@ def masked_whiten(
 
 
 def kl_penalized_rewards(
-    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float
+    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float,
+    estimator: KLEstimator = "k1",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token rewards `-beta * (log pi - log pi_ref)` plus the score on the last real token.
+    """Per-token rewards `-beta * kl_t` plus the score on the last real token.
 
     This is the reward of Ziegler et al. 2019 eq. (2) / InstructGPT: the environment's
-    score arrives once, at the end of the completion; the KL penalty (the single-sample
-    estimate `log pi(y_t) - log pi_ref(y_t)`) is paid at every token.
+    score arrives once, at the end of the completion; the KL penalty (by default the
+    single-sample estimate `k1 = log pi(y_t) - log pi_ref(y_t)`; see `llm_gym.agents.kl`)
+    is paid at every token.
 
     Returns:
         (rewards, kl): both (B, T), zero where masked.
     """
-    kl = (logprobs - ref_logprobs) * mask
+    kl = kl_estimate(logprobs, ref_logprobs, estimator) * mask
     rewards = -kl_coef * kl
     last = (mask.sum(-1).long() - 1).clamp(min=0)
     rows = torch.arange(rewards.shape[0], device=rewards.device)
@@ -111,10 +118,32 @@ class PolicyLoss(NamedTuple):
     approx_kl: torch.Tensor
 
 
+def reduce_tokens(x: torch.Tensor, mask: torch.Tensor, reduction: str = "token", max_len: int | None = None) -> torch.Tensor:
+    """A per-token loss (B, T) as one number, the way each algorithm averages it.
+
+    * "token": the mean over all real tokens of the batch (PPO; DAPO's token-level loss);
+    * "sequence": the mean over sequences of each sequence's token mean (GRPO, Shao et al. 2024
+      eq. 3: the `1/|o_i|` that gives a short answer's tokens more weight than a long one's);
+    * "constant": the sum over tokens divided by `B * max_len`, a constant (Dr. GRPO, Liu et al.
+      2025: no length normalisation, so no length bias).
+    """
+    if reduction == "token":
+        return masked_mean(x, mask)
+    if reduction == "sequence":
+        return ((x * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    if reduction == "constant":
+        if not max_len:
+            raise ValueError("the 'constant' reduction needs max_len (the sampling's max_new_tokens)")
+        return (x * mask).sum() / (x.shape[0] * max_len)
+    raise ValueError(f"reduction must be 'token', 'sequence' or 'constant', got {reduction!r}")
+
+
 def clipped_policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float,
+    reduction: str = "token", max_len: int | None = None,
 ) -> PolicyLoss:
-    """PPO's clipped surrogate: `mean(max(-A * r, -A * clip(r, 1 - eps, 1 + eps)))`, `r = pi / pi_old`.
+    """PPO's clipped surrogate: `max(-A * r, -A * clip(r, 1 - eps, 1 + eps))` per token, `r = pi / pi_old`, reduced
+    by `reduce_tokens` (the mean over tokens by default).
 
     `approx_kl` is `0.5 * mean((log r)^2)`; `clipfrac` the share of tokens where clipping bites.
     """
@@ -122,7 +151,7 @@ def clipped_policy_loss(
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = reduce_tokens(torch.maximum(unclipped, clipped), mask, reduction, max_len)
     clipfrac = masked_mean((clipped > unclipped).float(), mask)
     approx_kl = 0.5 * masked_mean(log_ratio**2, mask)
     return PolicyLoss(loss, clipfrac.detach(), approx_kl.detach())
@@ -140,42 +169,3 @@ def clipped_value_loss(
         return 0.5 * masked_mean(unclipped, mask)
     clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
     return 0.5 * masked_mean(torch.maximum(unclipped, (clipped_values - returns) ** 2), mask)
-
-
-class FixedKLController:
-    """A constant KL coefficient beta."""
-
-    def __init__(self, kl_coef: float) -> None:
-        self.value = float(kl_coef)
-
-    def update(self, current_kl: float, n_steps: int) -> None:
-        """Nothing to adapt."""
-
-    def state_dict(self) -> dict[str, float]:
-        return {"value": self.value}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.value = float(state["value"])
-
-
-class AdaptiveKLController(FixedKLController):
-    """Ziegler et al. 2019's controller: steers beta so the measured KL approaches `target`.
-
-    `e = clip(KL / target - 1, -0.2, 0.2)`, `beta <- beta * (1 + e * n_steps / horizon)`,
-    where `n_steps` is the number of completions in the batch that measured `KL`.
-    """
-
-    def __init__(self, kl_coef: float, target: float, horizon: int) -> None:
-        super().__init__(kl_coef)
-        self.target = float(target)
-        self.horizon = int(horizon)
-
-    def update(self, current_kl: float, n_steps: int) -> None:
-        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + error * n_steps / self.horizon
-
-    def state_dict(self) -> dict[str, float]:
-        return {"value": self.value, "target": self.target, "horizon": self.horizon}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.value, self.target, self.horizon = float(state["value"]), float(state["target"]), int(state["horizon"])

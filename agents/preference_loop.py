@@ -39,6 +39,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from llm_gym.agents.base import Agent, Callback
+from llm_gym.infra.configio import check_finite
 from llm_gym.infra.distributed import Distributed
 from llm_gym.infra.logger import Logger
 from llm_gym.feedback.oracles import PreferenceOracle, collect
@@ -124,6 +125,7 @@ class PreferenceLoopConfig:
     initial weights on all labels each round and train the policy against it frozen (Stiennon)."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         for name in ("total_labels", "labels_per_round", "steps_per_round", "oversample"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:

@@ -21,8 +21,10 @@ import numpy as np
 import torch
 
 from llm_gym.core.task import Demonstration
-from llm_gym.infra.distributed import Distributed, MixedPrecision, check_training_options, resolve_mixed_precision
+from llm_gym.infra.configio import check_finite
+from llm_gym.infra.distributed import Distributed, MixedPrecision, check_training_options
 from llm_gym.infra.logger import Logger
+from llm_gym.infra.update import UpdateStep
 from llm_gym.models.lm import labelled_tokens, lm_loss
 from llm_gym.models.policy import Policy
 from llm_gym.models.text import TokenBatch, append_eos, encode, pad_right
@@ -54,6 +56,7 @@ class SFTConfig:
     (less memory; the same update, since the loss is normalised by the whole batch's token count)."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         check_training_options("SFTConfig", self.mixed_precision, self.gradient_accumulation_steps)
         for name in ("epochs", "batch_size"):
             v = getattr(self, name)
@@ -154,7 +157,8 @@ class SFTTrainer:
         opt = torch.optim.AdamW(policy.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - 0.9 * s / max(1, total_steps))
         model, _ = dist.prepare(policy.model)
-        amp = resolve_mixed_precision(cfg.mixed_precision, policy.device)
+        update = UpdateStep(opt, [model], distributed=dist, max_grad_norm=cfg.max_grad_norm,
+                            mixed_precision=cfg.mixed_precision, scheduler=sched, hint="lower learning_rate")
         metrics: dict[str, float] = {}
         if heldout:
             metrics["sft_heldout_loss_before"] = self.heldout_loss(policy, heldout)
@@ -170,21 +174,16 @@ class SFTTrainer:
                 # this process's shard, in micro-batches (zero-weighted stand-ins for empty pieces)
                 batches = [(sft_batch(policy, p), w) for p, w in dist.micro_shards(global_batch, cfg.gradient_accumulation_steps)]
                 n_global = dist.sum_float(sum(labelled_tokens(b.labels) for b, w in batches if w))
-                opt.zero_grad(set_to_none=True)
-                for k, (batch, weight) in enumerate(batches):
-                    with dist.no_sync(model, enabled=k + 1 < len(batches)):
-                        with Distributed.autocast(amp, policy.device):
-                            nll, n = _answer_loss(model, batch)
-                        # global token mean: DDP averages over processes, hence the world_size factor
-                        loss = nll * dist.world_size / max(n_global, 1) if weight else nll * 0.0
-                        if not torch.isfinite(loss):
-                            raise FloatingPointError(f"SFT loss is {float(loss)} at step {step}; lower learning_rate")
-                        dist.backward(loss)
-                    if weight:
-                        epoch_nll, epoch_tokens = epoch_nll + nll.item(), epoch_tokens + n
-                torch.nn.utils.clip_grad_norm_(policy.model.parameters(), cfg.max_grad_norm)
-                opt.step()
-                sched.step()
+                update.context = f"at SFT step {step}"
+                with update.accumulate():
+                    for k, (batch, weight) in enumerate(batches):
+                        with update.micro(sync=k + 1 == len(batches)):
+                            with update.autocast():
+                                nll, n = _answer_loss(model, batch)
+                            # the global token mean (a zero-weighted stand-in adds nothing)
+                            update.backward(nll * update.scale(n_global) * weight, {"sft_loss": nll})
+                        if weight:
+                            epoch_nll, epoch_tokens = epoch_nll + nll.item(), epoch_tokens + n
                 step += 1
             epoch_nll, epoch_tokens = dist.sum_floats(epoch_nll, epoch_tokens)
             metrics["sft_loss"] = epoch_nll / max(epoch_tokens, 1)

@@ -17,6 +17,13 @@ prompts, and `max_length` is the longest prompt. The action space uses the same 
 accepts any `str` (a model can produce characters outside it, and the reward function,
 not the space, judges them).
 
+Async vectorisation. `gymnasium.make_vec(..., vectorization_mode="async")` needs
+`vector_kwargs={"shared_memory": False}`: Gymnasium 1.4's `AsyncVectorEnv` decodes `Text`
+observations from its shared memory once, when it is created, so with shared memory every
+reset and step returns the same empty strings. The observation space here refuses shared
+memory with that fix in the message, before any worker starts. (The batched form, a plain
+`make_vec`, scores a batch in one reward call and needs no worker processes.)
+
 The environment pays the reward function's score only: KL penalties and pretraining
 terms depend on the policy and belong to the agent (as in Ziegler et al. 2019 and InstructGPT,
 where the KL penalty is part of the RL objective, not of the reward model). If a `gold_fn` is
@@ -26,31 +33,51 @@ the true objective stays visible when the reward is a learned model.
 
 from __future__ import annotations
 
+import multiprocessing
 import string
 from collections.abc import Sequence
 from os import PathLike
-from typing import Any
+from types import ModuleType
+from typing import Any, NoReturn
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
-from gymnasium.vector.utils import batch_space
+from gymnasium.vector.utils import batch_space, create_shared_memory
 
 from llm_gym.core.data import PromptDataset, load_prompts
 from llm_gym.core.reward import RewardFn, resolve_reward_fn, score_batch
 from llm_gym.core.task import PromptTask, Task
 
-__all__ = ["PromptBanditEnv", "PromptBanditVecEnv"]
+__all__ = ["PromptBanditEnv", "PromptBanditVecEnv", "PromptText"]
 
 DatasetLike = PromptDataset | Sequence[str] | str | PathLike[str]
+
+
+class PromptText(spaces.Text):
+    """The prompts' observation space: a `Text` space that refuses `AsyncVectorEnv`'s shared memory.
+
+    Gymnasium 1.4 reads `Text` observations out of the shared memory only when the vector env
+    is created, so every later observation would be the same empty strings; see the module
+    docstring. Everything else is `spaces.Text`.
+    """
+
+
+@create_shared_memory.register(PromptText)
+def _refuse_shared_memory(space: PromptText, n: int = 1, ctx: ModuleType = multiprocessing) -> NoReturn:
+    raise ValueError(
+        "AsyncVectorEnv with shared memory garbles Text observations in Gymnasium 1.4 (every prompt comes back "
+        'empty); pass vector_kwargs={"shared_memory": False}: gymnasium.make_vec(..., vectorization_mode="async", '
+        'vector_kwargs={"shared_memory": False}), or use the batched env (make_vec without vectorization_mode)'
+    )
 
 
 def _text_spaces(dataset: PromptDataset, max_completion_chars: int) -> tuple[spaces.Text, spaces.Text]:
     if not isinstance(max_completion_chars, int) or max_completion_chars < 1:
         raise ValueError(f"max_completion_chars must be a positive int, got {max_completion_chars!r}")
     charset = frozenset(string.printable).union(*(set(p) for p in dataset))
-    obs = spaces.Text(max_length=max(len(p) for p in dataset), min_length=1, charset=charset)
+    obs = PromptText(max_length=max(len(p) for p in dataset), min_length=1, charset=charset)
     act = spaces.Text(max_length=max_completion_chars, min_length=0, charset=charset)
     return obs, act
 
@@ -224,9 +251,11 @@ class PromptBanditVecEnv(_PromptSource, VectorEnv):
         """Score one completion per current prompt, then hand out the next batch of prompts."""
         if self._indices is None:
             raise RuntimeError("call reset() before step()")
-        if isinstance(actions, str) or len(actions) != self.num_envs:
-            got = "a single str" if isinstance(actions, str) else f"{len(actions)} actions"
-            raise ValueError(f"step() takes one completion per environment ({self.num_envs}), got {got}")
+        if isinstance(actions, (str, bytes)) or not isinstance(actions, (Sequence, np.ndarray)):
+            got = "a single str" if isinstance(actions, str) else type(actions).__name__
+            raise TypeError(f"step() takes a sequence of {self.num_envs} completions (one str per environment), got {got}")
+        if len(actions) != self.num_envs:
+            raise ValueError(f"step() takes one completion per environment ({self.num_envs}), got {len(actions)} actions")
         prompts = [self.dataset[int(i)] for i in self._indices]
         rewards, gold = self._score(prompts, list(actions))
         info: dict[str, Any] = {

@@ -54,6 +54,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["ExperimentConfig", "TaskSpec"], "llm_gym.app.config"),
     **dict.fromkeys(["Pipeline"], "llm_gym.app.pipeline"),
     **dict.fromkeys(["format_summary"], "llm_gym.app.summary"),
+    **dict.fromkeys(["CompletionSampler", "SelectionSampler", "selection_kl"], "llm_gym.models.sampler"),
+    **dict.fromkeys(["AgentStage"], "llm_gym.app.config"),
     **dict.fromkeys(["agents"], "llm_gym.agents"),
 }
 

@@ -1,6 +1,6 @@
 """One SFT step, one reward-model step and two PPO iterations on the tiny model, data-parallel or not.
 
-Run by tests/test_distributed.py under `torchrun --nproc_per_node 2` (each process writes
+Run by tests/infra/test_distributed.py under `torchrun --nproc_per_node 2` (each process writes
 its parameters to `out/{stage}_rank{r}.safetensors`) and imported by it for the
 single-process reference over the same global batches. Logs go to `out/logs_rank{r}` and
 checkpoints to `out/ckpt_rank{r}`, through the main-process-only paths: only rank 0's

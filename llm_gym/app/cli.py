@@ -6,6 +6,10 @@
     llm-gym eval RUN_DIR         # re-evaluate a run's policies
     llm-gym label STORE [--web]  # answer pending preference queries at the terminal (or in the browser)
     llm-gym build-model          # build (or find cached) the built-in pretrained model, print perplexities
+
+Exit status: 0 done; 1 some sweep points failed (the others finished); 2 a problem the
+`error:` line explains (a config value, an input file, a run folder that cannot be used);
+130 interrupted by Ctrl-C (`run`, `demo` and `sweep` resume when the same command is rerun).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -108,14 +113,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from llm_gym.app.pipeline import Pipeline
     from llm_gym.app.summary import format_summary
 
+    from llm_gym.infra.runfolder import RunFolderError, check_writable_folder, read_json
+
     run_dir = Path(args.run_dir)
     resolved = run_dir / "config.json"
     if not resolved.is_file():
         print(f"error: {run_dir} is not a run folder (no config.json); give the --out folder of `llm-gym run`",
               file=sys.stderr)
         return 2
-    config = from_dict(ExperimentConfig, apply_overrides(json.loads(resolved.read_text()), args.set))
+    written = read_json(resolved, "the resolved config `llm-gym run` wrote",
+                        "rerun `llm-gym run CONFIG --out RUN_DIR` with the run's config to write it again "
+                        "(finished stages are reused)")
+    config = from_dict(ExperimentConfig, apply_overrides(written, args.set))
+    check_writable_folder(run_dir)  # summary.json is rewritten
     pipeline = Pipeline(config, run_dir, on_event=lambda line: print(line, flush=True))
+    missing = [stage for stage in ("pretrain", "sft") if stage not in pipeline.state]
+    if missing:
+        raise RunFolderError(f"{run_dir}: nothing to evaluate yet, stage(s) {missing} have not finished there; "
+                             "run `llm-gym run` into it first")
     summary = pipeline.evaluate(force=True)
     print()
     print(format_summary(summary))
@@ -138,7 +153,7 @@ to rank K completions type their numbers best first, then Enter.
 
 def _cmd_label(args: argparse.Namespace) -> int:
     from llm_gym.feedback.oracles import TerminalOracle, collect
-    from llm_gym.feedback.store import PreferenceStore
+    from llm_gym.feedback.store import PreferenceStore, StoreError
 
     path = Path(args.store)
     if not path.is_file():
@@ -147,10 +162,19 @@ def _cmd_label(args: argparse.Namespace) -> int:
         return 2
     if args.web:
         return _label_web(path, args)
-    with PreferenceStore(path) as store:
+    try:
+        store = PreferenceStore(path)
+    except StoreError as err:  # a foreign or damaged file, a folder that is not writable: left unchanged
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    with store:
         pending = store.pending(limit=args.limit)
         print(f"{store.counts()} in {path}; {len(pending)} pending queries to label now "
               "(1/2 = the better one, t = tie, s = skip, q = quit; every answer is saved at once)")
+        if pending and (sys.stdin is None or sys.stdin.closed):
+            print("error: standard input is closed, so no answer can be typed; run llm-gym label at a terminal, "
+                  "or label in the browser with --web", file=sys.stderr)
+            return 2
         answers = collect(TerminalOracle(name=args.name), pending, store)
         print(f"saved {len(answers)} answers; {len(store.pending())} queries still pending")
     return 0
@@ -201,7 +225,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     grid = parse_grid(args.grid)
     config = _load_experiment(args.config, args.set, args.cache_dir)
     out = Path(args.out or (f"{config.out.rstrip('/')}_sweep" if config.out.strip("/") else "runs/sweep"))
-    points = plan_sweep(args.config, grid, seeds=args.seeds, overrides=args.set, cache_dir=args.cache_dir)
+    points = plan_sweep(args.config, grid, seeds=args.seeds, overrides=args.set, cache_dir=args.cache_dir,
+                        metric=args.metric)
     shape = " x ".join([*(f"{len(v)} {k}" for k, v in grid.items()), f"{args.seeds} seed(s)"])
     print(f"sweep of {config.name!r}: {len(points)} runs ({shape}), {args.parallel} at a time -> {out}", flush=True)
     t0 = time.perf_counter()
@@ -262,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     overrides(p)
     p.add_argument("--out", default=None, help="sweep folder (default: the config's `out` + '_sweep'); rerun into it to resume")
     p.add_argument("--metric", default="ppo.gold", metavar="ROW.KEY",
-                   help="the summary column plotted and shown per point (default ppo.gold), e.g. ppo_ptx.win_rate")
+                   help="the summary column plotted and shown per point (default ppo.gold), e.g. ppo_ptx.win_rate; "
+                        "a column no point can have is refused before anything runs")
     p.add_argument("--cache-dir", default=None, help="where the built-in model is cached (sets model.cache_dir)")
     p.set_defaults(func=_cmd_sweep)
 
@@ -306,21 +332,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_RESUME = ("rerun the same command to resume: finished stages are reused, a PPO run continues from its last "
+           "checkpoint, and labels already given are kept")
+_INTERRUPTED = {
+    "run": _RESUME,
+    "demo": _RESUME,
+    "sweep": "rerun the same command to resume: every point reuses what its run finished",
+    "label": "every answer given so far is saved",
+}
+"""What the line printed after Ctrl-C adds, per command."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `llm-gym` console script."""
+    """Entry point of the `llm-gym` console script (the exit statuses are in the module docstring)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
 
-    from llm_gym.infra.configio import ConfigError
     from llm_gym.core.data import DatasetError
+    from llm_gym.feedback.oracles import NoAnswersError
+    from llm_gym.feedback.store import StoreError
+    from llm_gym.infra.configio import ConfigError
+    from llm_gym.infra.runfolder import RunFolderError  # CheckpointError is one
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars on every from_pretrained drown the stage lines
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        # as `python -m llm_gym` does: a config's "my_pkg.rewards:fn" or "my_pkg.envs:Env-v0" may live in this folder
+        sys.path.insert(0, os.getcwd())
     try:
         return int(args.func(args))
-    except (ConfigError, DatasetError) as err:
+    except (ConfigError, DatasetError, NoAnswersError, RunFolderError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = _INTERRUPTED.get(args.command)
+        print(f"\ninterrupted{'; ' + hint if hint else ''}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

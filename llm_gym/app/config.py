@@ -9,12 +9,14 @@ when the config is built, so a bad value fails before anything runs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from llm_gym.agents.ppo import PPOConfig
 from llm_gym.agents.preference_loop import PreferenceLoopConfig
 from llm_gym.agents.sft import SFTConfig
+from llm_gym.infra.configio import check_finite, from_dict
 from llm_gym.models.policy import SamplingConfig
 from llm_gym.models.reward_trainer import RewardTrainerConfig
 from llm_gym.tasks.tiny_lm import TinyLMConfig
@@ -32,7 +34,7 @@ __all__ = [
     "TaskSpec",
 ]
 
-STAGES = ("pretrain", "sft", "reward_model", "ppo", "preference_loop", "evaluation")
+STAGES = ("pretrain", "sft", "reward_model", "ppo", "agent", "preference_loop", "evaluation")
 """The pipeline's stages, in order."""
 
 
@@ -47,6 +49,7 @@ class ModelSpec:
     """Where the built-in model is cached ("" = $LLM_GYM_CACHE or ~/.cache/llm_gym)."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         for name in ("name_or_path", "cache_dir"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"ModelSpec.{name} must be a string, got {getattr(self, name)!r}")
@@ -89,6 +92,7 @@ class TaskSpec:
     built-in task has one, most environments none), or "module:name" of a reward function."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         for name in ("env", "prompts", "eval_prompts", "demonstrations", "gold"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"TaskSpec.{name} must be a string, got {getattr(self, name)!r}")
@@ -117,6 +121,7 @@ class OracleSpec:
     """Recorded oracle: the JSONL file (see `RecordedOracle.from_jsonl` for the layouts)."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.kind not in ("synthetic", "recorded", "terminal"):
             raise ValueError(f"OracleSpec.kind must be 'synthetic', 'recorded' or 'terminal', got {self.kind!r}")
         if self.kind == "recorded" and not self.path:
@@ -148,6 +153,7 @@ class RewardModelStage:
     """Epochs, batch size, learning rate, held-out split, ties."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if isinstance(self.queries, bool) or not isinstance(self.queries, int) or self.queries < 2:
             raise ValueError(f"RewardModelStage.queries must be an int >= 2, got {self.queries!r}")
         if isinstance(self.k, bool) or not isinstance(self.k, int) or not 2 <= self.k <= 9:
@@ -179,6 +185,7 @@ class PPOStage:
     """The agent's hyperparameters (KL coefficient, ptx coefficient, learning rates, epochs...)."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.reward not in ("reward_model", "gold", "env"):
             raise ValueError(f"PPOStage.reward must be 'reward_model', 'gold' or 'env', got {self.reward!r}")
         for name in ("iterations", "num_envs"):
@@ -191,6 +198,83 @@ class PPOStage:
             raise ValueError(
                 f"PPOStage.num_envs ({self.num_envs}) must be a multiple of config.minibatch_size ({self.config.minibatch_size})"
             )
+
+
+ALGORITHMS = ("ppo", "rloo", "grpo", "best_of_n", "dpo")
+"""The algorithms an `[agent.<run>]` table can name."""
+
+
+def algorithm_config_class(algorithm: str) -> type:
+    """The config dataclass of an algorithm (`PPOConfig`, `RLOOConfig`, `GRPOConfig`, `BestOfNConfig`, `DPOConfig`)."""
+    if algorithm == "ppo":
+        return PPOConfig
+    if algorithm == "rloo":
+        from llm_gym.agents.rloo import RLOOConfig
+
+        return RLOOConfig
+    if algorithm == "grpo":
+        from llm_gym.agents.grpo import GRPOConfig
+
+        return GRPOConfig
+    if algorithm == "best_of_n":
+        from llm_gym.agents.best_of_n import BestOfNConfig
+
+        return BestOfNConfig
+    if algorithm == "dpo":
+        from llm_gym.agents.dpo import DPOConfig
+
+        return DPOConfig
+    raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
+
+
+@dataclass(frozen=True)
+class AgentStage:
+    """One run of any algorithm from the SFT policy, named in the file as `[agent.<run>]` with `algorithm = "..."`.
+
+    One experiment can hold PPO, RLOO, GRPO, best-of-N and DPO runs side by side (the study of
+    `experiments/algorithms/`), and `llm-gym sweep --grid agent.<run>.algorithm=ppo,rloo,grpo`
+    compares them. `config` is the algorithm's own config table (`PPOConfig`, `RLOOConfig`,
+    `GRPOConfig`, `BestOfNConfig`, `DPOConfig`), checked as that class when the stage is built.
+    """
+
+    algorithm: Literal["ppo", "rloo", "grpo", "best_of_n", "dpo"] = "ppo"
+    """The algorithm: "ppo", "rloo", "grpo" (Dr. GRPO: config scale_rewards = false, loss_type = "dr_grpo"),
+    "best_of_n" (no training: sample N, keep the best by `reward`) or "dpo" (no reward model: it learns from
+    the reward-model stage's labels)."""
+    reward: Literal["reward_model", "gold", "env"] = "reward_model"
+    """What the agent is paid (best-of-N: what it selects by): the trained reward model, the task's gold judge,
+    or the environment's own reward function. DPO ignores it."""
+    iterations: int = 40
+    """On-policy algorithms: iterations, each sampling `num_envs` completions and updating on them."""
+    num_envs: int = 64
+    """On-policy algorithms: completions per iteration (num_envs / group_size prompts, each group_size times);
+    a multiple of the config's minibatch_size and group_size."""
+    checkpoint_every: int = 10
+    """On-policy algorithms and DPO: write a resumable checkpoint every this many iterations (0 = only at the end)."""
+    config: Any = field(default_factory=dict)
+    """The algorithm's hyperparameters: a table of its config class's fields (the defaults where absent)."""
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"AgentStage.algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
+        if self.reward not in ("reward_model", "gold", "env"):
+            raise ValueError(f"AgentStage.reward must be 'reward_model', 'gold' or 'env', got {self.reward!r}")
+        for name in ("iterations", "num_envs"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"AgentStage.{name} must be a positive int, got {v!r}")
+        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise ValueError(f"AgentStage.checkpoint_every must be an int >= 0, got {self.checkpoint_every!r}")
+        config_class = algorithm_config_class(self.algorithm)
+        if not isinstance(self.config, config_class):
+            if not isinstance(self.config, Mapping):
+                raise TypeError(f"AgentStage.config must be a table of {config_class.__name__} settings, got {self.config!r}")
+            object.__setattr__(self, "config", from_dict(config_class, self.config, "config"))
+        minibatch = getattr(self.config, "minibatch_size", None)
+        group = getattr(self.config, "group_size", 1)
+        if self.algorithm in ("ppo", "rloo", "grpo") and (self.num_envs % minibatch or self.num_envs % group):
+            raise ValueError(f"AgentStage.num_envs ({self.num_envs}) must be a multiple of config.minibatch_size "
+                             f"({minibatch}) and of config.group_size ({group})")
 
 
 def _default_ppo_runs() -> dict[str, PPOStage]:
@@ -234,6 +318,7 @@ class LoopStage:
     """The inner PPO agent's hyperparameters."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         for name in ("iterations", "num_envs", "members"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -267,6 +352,7 @@ class EvaluationSpec:
     """The win-rate judge's probability of inverting its answer."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if isinstance(self.prompts, bool) or not isinstance(self.prompts, int) or self.prompts < 1:
             raise ValueError(f"EvaluationSpec.prompts must be a positive int, got {self.prompts!r}")
         if not self.judge_temperature >= 0 or not 0 <= self.judge_flip_prob <= 1:
@@ -287,8 +373,8 @@ class ExperimentConfig:
     out: str = "runs/instructgpt"
     """Output folder (the command line's `--out` overrides it)."""
     stages: tuple[str, ...] = STAGES
-    """Stages to run, a subset of pretrain, sft, reward_model, ppo, preference_loop, evaluation (their inputs must
-    exist: run earlier, or in this list)."""
+    """Stages to run, a subset of pretrain, sft, reward_model, ppo, agent, preference_loop, evaluation (their inputs
+    must exist: run earlier, or in this list)."""
     threads: int = 1
     """torch CPU threads (1 avoids OpenMP oversubscription on small shared machines; 0 = torch's default)."""
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -306,12 +392,15 @@ class ExperimentConfig:
     """Comparison collection and reward-model training."""
     ppo: dict[str, PPOStage] = field(default_factory=_default_ppo_runs)
     """PPO runs by name (each starts from SFT); a TOML table per run, e.g. [ppo.ppo_ptx]."""
+    agent: dict[str, AgentStage] = field(default_factory=dict)
+    """Runs of any algorithm by name (each starts from SFT), e.g. [agent.rloo] algorithm = "rloo"; none by default."""
     preference_loop: dict[str, LoopStage] = field(default_factory=dict)
     """Christiano preference loops by name (each starts from SFT, with its own label store); none by default."""
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     """Held-out evaluation of every policy."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"ExperimentConfig.name must be a non-empty string, got {self.name!r}")
         unknown = [s for s in self.stages if s not in STAGES]
@@ -319,11 +408,14 @@ class ExperimentConfig:
             raise ValueError(f"ExperimentConfig.stages: unknown stage(s) {unknown}; choose from {list(STAGES)}")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
             raise ValueError(f"ExperimentConfig.threads must be an int >= 0 (0 = torch's default), got {self.threads!r}")
-        for run in [*self.ppo, *self.preference_loop]:
+        for run in [*self.ppo, *self.agent, *self.preference_loop]:
             if not run or "/" in run or run in ("pretrained", "sft", "reward_model"):
                 raise ValueError(f"ExperimentConfig: {run!r} cannot name a run (empty, has '/', or a reserved name)")
-        both = set(self.ppo) & set(self.preference_loop)
-        if both:
-            raise ValueError(f"ExperimentConfig: {sorted(both)} name both a PPO run and a preference loop; rename one")
+        sections = {"ppo": set(self.ppo), "agent": set(self.agent), "preference_loop": set(self.preference_loop)}
+        for a, b in (("ppo", "agent"), ("ppo", "preference_loop"), ("agent", "preference_loop")):
+            both = sections[a] & sections[b]
+            if both:
+                raise ValueError(f"ExperimentConfig: {sorted(both)} name runs in both [{a}] and [{b}]; rename one "
+                                 "(a run's name is its row in the summary)")
 
 

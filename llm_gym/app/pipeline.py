@@ -48,23 +48,32 @@ from typing import Any
 import numpy as np
 import torch
 
+from llm_gym.agents.checkpoint import open_checkpoint, write_checkpoint
 from llm_gym.agents.lm_preferences import CompletionSource, RewardModelLearner
-from llm_gym.agents.ppo import PPO, PPOConfig
+from llm_gym.agents.best_of_n import BestOfN, best_of_n_kl
+from llm_gym.agents.dpo import DPO
+from llm_gym.agents.grpo import GRPO
+from llm_gym.agents.on_policy import OnPolicyAgent
+from llm_gym.agents.ppo import PPO
+from llm_gym.agents.rloo import RLOO
 from llm_gym.agents.preference_loop import DisagreementSelector, PreferenceLoop, RandomSelector
 from llm_gym.agents.sft import SFTTrainer
-from llm_gym.app.config import STAGES, ExperimentConfig, LoopStage, PPOStage
+from llm_gym.app.config import STAGES, AgentStage, ExperimentConfig, LoopStage, PPOStage
 from llm_gym.app.evaluation import evaluate_policy
-from llm_gym.app.stages import LoadedTask, check_task, load_task, make_env, make_oracle, sample_queries, store_for
+from llm_gym.app.stages import (LoadedTask, check_inputs, check_task, load_task, make_env, make_oracle, read_state,
+                                sample_queries, store_for)
 from llm_gym.app.summary import build_summary
 from llm_gym.core.data import DatasetError
 from llm_gym.core.preferences import Comparison
 from llm_gym.core.task import Demonstration, Task
-from llm_gym.feedback.oracles import SyntheticOracle, collect
+from llm_gym.feedback.oracles import NoAnswersError, SyntheticOracle, collect
 from llm_gym.feedback.store import PreferenceStore
 from llm_gym.infra.atomic import write_json
 from llm_gym.infra.configio import to_dict
 from llm_gym.infra.distributed import Distributed
 from llm_gym.infra.logger import Logger
+from llm_gym.infra.memory import PeakMemory
+from llm_gym.infra.runfolder import RunFolderError
 from llm_gym.models.policy import Policy
 from llm_gym.models.reward_ensemble import load_reward_model, reward_model_from_pretrained
 from llm_gym.models.reward_model import LearnedReward
@@ -79,6 +88,9 @@ def _fingerprint(*parts: Any) -> str:
 
 
 Event = Callable[[str], None]
+
+ON_POLICY: dict[str, type[OnPolicyAgent]] = {"ppo": PPO, "rloo": RLOO, "grpo": GRPO}
+"""The on-policy algorithms an `[agent.<run>]` can name, by name (best-of-N and DPO are run apart)."""
 
 
 class Pipeline:
@@ -119,9 +131,18 @@ class Pipeline:
         self.device = device if device is not None else self.dist.device
         self.input_fn = input_fn
         self.state_file = self.out / "state.json"
-        # the main process's view of what is done is everyone's (nodes need not share a disk)
-        self.state: dict[str, Any] = self.dist.broadcast_object(
-            json.loads(self.state_file.read_text()) if self.dist.is_main and self.state_file.exists() else {})
+        # the main process's view of what is done is everyone's (nodes need not share a disk); a damaged
+        # state.json stops every process with the same error (one alone would leave the others waiting)
+        state: dict[str, Any] | str = {}
+        if self.dist.is_main and self.state_file.exists():
+            try:
+                state = read_state(self.state_file)
+            except RunFolderError as err:
+                state = str(err)
+        state = self.dist.broadcast_object(state)
+        if isinstance(state, str):
+            raise RunFolderError(state)
+        self.state: dict[str, Any] = state
 
     # -------------------------------------------------------------------------------- helpers
     # The task is read once per Pipeline (a run sees one version of its environment's data and its files).
@@ -158,9 +179,9 @@ class Pipeline:
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
 
-    def _env(self, reward_fn: Any, num_envs: int) -> Any:
-        """The batched prompt bandit over the training prompts, reporting the task's gold judge when it has one."""
-        return make_env(self.prompts, reward_fn, num_envs, self.task.gold, self.dist)
+    def _env(self, reward_fn: Any, num_envs: int, group_size: int = 1) -> Any:
+        """The batched environment an RL run trains on, paying `reward_fn` (`stages.make_env`)."""
+        return make_env(self.loaded, reward_fn, num_envs, self.dist, group_size=group_size)
 
     def _done(self, key: str, fingerprint: str) -> dict[str, Any] | None:
         entry = self.state.get(key)
@@ -213,6 +234,7 @@ class Pipeline:
         self._use_threads()
         if cfg.oracle.kind == "recorded" and not Path(cfg.oracle.path).is_file():
             raise DatasetError(f"oracle.path: the comparison file {cfg.oracle.path} does not exist (cwd is {Path.cwd()})")
+        check_inputs(cfg, self.state, self.out)  # files, earlier stages' results and the folder: now, not after pretraining
         check_task(cfg, self.task)  # a stage that needs a part the task lacks fails now, not after pretraining
         self.out.mkdir(parents=True, exist_ok=True)
         self._write(self.out / "config.json", to_dict(cfg))
@@ -235,8 +257,10 @@ class Pipeline:
         # gives what it gives in a full run
         torch.manual_seed(int(_fingerprint(self.config.seed, key), 16) % 2**63)
         t = time.perf_counter()
-        result = body()
+        with PeakMemory() as memory:
+            result = body()
         result["seconds"] = time.perf_counter() - t
+        result.update(memory.as_dict())
         self.on_event(f"[{key}] finished in {result['seconds']:.0f}s")
         return self._finish(key, fingerprint, result)
 
@@ -270,7 +294,12 @@ class Pipeline:
             with self._logger("sft") as logger:
                 trainer = SFTTrainer(cfg.sft, rng=np.random.default_rng(cfg.seed), logger=logger, distributed=self.dist)
                 metrics = trainer.fit(policy, self.demonstrations)
-            self.dist.main_process_only(policy.save_pretrained)(path)
+
+            def save() -> None:
+                with write_checkpoint(path) as tmp:  # atomic, and sealed by a manifest that `_sft_path` checks
+                    policy.save_pretrained(tmp)
+
+            self.dist.main_process_only(save)()
             return {"path": str(path), **metrics}
 
         return self._timed("sft", fp, body)
@@ -285,7 +314,7 @@ class Pipeline:
 
         def label() -> tuple[int, list[Comparison]]:
             oracle = make_oracle(cfg.oracle, gold, np.random.default_rng(cfg.seed), self.input_fn)
-            sources = {"pretrained": self._need("pretrain")["result"]["path"], "sft": sft["result"]["path"]}
+            sources = {"pretrained": self._need("pretrain")["result"]["path"], "sft": self._sft_path()}
             queries = sample_queries(cfg, oracle, self.prompts, sources, self.device)
             # labels persist across runs: the store is append-only and never deleted, and a
             # query already answered there is not asked again (a resumed run keeps every answer)
@@ -300,12 +329,21 @@ class Pipeline:
 
         def body() -> dict[str, Any]:
             n_queries, comparisons = self.dist.main_process_only(label)()  # one labeller, one store
+            store = self.out / "labels.sqlite"
             if not comparisons:
-                raise RuntimeError("the oracle answered no comparisons; the reward model has nothing to train on")
+                raise NoAnswersError(
+                    f"the oracle answered none of the {n_queries} queries (stdin closed, or every query skipped), so the "
+                    f"reward model has nothing to train on; rerun at a terminal, or answer them with `llm-gym label {store}` "
+                    "(or its --web page) and rerun: the answers already in the store are kept")
+            if all(c.is_tie for c in comparisons):
+                raise NoAnswersError(
+                    f"all {len(comparisons)} answers are ties, which teach a reward model nothing; they stay in {store} "
+                    f"and are not asked again: add strict preferences with `llm-gym label {store}` on new queries "
+                    "(raise reward_model.queries) and rerun")
             trainer_rng = np.random.default_rng(cfg.seed + 1)
             with self._logger("reward_model") as logger:
                 trainer = RewardTrainer(rm_cfg.trainer, logger=logger, rng=trainer_rng, distributed=self.dist)
-                rm = reward_model_from_pretrained(sft["result"]["path"], rm_cfg.members, seed=cfg.seed,
+                rm = reward_model_from_pretrained(self._sft_path(), rm_cfg.members, seed=cfg.seed,
                                                   pooling=rm_cfg.pooling, device=self.device)
                 metrics = trainer.fit(rm, comparisons, gold, bootstrap_rng=np.random.default_rng(cfg.seed + 2))
             demos = self.demonstrations
@@ -316,6 +354,17 @@ class Pipeline:
                     "ensemble": rm_cfg.members > 1, **{k: float(v) for k, v in metrics.items()}}
 
         return self._timed("reward_model", fp, body)
+
+    def _sft_path(self) -> str:
+        """The SFT policy's folder for a stage to load, checked against its manifest (the base model's when SFT was skipped).
+
+        A folder saved before manifests existed loads with a logged warning (`verify_manifest`).
+        """
+        result = self._need("sft")["result"]
+        if "skipped" not in result:
+            open_checkpoint(result["path"], marker="config.json", kind="SFT policy folder",
+                            fix="run the experiment into a new --out folder, so that SFT runs again")
+        return result["path"]
 
     def _load_rm(self) -> LearnedReward:
         return load_reward_model(self._need("reward_model")["result"]["path"], device=self.device)
@@ -334,26 +383,30 @@ class Pipeline:
         return _fingerprint(self._ppo_upstream(run), to_dict(run), self.config.seed, self._data_fingerprint("prompts"))
 
     def _ppo_run(self, name: str, run: PPOStage) -> dict[str, Any]:
+        return self._rl_run(f"ppo.{name}", self.out / "ppo" / name, f"ppo_{name}", run, PPO,
+                            self._ppo_fingerprint(run), self._ppo_upstream(run))
+
+    def _rl_run(self, key: str, folder: Path, log_name: str, run: PPOStage | AgentStage, agent_class: type[OnPolicyAgent],
+                fp: str, upstream: list[str]) -> dict[str, Any]:
+        """An on-policy run (PPO, RLOO, GRPO) from SFT into `folder`, resumed from its checkpoint when its inputs match."""
         cfg = self.config
-        fp = self._ppo_fingerprint(run)
         # the checkpoint stays usable when only the length of the run changed: train longer, not again
-        resume_fp = _fingerprint([self._ppo_upstream(run), to_dict(replace(run, iterations=1, checkpoint_every=0)), cfg.seed,
+        resume_fp = _fingerprint([upstream, to_dict(replace(run, iterations=1, checkpoint_every=0)), cfg.seed,
                                   self._data_fingerprint("prompts")], "no-length")
-        folder = self.out / "ppo" / name
 
         def body() -> dict[str, Any]:
-            reward_fn = {"gold": lambda: self.task.gold, "env": lambda: self.loaded.env_reward,
-                         "reward_model": self._load_rm}[run.reward]()
-            env = self._env(reward_fn, run.num_envs)
-            ppo_config = run.config
-            ptx = list(self.task.pretrain_texts) if ppo_config.ptx_coef > 0 else None
+            reward_fn = self._reward(run.reward)
+            env = self._env(reward_fn, run.num_envs, run.config.group_size)
+            agent_config = run.config
+            ptx = list(self.task.pretrain_texts) if agent_config.ptx_coef > 0 else None
             ckpt = folder / "checkpoint"
             marker = folder / "fingerprint.txt"
 
             def can_resume() -> bool:
-                if not (ckpt.exists() and marker.exists() and marker.read_text() == resume_fp):
+                if not (marker.exists() and marker.read_text() == resume_fp):
                     return False
-                return json.loads((ckpt / "trainer_state.json").read_text())["iteration"] <= run.iterations
+                iteration = agent_class.checkpoint_iteration(ckpt)  # repairs a save cut short by a kill; None: none
+                return iteration is not None and iteration <= run.iterations
 
             def start_fresh() -> None:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -363,30 +416,78 @@ class Pipeline:
             resumable = self.dist.main_process_only(can_resume)()
             total = run.iterations * run.num_envs
             if resumable:
-                logger = self._logger(f"ppo_{name}")
-                agent = PPO.load(ckpt, env=env, rng=np.random.default_rng(), ptx_texts=ptx, logger=logger,
-                                 checkpoint_dir=folder, device=self.device, distributed=self.dist)
-                self.on_event(f"[ppo.{name}] resuming from its checkpoint at iteration {agent.iteration}")
+                logger = self._logger(log_name)
+                agent = agent_class.load(ckpt, env=env, rng=np.random.default_rng(), ptx_texts=ptx, logger=logger,
+                                         checkpoint_dir=folder, device=self.device, distributed=self.dist)
+                self.on_event(f"[{key}] resuming from its checkpoint at iteration {agent.iteration}")
             else:
                 self.dist.main_process_only(start_fresh)()
-                logger = self._logger(f"ppo_{name}", purge_step=0)
-                policy = Policy.from_pretrained(self._need("sft")["result"]["path"], device=self.device)
-                config = PPOConfig.from_dict({**ppo_config.to_dict(), "checkpoint_every": run.checkpoint_every})
-                agent = PPO(policy, env, config, rng=np.random.default_rng(cfg.seed), ptx_texts=ptx, logger=logger,
-                            checkpoint_dir=folder, distributed=self.dist)
-                logger.log_hparams({"run": name, "reward": run.reward, "iterations": run.iterations,
-                                    "num_envs": run.num_envs, **_flat(ppo_config.to_dict())})
+                logger = self._logger(log_name, purge_step=0)
+                policy = Policy.from_pretrained(self._sft_path(), device=self.device)
+                config = agent_class.config_class.from_dict({**agent_config.to_dict(), "checkpoint_every": run.checkpoint_every})
+                agent = agent_class(policy, env, config, rng=np.random.default_rng(cfg.seed), ptx_texts=ptx, logger=logger,
+                                    checkpoint_dir=folder, distributed=self.dist)
+                logger.log_hparams({"run": key.split(".", 1)[1], "algorithm": agent_class.algorithm, "reward": run.reward,
+                                    "iterations": run.iterations, "num_envs": run.num_envs, **_flat(agent_config.to_dict())})
             try:
-                with self._bar(total, agent.num_timesteps, f"ppo.{name}") as tick:
+                with self._bar(total, agent.num_timesteps, key) as tick:
                     agent.learn(total, callback=tick)
             finally:
                 logger.close()
             agent.save(ckpt)  # the main process writes it; the others wait
             self.dist.main_process_only(agent.policy.save_pretrained)(folder / "policy")
-            return {"path": str(folder / "policy"), "reward": run.reward, "iterations": agent.iteration,
-                    "kl_coef_final": float(agent.kl_ctl.value)}
+            return {"path": str(folder / "policy"), "algorithm": agent_class.algorithm, "reward": run.reward,
+                    "iterations": agent.iteration, "kl_coef_final": float(agent.kl_ctl.value)}
 
-        return self._timed(f"ppo.{name}", fp, body)
+        return self._timed(key, fp, body)
+
+    def _reward(self, kind: str) -> Any:
+        """What a run is paid (or selects by): the trained reward model, the task's gold judge, or the env's reward."""
+        if kind == "reward_model":
+            return self._load_rm()
+        return self.task.gold if kind == "gold" else self.loaded.env_reward
+
+    # ---------------------------------------------------------------- runs of any algorithm ([agent.<run>])
+    def _stage_agent(self) -> None:
+        for name, run in self.config.agent.items():
+            self._agent_run(name, run)
+
+    def _agent_upstream(self, run: AgentStage) -> list[str]:
+        upstream = [self._need("sft")["fingerprint"]]
+        if run.algorithm == "dpo" or run.reward == "reward_model":  # DPO learns from the reward-model stage's labels
+            upstream.append(self._need("reward_model")["fingerprint"])
+        return upstream
+
+    def _agent_fingerprint(self, run: AgentStage) -> str:
+        return _fingerprint(self._agent_upstream(run), to_dict(run), self.config.seed, self._data_fingerprint("prompts"))
+
+    def _agent_run(self, name: str, run: AgentStage) -> dict[str, Any]:
+        key, folder = f"agent.{name}", self.out / "agent" / name
+        fp, upstream = self._agent_fingerprint(run), self._agent_upstream(run)
+        if run.algorithm in ON_POLICY:
+            return self._rl_run(key, folder, f"agent_{name}", run, ON_POLICY[run.algorithm], fp, upstream)
+        if run.algorithm == "best_of_n":  # nothing to train: the evaluation samples N and keeps the best
+            return self._timed(key, fp, lambda: {"path": self._sft_path(), "algorithm": "best_of_n", "reward": run.reward,
+                                                 "n": run.config.n, "kl_analytic": best_of_n_kl(run.config.n)})
+        return self._timed(key, fp, lambda: self._dpo_body(name, run, folder))
+
+    def _dpo_body(self, name: str, run: AgentStage, folder: Path) -> dict[str, Any]:
+        """DPO from SFT on the reward-model stage's labels (labels.sqlite), with the SFT policy as the frozen reference."""
+        def read() -> list[Comparison]:
+            with PreferenceStore(self.out / "labels.sqlite") as store:
+                return store.comparisons()
+
+        comparisons = self.dist.main_process_only(read)()  # the main process reads the store; every process gets it
+        policy = Policy.from_pretrained(self._sft_path(), device=self.device)
+        with self._logger(f"agent_{name}", purge_step=0) as logger:
+            logger.log_hparams({"run": name, "algorithm": "dpo", "labels": len(comparisons), **_flat(run.config.to_dict())})
+            agent = DPO(policy, comparisons, run.config, rng=np.random.default_rng(self.config.seed), logger=logger,
+                        distributed=self.dist)
+            agent.learn()
+            metrics = agent.evaluate_preferences()
+        self.dist.main_process_only(policy.save_pretrained)(folder / "policy")
+        return {"path": str(folder / "policy"), "algorithm": "dpo", "labels": len(comparisons),
+                **{f"heldout_{k}": float(v) for k, v in metrics.items()}}
 
     def _stage_preference_loop(self) -> None:
         for name, loop in self.config.preference_loop.items():
@@ -406,7 +507,7 @@ class Pipeline:
 
         def body() -> dict[str, Any]:
             gold = self.task.gold
-            sft_path = self._need("sft")["result"]["path"]
+            sft_path = self._sft_path()
             policy = Policy.from_pretrained(sft_path, device=self.device)
             seed = cfg.seed
             rm = reward_model_from_pretrained(sft_path, loop.members, seed=seed, device=self.device)
@@ -448,6 +549,10 @@ class Pipeline:
             key = f"ppo.{name}"
             if key in self.state and self.state[key]["fingerprint"] == self._ppo_fingerprint(run):
                 policies[name] = self.state[key]
+        for name, agent_run in cfg.agent.items():
+            key = f"agent.{name}"
+            if key in self.state and self.state[key]["fingerprint"] == self._agent_fingerprint(agent_run):
+                policies[name] = self.state[key]
         for name, loop in cfg.preference_loop.items():
             key = f"preference_loop.{name}"
             if key in self.state and self.state[key]["fingerprint"] == self._loop_fingerprint(loop):
@@ -463,7 +568,7 @@ class Pipeline:
             prompts = (self.eval_prompts or self.prompts)[: cfg.evaluation.prompts]
             if not self.eval_prompts:
                 self.on_event("[evaluation] the task has no held-out prompts: evaluating on training prompts")
-            sft = Policy.from_pretrained(policies["sft"]["result"]["path"], device=self.device)
+            sft = Policy.from_pretrained(self._sft_path(), device=self.device)
             # the win-rate judge is the gold judge as a (possibly noisy) synthetic oracle; no gold judge, no win rate
             judge = None if gold is None else SyntheticOracle(
                 gold, rng=np.random.default_rng(cfg.seed + 3), temperature=cfg.evaluation.judge_temperature,
@@ -471,11 +576,17 @@ class Pipeline:
             rows = {}
             for name, entry in policies.items():
                 policy = sft if name == "sft" else Policy.from_pretrained(entry["result"]["path"], device=self.device)
+                if entry["result"].get("algorithm") == "best_of_n":  # N samples of the SFT policy, the best kept
+                    run = cfg.agent[name]
+                    policy = BestOfN(sft, rm if run.reward == "reward_model" else self._reward(run.reward),
+                                     run.config, rng=np.random.default_rng(cfg.seed))
                 t = time.perf_counter()
-                report = evaluate_policy(policy, prompts, sampling=cfg.evaluation.sampling, seed=cfg.evaluation.seed,
-                                         gold_fn=gold, reward_fn=rm, reference=sft, oracle=judge,
-                                         heldout_texts=list(task.heldout_texts) or None)
-                rows[name] = {**report.as_dict(), "eval_seconds": time.perf_counter() - t}
+                with PeakMemory() as memory:
+                    report = evaluate_policy(policy, prompts, sampling=cfg.evaluation.sampling, seed=cfg.evaluation.seed,
+                                             gold_fn=gold, reward_fn=rm, reference=sft, oracle=judge,
+                                             heldout_texts=list(task.heldout_texts) or None)
+                rows[name] = {**report.as_dict(), "eval_seconds": time.perf_counter() - t,
+                              **{f"eval_{k}": v for k, v in memory.as_dict().items()}}
                 if report.gold is not None:
                     self.on_event(f"[evaluation] {name}: gold {report.gold:+.3f}")
             return {"rows": rows, "prompts": len(prompts)}

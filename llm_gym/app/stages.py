@@ -9,28 +9,33 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import gymnasium
+from gymnasium.envs.registration import EnvSpec
+from gymnasium.vector import VectorEnv
 import numpy as np
 
 from llm_gym.agents.lm_preferences import CompletionSource
-from llm_gym.app.config import BUILTIN_ENV, ExperimentConfig, OracleSpec, TaskSpec
+from llm_gym.app.config import BUILTIN_ENV, STAGES, ExperimentConfig, OracleSpec, TaskSpec
 from llm_gym.core.data import DatasetError, load_demonstrations, load_prompts
 from llm_gym.core.preferences import Query
 from llm_gym.core.reward import RewardFn, _name, resolve_reward_fn
 from llm_gym.core.task import PromptTask, Task
 from llm_gym.envs.prompt_bandit import PromptBanditVecEnv
 from llm_gym.feedback.oracles import PreferenceOracle, RecordedOracle, SyntheticOracle, TerminalOracle
+from llm_gym.feedback.store import PreferenceStore, move_store, store_files
 from llm_gym.infra.configio import ConfigError
 from llm_gym.infra.distributed import Distributed
+from llm_gym.infra.runfolder import RunFolderError, check_writable_folder, read_json
 from llm_gym.models.policy import Policy
 from llm_gym.tasks.review import ReviewTaskConfig
 
-__all__ = ["LoadedTask", "check_task", "load_task", "make_env", "make_oracle", "sample_queries", "store_for"]
+__all__ = ["LoadedTask", "check_inputs", "check_task", "load_task", "make_env", "make_oracle", "read_state",
+           "sample_queries", "store_for"]
 
 _DATA_PARTS = ("prompts", "eval_prompts", "demonstrations")
 
@@ -45,6 +50,10 @@ class LoadedTask(NamedTuple):
     fingerprints: dict[str, str]
     """Per data part ("prompts", "eval_prompts", "demonstrations"): a hash of what it holds, so editing a file
     or the environment's data reruns what depends on it ("builtin" for the built-in task, as before)."""
+    vector_spec: EnvSpec | None
+    """The registration the RL runs batch (`gymnasium.make_vec` through its vector entry point, with the kwargs it
+    was made with); None when the run trains on a generic `PromptBanditVecEnv` over the task instead (a prompts
+    file or a gold judge replaced the environment's, or the registration has no vector entry point)."""
 
 
 def _hash_bytes(data: bytes) -> str:
@@ -84,6 +93,7 @@ def load_task(spec: TaskSpec, builtin: ReviewTaskConfig) -> LoadedTask:
     try:
         base = env.unwrapped
         task, reward = getattr(base, "task", None), getattr(base, "reward_fn", None)
+        vector_spec = env.spec if env.spec is not None and env.spec.vector_entry_point is not None else None
     finally:
         env.close()
     if not isinstance(task, Task) or not callable(reward):
@@ -113,7 +123,9 @@ def load_task(spec: TaskSpec, builtin: ReviewTaskConfig) -> LoadedTask:
             items = getattr(merged, part)
             text = "\x1e".join(d.prompt + "\x1f" + d.completion if part == "demonstrations" else d for d in items)
             fingerprints[part] = _hash_bytes((source + "\x1d" + text).encode())
-    return LoadedTask(merged, reward, fingerprints)
+    if spec.prompts or spec.gold:  # the environment would hand out its own prompts and report its own gold
+        vector_spec = None
+    return LoadedTask(merged, reward, fingerprints, vector_spec)
 
 
 def check_task(config: ExperimentConfig, task: Task) -> None:
@@ -134,10 +146,131 @@ def check_task(config: ExperimentConfig, task: Task) -> None:
         raise ConfigError("the experiment does not fit its task:\n  " + "\n  ".join(problems))
 
 
-def make_env(prompts: Sequence[str], reward_fn: RewardFn, num_envs: int, gold: RewardFn | None,
-             dist: Distributed) -> PromptBanditVecEnv:
-    """The batched prompt bandit an RL run trains on; under a launcher each process scores its shard of a batch."""
-    return PromptBanditVecEnv(prompts, dist.sharded(reward_fn), num_envs=num_envs, gold_fn=gold)
+def _stage_inputs(config: ExperimentConfig) -> dict[str, list[str]]:
+    """Per stage, the earlier stages whose results it reads (what `Pipeline._need` looks up)."""
+    def from_sft(runs: Mapping[str, Any], reads_rm: bool) -> list[str]:
+        return ["sft", "reward_model"] if reads_rm else ["sft"] if runs else []
+
+    ppo_rm = any(run.reward == "reward_model" for run in config.ppo.values())
+    # DPO learns from the reward-model stage's labels
+    agent_rm = any(run.reward == "reward_model" or run.algorithm == "dpo" for run in config.agent.values())
+    return {"pretrain": [], "sft": ["pretrain"], "reward_model": ["pretrain", "sft"], "ppo": from_sft(config.ppo, ppo_rm),
+            "agent": from_sft(config.agent, agent_rm), "preference_loop": ["sft"] if config.preference_loop else [],
+            "evaluation": ["pretrain", "sft"]}
+
+
+def _check_model(name_or_path: str) -> str | None:
+    """What is wrong with a local model folder, or None (a Hugging Face model name cannot be checked offline)."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            return (f"model.name_or_path: {path} is not a model folder (it has no config.json); give a folder written by "
+                    "save_pretrained, or a Hugging Face model name")
+        return None
+    looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") >= 2
+    if looks_local:  # a Hub name is "name" or "owner/name"
+        return f"model.name_or_path: the folder {name_or_path} does not exist (cwd is {Path.cwd()}); check the path"
+    return None
+
+
+def check_inputs(config: ExperimentConfig, state: Mapping[str, Any], out: Path) -> None:
+    """Refuse, before the first stage runs, an experiment whose inputs cannot be used, saying what to do.
+
+    Its inputs are the run folder `out` (it must be creatable and writable), the results of
+    earlier stages that a selected stage reads (``stages = ["sft"]`` in a fresh folder has no
+    pretrained model to start from), a local model folder, and every file the config names:
+    `task.prompts`, `task.eval_prompts` and `task.demonstrations` are read in full (a bad line,
+    an empty prompt or text no tokenizer can encode fails now, not after pretraining), and so is
+    a recorded oracle's `oracle.path`.
+
+    Args:
+        config: the experiment.
+        state: the stages already done in `out` (its state.json; empty for a fresh folder).
+        out: the run folder.
+
+    Raises:
+        RunFolderError: `out` cannot be created or written.
+        ConfigError: a stage needs one that is neither in `stages` nor done in `out`, or
+            `model.name_or_path` is a local path that is not a model folder.
+        DatasetError: one or more input files are missing or malformed (each with its config
+            key, and the file's own line where the fault is).
+    """
+    check_writable_folder(out, "the run folder")
+    problems = []
+    inputs = _stage_inputs(config)
+    missing = {stage: [n for n in inputs[stage] if n not in config.stages and n not in state]
+               for stage in STAGES if stage in config.stages}
+    missing = {stage: needs for stage, needs in missing.items() if needs}
+    if missing:
+        wanted, todo = set(config.stages), [n for needs in missing.values() for n in needs]
+        while todo:  # what the missing stages need in turn
+            stage = todo.pop()
+            if stage not in wanted:
+                wanted.add(stage)
+                todo += [n for n in inputs[stage] if n not in state]
+        reads = "; ".join(f"{stage!r} reads the result of {' and '.join(map(repr, needs))}" for stage, needs in missing.items())
+        one = len({n for needs in missing.values() for n in needs}) == 1
+        has, it = ("has", "it") if one else ("have", "them")
+        problems.append(f"stages = {list(config.stages)}: {reads}, which {has} not run in {out}; run {it} too: "
+                        f"stages = {[s for s in STAGES if s in wanted]} (or run {it} into this folder first)")
+    if config.model.name_or_path:
+        problems += [p for p in [_check_model(config.model.name_or_path)] if p]
+    if problems:
+        raise ConfigError(problems[0] if len(problems) == 1 else "the experiment cannot start:\n  " + "\n  ".join(problems))
+    bad_files = []
+    readers: list[tuple[str, str, Callable[[str], Any]]] = [
+        ("task.prompts", config.task.prompts, load_prompts), ("task.eval_prompts", config.task.eval_prompts, load_prompts),
+        ("task.demonstrations", config.task.demonstrations, load_demonstrations)]
+    if config.oracle.kind == "recorded":
+        readers.append(("oracle.path", config.oracle.path, RecordedOracle.from_jsonl))
+    for key, path, read in readers:
+        if path:
+            try:
+                read(path)
+            except DatasetError as err:
+                bad_files.append(f"{key}: {err}")
+    if bad_files:
+        raise DatasetError(bad_files[0] if len(bad_files) == 1 else
+                           "the experiment's input files cannot be used:\n  " + "\n  ".join(bad_files))
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """The stages done in a run folder: its state.json (`path`), which the pipeline writes atomically.
+
+    Raises:
+        RunFolderError: the file was damaged (cut short, edited), with what to do.
+    """
+    fix = ("delete it to run every stage again (the built model is cached, PPO runs resume from their checkpoints and "
+           "the labels in the folder's stores are reused), or restore it from a copy")
+    state = read_json(path, "the record of the stages done in this run folder", fix)
+    if not isinstance(state, dict):
+        raise RunFolderError(f"{path} (the record of the stages done in this run folder) is damaged: it holds "
+                             f"{type(state).__name__}, not an object; {fix}")
+    return state
+
+
+def make_env(loaded: LoadedTask, reward_fn: RewardFn, num_envs: int, dist: Distributed, group_size: int = 1) -> VectorEnv:
+    """The batched environment an RL run trains on, paying `reward_fn` (each prompt `group_size` times per batch for
+    the group algorithms); under a launcher each process scores its shard of a batch.
+
+    It is the registered environment itself, made through its vector entry point with the kwargs it was made with
+    and `reward_fn` in place of its own, so a subclass's prompts, scoring and `info` are what the agent sees. Where
+    the task's prompts or gold judge came from elsewhere (`LoadedTask.vector_spec` None), it is a
+    `PromptBanditVecEnv` over the task's prompts reporting its gold judge.
+    """
+    reward = dist.sharded(reward_fn)
+    if loaded.vector_spec is None:
+        return PromptBanditVecEnv(loaded.task.prompts, reward, num_envs=num_envs, gold_fn=loaded.task.gold,
+                                  group_size=group_size)
+    extra = {"group_size": group_size} if group_size > 1 else {}
+    try:
+        return gymnasium.make_vec(loaded.vector_spec, num_envs=num_envs, vectorization_mode="vector_entry_point",
+                                  reward_fn=reward, **extra)
+    except TypeError as exc:
+        if "group_size" not in str(exc):
+            raise
+        raise ConfigError(f"task.env: the vector entry point of {loaded.vector_spec.id!r} takes no group_size, which the "
+                          f"group algorithms need; subclass PromptBanditVecEnv and pass **kwargs on to it ({exc})") from exc
 
 
 def make_oracle(spec: OracleSpec, gold: RewardFn | None, rng: np.random.Generator,
@@ -178,18 +311,47 @@ def sample_queries(config: ExperimentConfig, oracle: PreferenceOracle, prompts: 
 
 def store_for(path: Path, fingerprint: str) -> Path:
     """`path`, made ready for labels gathered under `fingerprint` (what decides which queries are asked and how
-    they are answered). Labels in it from other inputs (another oracle noise, another policy trajectory)
-    would be wrong to reuse, and labels are never deleted: that store is moved aside to
-    `<stem>.<its fingerprint>.sqlite`. The same inputs (a resumed run) keep the store and every answer in it."""
+    they are answered). The same inputs (a resumed run) keep the store and every answer in it.
+
+    Labels in it from other inputs (another oracle noise, another policy trajectory) would be wrong to
+    reuse, and labels are never deleted: that store is moved aside to `<stem>.<its fingerprint>.sqlite`
+    (`<stem>.<its fingerprint>.<n>.sqlite` when that name is taken: no store ever replaces another). A store
+    moved aside earlier under `fingerprint` itself (settings that went back and forth) comes back to `path`,
+    so its answers are reused, not asked of a person again; any further store aside under `fingerprint` (a lost
+    marker file, a copy put back by hand) is copied into it and kept.
+    """
     marker = path.with_suffix(".fingerprint")
-    if path.exists() and (not marker.exists() or marker.read_text() != fingerprint):
-        old = marker.read_text() if marker.exists() else "unknown"
-        aside = path.with_name(f"{path.stem}.{old}.sqlite")
-        for suffix in ("", "-wal", "-shm"):
-            source = Path(str(path) + suffix)
-            if source.exists():
-                os.replace(source, Path(str(aside) + suffix))
     path.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(fingerprint)
+    if store_files(path) and (not marker.exists() or marker.read_text() != fingerprint):
+        move_store(path, _free_aside_name(path, marker.read_text() if marker.exists() else "unknown"))
+    marker.write_text(fingerprint)  # before a store comes back: killed in between, it is found aside next time
+    earlier = _stores_aside(path, fingerprint)
+    if earlier and not store_files(path):
+        move_store(earlier.pop(0), path)
+    if earlier:
+        with PreferenceStore(path) as store:
+            for other in earlier:
+                with PreferenceStore(other) as copy:
+                    store.add_from(copy)
     return path
+
+
+def _aside_name(path: Path, fingerprint: str, n: int) -> Path:
+    """The `n`-th name (from 1) for the store `path` moved aside while it held labels of `fingerprint`."""
+    return path.with_name(f"{path.stem}.{fingerprint}{'' if n == 1 else f'.{n}'}{path.suffix}")
+
+
+def _free_aside_name(path: Path, fingerprint: str) -> Path:
+    """The first name for a store moved aside under `fingerprint` that no file (nor its journal) has."""
+    n = 1
+    while store_files(_aside_name(path, fingerprint, n)):
+        n += 1
+    return _aside_name(path, fingerprint, n)
+
+
+def _stores_aside(path: Path, fingerprint: str) -> list[Path]:
+    """The stores moved aside from `path` under `fingerprint`, first-moved name first."""
+    pattern = re.compile(rf"{re.escape(path.stem)}\.{re.escape(fingerprint)}(?:\.(\d+))?{re.escape(path.suffix)}")
+    found = [(int(m.group(1) or 1), f) for f in path.parent.iterdir() if (m := pattern.fullmatch(f.name))]
+    return [f for _, f in sorted(found)]
 

@@ -37,23 +37,26 @@ def build_summary(config: ExperimentConfig, state: dict[str, Any], out: Path) ->
     rows: dict[str, dict[str, Any]] = {}
     evaluation = state.get("evaluation", {}).get("result", {}).get("rows", {})
     labels = state.get("reward_model", {}).get("result", {}).get("labels")
-    runs = [*(f"ppo.{n}" for n in config.ppo), *(f"preference_loop.{n}" for n in config.preference_loop)]
+    runs = [*(f"ppo.{n}" for n in config.ppo), *(f"agent.{n}" for n in config.agent),
+            *(f"preference_loop.{n}" for n in config.preference_loop)]
     for key in ("pretrain", "sft", "reward_model", *runs):
         entry = state.get(key)
         if entry is None:
             continue
         result = entry["result"]
         name = {"pretrain": "pretrained", "sft": "sft"}.get(key, key.split(".", 1)[-1])
-        row = {"stage": key, "wall_seconds": result.get("seconds")}
+        row = {"stage": key, "wall_seconds": result.get("seconds"), "peak_rss_mb": result.get("peak_rss_mb")}
         if key == "reward_model":
             row.update(labels=labels, heldout_accuracy=result.get("heldout_accuracy"),
                        gold_agreement=result.get("gold_agreement"))
         else:
             row.update(evaluation.get(name, {}))
-            if key.startswith("preference_loop."):
+            if "labels" in result:  # a preference loop's own labels, or DPO's
                 row["labels"] = result["labels"]
-            else:
-                row["labels"] = labels if key.startswith("ppo.") and result.get("reward") == "reward_model" else 0
+            else:  # a run paid (or selecting) by the reward model used its labels
+                row["labels"] = labels if key.startswith(("ppo.", "agent.")) and result.get("reward") == "reward_model" else 0
+            if result.get("algorithm"):
+                row["algorithm"] = result["algorithm"]
         rows[name] = row
     return {"name": config.name, "seed": config.seed, "out": str(out), "rows": rows, "tensorboard": str(out / "tb")}
 

@@ -22,6 +22,8 @@ sweep resumes: each point's `run` reuses the stages it already finished.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import difflib
 import hashlib
 import itertools
 import json
@@ -41,8 +43,10 @@ from typing import Any
 
 from llm_gym.infra.atomic import write_json
 from llm_gym.infra.configio import ConfigError, load_config, parse_override, to_dict
+from llm_gym.infra.runfolder import check_writable_folder
 
-__all__ = ["SweepError", "SweepPoint", "flat_metrics", "format_table", "parse_grid", "plan_sweep", "plot_sweep", "run_sweep"]
+__all__ = ["SweepError", "SweepPoint", "flat_metrics", "format_table", "metric_columns", "parse_grid", "plan_sweep",
+           "plot_sweep", "run_sweep"]
 
 _GRID_EXAMPLE = "--grid ppo.ppo.config.kl_coef=0.05,0.2"
 
@@ -205,14 +209,17 @@ def plan_sweep(
     seeds: int = 1,
     overrides: Sequence[str] = (),
     cache_dir: str | PathLike[str] | None = None,
+    metric: str | None = None,
 ) -> list[SweepPoint]:
     """The sweep's points (grid x seeds, seeds innermost), each one's config validated.
 
     Every point's config is built with `load_config`, so a misspelt key or a value of the
-    wrong type fails here, before any run starts, with the key path in the message.
+    wrong type fails here, before any run starts, with the key path in the message; so does
+    a `metric` that no point's summary can have (see `metric_columns`).
 
     Raises:
-        ConfigError: An invalid grid key or value (naming the point and key path), a grid
+        ConfigError: An invalid grid key or value (naming the point and key path), a `metric`
+            that is no summary column (with the closest ones and the rows and keys), a grid
             key also given in `overrides`, a ``seed`` grid together with ``seeds > 1``, or
             nothing to sweep.
     """
@@ -239,6 +246,7 @@ def plan_sweep(
     short = _short_keys(keys)
     points: list[SweepPoint] = []
     names: set[str] = set()
+    columns: dict[str, None] = {}  # every point's possible summary columns, in order
     for combo in itertools.product(*(grid[k] for k in keys)):
         params = dict(zip(keys, combo))
         grid_sets = [f"{k}={_toml_literal(v)}" for k, v in params.items()]
@@ -248,7 +256,7 @@ def plan_sweep(
             seed_sets = [] if "seed" in params else [f"seed={seed}"]
             point_overrides = (*overrides, *grid_sets, *seed_sets)
             try:
-                load_config(ExperimentConfig, config_path, [*extra, *point_overrides])
+                point_config = load_config(ExperimentConfig, config_path, [*extra, *point_overrides])
             except ConfigError as err:
                 where = ", ".join(f"{k}={_value_text(v)}" for k, v in params.items()) or f"seed {seed}"
                 raise ConfigError(f"grid point {where}: {err}") from err
@@ -258,7 +266,46 @@ def plan_sweep(
                 unique, n = f"{name}_{n}", n + 1
             names.add(unique)
             points.append(SweepPoint(unique, params, seed, point_overrides))
+            columns.update(dict.fromkeys(metric_columns(point_config)))
+    if metric is not None:
+        _check_metric(metric, list(columns))
     return points
+
+
+_REWARD_MODEL_KEYS = ("heldout_accuracy", "gold_agreement", "labels", "wall_seconds", "peak_rss_mb")
+"""The reward model's row in `summary.build_summary`."""
+_POLICY_EXTRA_KEYS = ("labels", "wall_seconds", "eval_seconds", "peak_rss_mb", "eval_peak_rss_mb", "eval_cuda_peak_mb")
+"""A policy's row: these besides the `PolicyReport` fields (`eval_seconds`: the pipeline's evaluation stage)."""
+
+
+def metric_columns(config: Any) -> list[str]:
+    """Every numeric column ``<row>.<key>`` a run of the `ExperimentConfig` `config` can put in its summary.
+
+    The rows are the pretrained and SFT policies, the reward model and each PPO run and
+    preference loop by name; a row's columns appear in a run only when its stage (and, for
+    gold, RM score, KL, win rate and perplexity, the evaluation) ran and the task allows them.
+    This is what ``sweep --metric`` may name.
+    """
+    from llm_gym.app.evaluation import PolicyReport
+
+    policy_keys = [*(f.name for f in dataclasses.fields(PolicyReport)), *_POLICY_EXTRA_KEYS]
+    rows = {"pretrained": policy_keys, "sft": policy_keys, "reward_model": list(_REWARD_MODEL_KEYS),
+            **{name: policy_keys for name in [*config.ppo, *config.agent, *config.preference_loop]}}
+    return [f"{row}.{key}" for row, keys in rows.items() for key in keys]
+
+
+def _check_metric(metric: str, columns: Sequence[str]) -> None:
+    """Refuse a `metric` that no point's summary can hold (a typo would run every point for an empty column)."""
+    if metric in columns:
+        return
+    rows = list(dict.fromkeys(c.rsplit(".", 1)[0] for c in columns))
+    keys = list(dict.fromkeys(c.rsplit(".", 1)[1] for c in columns))
+    close = difflib.get_close_matches(metric, columns, n=3, cutoff=0.6)
+    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    raise ConfigError(
+        f"metric {metric!r} is not a summary column of this sweep{hint}; name one as <row>.<key>, with a row "
+        f"among {', '.join(rows)} and a key among {', '.join(keys)}, e.g. ppo.gold"
+    )
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -295,17 +342,17 @@ def run_sweep(
         ``returncode`` and ``seconds``.
 
     Raises:
-        ConfigError: The config or the grid is invalid (before any run starts).
+        ConfigError: The config, the grid or `metric` is invalid (before any run starts).
+        RunFolderError: `out` cannot be created or written (before any run starts).
         SweepError: Some points failed (after all others finished and the files were
             written); the message lists their logs.
     """
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
         raise ConfigError(f"parallel must be a positive int, got {parallel!r}")
-    if "." not in metric:
-        raise ConfigError(f"metric {metric!r} must name a summary column <row>.<key>, e.g. ppo.gold or ppo_ptx.win_rate")
     emit = on_event or (lambda line: None)
-    points = plan_sweep(config_path, grid, seeds=seeds, overrides=overrides, cache_dir=cache_dir)
+    points = plan_sweep(config_path, grid, seeds=seeds, overrides=overrides, cache_dir=cache_dir, metric=metric)
     out = Path(out)
+    check_writable_folder(out, "the sweep folder")
     out.mkdir(parents=True, exist_ok=True)
     if parallel > 1:
         _warm_model_cache(config_path, points, cache_dir, emit)

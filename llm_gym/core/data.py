@@ -2,8 +2,10 @@
 
 Every loader reports bad input with the file and line at fault and says how to fix it:
 a missing file, a line that is not UTF-8, a malformed JSON line, a missing field, an
-empty dataset or one that a filter emptied. Nothing is dropped silently: `filter` records
-how many prompts it removed, and an all-removing filter is an error.
+empty prompt, text no tokenizer can encode (a lone UTF-16 surrogate such as JSON's
+``"\\ud800"``), an empty dataset or one that a filter emptied. Nothing is dropped
+silently: `filter` records how many prompts it removed, and an all-removing filter is an
+error.
 """
 
 from __future__ import annotations
@@ -18,11 +20,32 @@ from pathlib import Path
 
 from llm_gym.core.task import Demonstration
 
-__all__ = ["PromptDataset", "DatasetError", "load_demonstrations", "load_prompts"]
+__all__ = ["PromptDataset", "DatasetError", "check_text", "load_demonstrations", "load_prompts"]
 
 
 class DatasetError(ValueError):
     """A prompt dataset could not be built; the message names the file/line and the fix."""
+
+
+def check_text(text: str, where: str) -> None:
+    """Refuse text that is not valid Unicode: a lone UTF-16 surrogate (U+D800..U+DFFF).
+
+    JSON can spell one (``"\\ud800"``, half of an escaped pair whose other half was lost, often
+    by a cut at a fixed length), Python strings hold it, and everything passes until a tokenizer
+    fails on it, after hours of earlier stages. UTF-8 files cannot hold one, so only escapes and
+    in-memory text need the check.
+
+    Raises:
+        DatasetError: naming `where` and the character's position.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DatasetError(
+            f"{where}: holds the lone surrogate {text[exc.start]!r} at character {exc.start + 1}, which is not a "
+            "character (half of a UTF-16 pair; in JSON an escape like \\ud800 without its partner); fix or "
+            "remove that text"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -52,6 +75,7 @@ class PromptDataset(Sequence[str]):
                 raise DatasetError(f"{self.source}: prompt {i} is {type(p).__name__}, not str")
             if not p.strip():
                 raise DatasetError(f"{self.source}: prompt {i} is empty or whitespace; remove it or fill it in")
+            check_text(p, f"{self.source}: prompt {i}")
 
     @classmethod
     def from_list(cls, prompts: Iterable[str], source: str = "list") -> PromptDataset:
@@ -121,8 +145,8 @@ def _decode_lines(raw: bytes, path: Path) -> list[str]:
     return out
 
 
-def _jsonl_records(lines: list[str], path: Path, keys: Sequence[str]) -> Iterator[dict]:
-    """The objects of a JSONL file, each checked to have string values under `keys` (errors name the line)."""
+def _jsonl_records(lines: list[str], path: Path, keys: Sequence[str]) -> Iterator[tuple[int, dict]]:
+    """The objects of a JSONL file and their line numbers, each checked to have text under `keys` (errors name the line)."""
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -136,12 +160,19 @@ def _jsonl_records(lines: list[str], path: Path, keys: Sequence[str]) -> Iterato
                 raise DatasetError(f"{path} line {lineno}: expected an object with a {key!r} field, found {found}")
             if not isinstance(obj[key], str):
                 raise DatasetError(f"{path} line {lineno}: {key!r} must be a string, got {type(obj[key]).__name__}")
-        yield obj
+            check_text(obj[key], f"{path} line {lineno}: {key!r}")
+        yield lineno, obj
 
 
 def _parse_jsonl(lines: list[str], path: Path, key: str) -> Iterator[str]:
-    for obj in _jsonl_records(lines, path, (key,)):
+    for lineno, obj in _jsonl_records(lines, path, (key,)):
+        _check_prompt(obj[key], f"{path} line {lineno}")
         yield obj[key]
+
+
+def _check_prompt(prompt: str, where: str) -> None:
+    if not prompt.strip():
+        raise DatasetError(f"{where}: the prompt is empty or whitespace; remove the line or fill it in")
 
 
 def _read_lines(path: str | PathLike[str], what: str) -> tuple[Path, list[str]]:
@@ -167,7 +198,7 @@ def load_demonstrations(path: str | PathLike[str]) -> list[Demonstration]:
     p, lines = _read_lines(path, "demonstration")
     if p.suffix.lower() != ".jsonl":
         raise DatasetError(f"{p}: demonstrations must be a .jsonl file of {{\"prompt\": ..., \"completion\": ...}} lines")
-    demos = [Demonstration(obj["prompt"], obj["completion"]) for obj in _jsonl_records(lines, p, ("prompt", "completion"))]
+    demos = [Demonstration(obj["prompt"], obj["completion"]) for _, obj in _jsonl_records(lines, p, ("prompt", "completion"))]
     if not demos:
         raise DatasetError(f"{p} holds no demonstrations; add lines like {{\"prompt\": \"the film was\", \"completion\": \" great .\"}}")
     return demos
@@ -181,4 +212,5 @@ def _parse_csv(lines: list[str], path: Path, key: str) -> Iterator[str]:
         value = row.get(key)
         if value is None:
             raise DatasetError(f"{path} line {reader.line_num}: row has fewer columns than the header")
+        _check_prompt(value, f"{path} line {reader.line_num}")
         yield value

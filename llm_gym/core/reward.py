@@ -33,7 +33,7 @@ def validate_rewards(values: object, n: int, source: str = "reward_fn") -> np.nd
     """Check that `values` are `n` finite numbers and return them as a float64 array.
 
     Raises:
-        TypeError: if `values` is not numeric (strings, objects, None).
+        TypeError: if `values` is not real numbers (strings, objects, None, complex numbers).
         ValueError: if the shape is not `(n,)` or a value is NaN or infinite.
     """
     if isinstance(values, (str, bytes)) or values is None:
@@ -45,6 +45,11 @@ def validate_rewards(values: object, n: int, source: str = "reward_fn") -> np.nd
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise TypeError(
             f"{source} returned values of type {arr.dtype}; it must return {n} floats, one per (prompt, completion) pair"
+        )
+    if np.issubdtype(arr.dtype, np.complexfloating):  # float64 would keep the real part and drop the rest in silence
+        raise TypeError(
+            f"{source} returned complex values ({arr.dtype}); a reward is one real number per pair: return "
+            "`.real` or `abs(...)` of them, whichever you mean"
         )
     if arr.shape != (n,):
         if arr.size == n and arr.ndim > 1 and max(arr.shape) == n:

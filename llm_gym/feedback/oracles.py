@@ -43,7 +43,12 @@ from llm_gym.core.preferences import PAIRWISE_CHOICES, Answer, Comparison, Query
 from llm_gym.core.reward import RewardFn, score_batch
 from llm_gym.feedback.store import PreferenceStore
 
-__all__ = ["PreferenceOracle", "SyntheticOracle", "RecordedOracle", "TerminalOracle", "collect"]
+__all__ = ["NoAnswersError", "PreferenceOracle", "SyntheticOracle", "RecordedOracle", "TerminalOracle", "collect"]
+
+
+class NoAnswersError(ValueError):
+    """A stage that learns from labels got none it can learn from (no answers, or only ties); the message says what
+    to do. The answers that were given stay in the store."""
 
 
 class PreferenceOracle(ABC):
@@ -279,12 +284,16 @@ class RecordedOracle(PreferenceOracle):
     A query matches a record when its prompt and completions are the same; the completions
     may be in another order (the pair shown as (B, A) when (A, B) was recorded), and the
     ranks are permuted to match. Queries without a record are skipped (left pending). A
-    query with several records (several labellers, contradictory labels) gets one answer
-    per record. Each answer's labeller is the record's labeller, or `name` when the record
-    has none.
+    query with several records (several labellers, contradictory labels, the pair recorded
+    in both orders) gets one answer per record. Each record is one answer: in one call to
+    `answer`, a record answers the first query it matches only (the same comparison asked
+    twice, in either order, is answered once). Each answer's labeller is the record's
+    labeller, or `name` when the record has none.
 
-    `queries()` gives the recorded queries themselves, so ``collect(oracle,
-    oracle.queries(), store)`` imports a whole dataset into a store.
+    `queries()` gives the recorded queries themselves, one per comparison (a pair recorded as
+    (A, B) by one labeller and as (B, A) by another is one query with two answers), so
+    ``collect(oracle, oracle.queries(), store)`` imports a whole dataset into a store, one
+    answer per record.
 
     Args:
         comparisons: the recorded labels (a record with labeller ``"unknown"``, the
@@ -299,17 +308,20 @@ class RecordedOracle(PreferenceOracle):
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string (the labeller id), got {name!r}")
         comparisons = list(comparisons)
-        for c in comparisons:
+        for i, c in enumerate(comparisons):
             if not isinstance(c, Comparison):
                 raise TypeError(f"RecordedOracle takes Comparison objects, got {type(c).__name__}")
+            problem = _self_comparison(c)
+            if problem:
+                raise ValueError(f"comparison {i}: {problem}")
         if not comparisons:
             raise ValueError("RecordedOracle got no comparisons; give at least one labelled comparison")
         self.comparisons = comparisons
         self.name = name
         self.clock = clock
-        self._index: dict[tuple[str, tuple[str, ...]], list[Comparison]] = {}
-        for c in comparisons:
-            self._index.setdefault(_content_key(c.prompt, c.completions), []).append(c)
+        self._index: dict[tuple[str, tuple[str, ...]], list[tuple[int, Comparison]]] = {}
+        for i, c in enumerate(comparisons):
+            self._index.setdefault(_content_key(c.prompt, c.completions), []).append((i, c))
 
     @classmethod
     def from_jsonl(
@@ -342,19 +354,34 @@ class RecordedOracle(PreferenceOracle):
         return cls(comparisons, name, clock=clock)
 
     def queries(self) -> list[Query]:
-        """The recorded queries, in file order, each once."""
-        seen: dict[str, Query] = {}
+        """The recorded queries, in file order, each comparison once (in the order its first record shows it)."""
+        seen: dict[tuple[str, tuple[str, ...]], Query] = {}
         for c in self.comparisons:
-            seen.setdefault(c.query_id, Query(c.prompt, c.completions, c.query_id))
+            seen.setdefault(_content_key(c.prompt, c.completions), Query(c.prompt, c.completions, c.query_id))
         return list(seen.values())
 
     def answer(self, queries: Sequence[Query]) -> Iterator[Answer]:
-        """Yield the recorded answers to those of `queries` that have a record; skip the rest."""
+        """Yield the recorded answers to those of `queries` that have a record, one per record; skip the rest."""
+        used: set[int] = set()  # records already answered in this call, by position in `comparisons`
         for q in queries:
-            for c in self._index.get(_content_key(q.prompt, q.completions), ()):
+            for i, c in self._index.get(_content_key(q.prompt, q.completions), ()):
+                if i in used:
+                    continue
+                used.add(i)
                 ranks = _permute_ranks(c.completions, c.ranks, q.completions)
                 labeller = self.name if c.labeller == "unknown" else c.labeller
                 yield Answer(q.query_id, ranks, labeller, answered_at=self.clock())
+
+
+def _self_comparison(c: Comparison) -> str | None:
+    """What is wrong with a record that ranks a text above itself (e.g. chosen == rejected), or None."""
+    for i, j in sorted(tuple(sorted(pair)) for pair in c.pairs()):
+        if c.completions[i] == c.completions[j]:
+            return (
+                f"completions {i + 1} and {j + 1} are the same text {c.completions[i]!r} but ranked apart; "
+                "a text cannot be better than itself: fix the record (or drop it)"
+            )
+    return None
 
 
 def _content_key(prompt: str, completions: Sequence[str]) -> tuple[str, tuple[str, ...]]:
@@ -393,6 +420,11 @@ def _parse_record(line: str, where: str, default_labeller: str) -> Comparison:
             raise DatasetError(f"{where}: give either 'chosen'/'rejected' or 'completions', not both")
         completions: tuple[str, ...] = (text("chosen"), text("rejected"))
         ranks: tuple[int, ...] = (0, 1)
+        if completions[0] == completions[1]:
+            raise DatasetError(
+                f"{where}: 'chosen' and 'rejected' are the same text {completions[0]!r}; a text cannot be better "
+                "than itself: fix the record (or drop it)"
+            )
     elif "completions" in obj:
         raw = obj["completions"]
         if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
@@ -422,9 +454,13 @@ def _parse_record(line: str, where: str, default_labeller: str) -> Comparison:
             f"(found {sorted(obj)})"
         )
     try:
-        return Comparison(prompt, completions, ranks, labeller)
+        comparison = Comparison(prompt, completions, ranks, labeller)
     except (ValueError, TypeError) as exc:
         raise DatasetError(f"{where}: {exc}") from exc
+    problem = _self_comparison(comparison)
+    if problem:
+        raise DatasetError(f"{where}: {problem}")
+    return comparison
 
 
 # --------------------------------------------------------------------------------------
@@ -444,8 +480,11 @@ class TerminalOracle(PreferenceOracle):
       ranking: every number once), or ``s``/``q``.
 
     Anything else is explained and asked again. End of input (EOFError) and Ctrl-C
-    (KeyboardInterrupt) count as quit. Each answer is yielded as soon as it is typed, so
-    with `collect` it is in the store before the next query is shown.
+    (KeyboardInterrupt) count as quit; so does a closed standard input when `input_fn` is
+    `input` (nothing is asked, and a line says why); other exceptions of `input_fn`
+    propagate. Each answer is yielded as soon as it is typed, so with `collect` it is in
+    the store before the next query is shown. A session whose answers were all ties ends
+    with a line saying that ties teach a reward model nothing.
 
     Args:
         input_fn: reads one line given a prompt string (`input` by default; tests pass a fake).
@@ -475,7 +514,13 @@ class TerminalOracle(PreferenceOracle):
         """Show each query, read the person's choice, and yield it at once; skipped queries yield nothing."""
         out = self.output if self.output is not None else sys.stdout
         queries = list(queries)
-        answered = skipped = 0
+        if queries and self.input_fn is input and (sys.stdin is None or sys.stdin.closed):
+            # `input` would raise RuntimeError("lost sys.stdin") or ValueError: say what is wrong instead
+            out.write(f"No answer can be typed: standard input is closed. Run the command at a terminal to answer; "
+                      f"the {len(queries)} queries stay pending.\n")
+            _flush(out)
+            return
+        answered = skipped = ties = 0
         for n, q in enumerate(queries, start=1):
             out.write(_render(q, n, len(queries)))
             try:
@@ -488,9 +533,14 @@ class TerminalOracle(PreferenceOracle):
             if ranks == "skip":
                 skipped += 1
                 continue
+            answer = Answer(q.query_id, ranks, self.name, answered_at=self.clock())
             answered += 1
-            yield Answer(q.query_id, ranks, self.name, answered_at=self.clock())
+            ties += answer.is_tie
+            yield answer
         out.write(f"Answered {answered}, skipped {skipped} of {len(queries)} queries.\n")
+        if answered and ties == answered:
+            out.write("Every answer was a tie: a tie says neither completion is better, so a reward model learns "
+                      "nothing from these; answer 1 or 2 where one is better.\n")
         _flush(out)
 
     def _read_answer(self, q: Query, out: TextIO) -> tuple[int, ...] | str | None:

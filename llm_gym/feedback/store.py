@@ -78,7 +78,7 @@ from llm_gym.core.preferences import Answer, Comparison, Query
 
 T = TypeVar("T")
 
-__all__ = ["PreferenceStore", "StoreError", "SCHEMA_VERSION", "answer_id"]
+__all__ = ["PreferenceStore", "StoreError", "SCHEMA_VERSION", "answer_id", "move_store", "store_files"]
 
 SCHEMA_VERSION = 1
 """Stored in ``PRAGMA user_version``; a file from a newer llm_gym is refused, not rewritten."""
@@ -182,7 +182,9 @@ class PreferenceStore:
                     f"{self.path} is locked by another process for longer than the {self._timeout:g} s timeout; "
                     "close the other program (or pass a longer timeout) and open it again"
                 ) from exc
-            raise StoreError(f"{self.path} is not an SQLite database ({exc}); pass a new file name for the store") from exc
+            # the file starts like SQLite (checked before connecting): say what stops it, never "use another file"
+            # for what may be a store of labels that a permission or a damaged page keeps out of reach
+            raise StoreError(_unreadable(Path(self.path), exc)) from exc
         if app_id == 0 and n_objects == 0 and version == 0:
             # A new, empty database: nothing above wrote to it; now make it a store.
             with self._transaction():
@@ -207,6 +209,7 @@ class PreferenceStore:
             )
         if version < 1:
             raise StoreError(f"{self.path}: preference store with invalid schema version {version}; it was left unchanged")
+        self._quick_check()
         self._retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))  # persistent in the file; a no-op when already set
         conn.execute("PRAGMA synchronous=FULL")  # fsync at every commit: a committed answer survives power loss
         conn.execute("PRAGMA foreign_keys=ON")
@@ -215,6 +218,21 @@ class PreferenceStore:
                 for statement in _LEASE_SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
+
+    def _quick_check(self) -> None:
+        """Refuse a store with a damaged page now, naming the file, rather than on the first read that reaches it.
+
+        SQLite's ``quick_check`` reads every page of the file (the b-trees, not the index contents): about
+        a second per few hundred MB, once per open. It only reads.
+        """
+        try:
+            problems = [row[0] for row in self._retry_busy(lambda: self._read("PRAGMA quick_check(5)"))]
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+                raise  # a lock, not damage: the caller of open reports it
+            problems = [str(exc)]
+        if problems != ["ok"]:
+            raise StoreError(_damaged(Path(self.path), "; ".join(problems)))
 
     def _header_snapshot(self) -> tuple[int, int, int]:
         """`_header` read in one read transaction, so that a schema another process commits halfway
@@ -335,6 +353,12 @@ class PreferenceStore:
                     )
                 inserted += _insert_answer(conn, a)
         return inserted
+
+    def add_from(self, other: PreferenceStore) -> int:
+        """Copy every query and answer of `other` into this store (what is here already is kept as it is);
+        returns how many answers were new. Both stay usable; `other` is only read."""
+        self.add_queries(other.queries())
+        return self.add_answers(other.answers())
 
     # -- reading -------------------------------------------------------------------------
 
@@ -458,6 +482,45 @@ class PreferenceStore:
         return f"PreferenceStore({self.path!r})"
 
 
+_COMPANIONS = ("-shm", "-wal", "")
+"""The files of one store, in the order `move_store` renames them: the database file last."""
+
+
+def store_files(path: str | PathLike[str]) -> list[Path]:
+    """The files of the store at `path` that exist: the database and SQLite's ``-wal`` and ``-shm`` beside it."""
+    return [Path(f"{path}{suffix}") for suffix in reversed(_COMPANIONS) if Path(f"{path}{suffix}").exists()]
+
+
+def move_store(source: str | PathLike[str], target: str | PathLike[str]) -> None:
+    """Give the store file `source` (with its journal) the name `target`, never replacing anything there.
+
+    The write-ahead log is first folded into the file where SQLite can, so normally one file moves, in
+    one atomic rename. Otherwise the journal is renamed before the database file: a kill in between
+    leaves the database under its old name and its log under the new one (both kept; a new store is
+    never created beside an old log).
+
+    Raises:
+        FileExistsError: `target` or one of its journal files exists (nothing was moved).
+    """
+    source, target = Path(source), Path(target)
+    taken = store_files(target)
+    if taken:
+        raise FileExistsError(f"cannot move preference store {source} to {target}: {taken[0]} exists; pick a free name")
+    if source.exists():  # (connecting to a missing file would create one)
+        try:  # fold the log into the file; a file SQLite cannot open now is moved as it is, with its log
+            conn = sqlite3.connect(source, timeout=5.0)
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.close()  # the last connection to close removes the emptied log
+        except sqlite3.Error:
+            pass
+    for suffix in _COMPANIONS:
+        old, new = Path(f"{source}{suffix}"), Path(f"{target}{suffix}")
+        if old.exists():
+            os.rename(old, new)  # `new` was free above; os.replace would hide a file appearing since
+
+
 def _insert_answer(conn: sqlite3.Connection, answer: Answer) -> int:
     """Insert one checked answer row inside an open transaction: 1 if it is new, 0 if the identical answer is stored."""
     return conn.execute(
@@ -481,6 +544,38 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     if code is not None:
         return code & 0xFF in (5, 6)
     return "locked" in str(exc) or "busy" in str(exc)
+
+
+_SQLITE_READONLY, _SQLITE_CANTOPEN = 8, 14
+
+
+def _unreadable(path: Path, exc: sqlite3.DatabaseError) -> str:
+    """Why an existing file that starts like an SQLite database could not be opened as one, and what to do."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in (_SQLITE_READONLY, _SQLITE_CANTOPEN) or "readonly" in str(exc):
+        folder = path.parent
+        if not os.access(folder, os.W_OK):
+            return (
+                f"cannot open preference store {path}: its folder {folder} is not writable, and SQLite keeps the "
+                f"store's journal beside it ({path.name}-wal, {path.name}-shm); make the folder writable "
+                f"(chmod u+w {folder}) or copy the store to a writable folder and open the copy. "
+                "The store was left unchanged."
+            )
+        if not os.access(path, os.W_OK):
+            return (
+                f"cannot open preference store {path}: the file is read-only; make it writable (chmod u+w {path}) "
+                "or open a copy of it. The store was left unchanged."
+            )
+        return f"cannot open preference store {path} ({exc}); check that the file and its folder are writable"
+    return _damaged(path, str(exc))
+
+
+def _damaged(path: Path, problem: str) -> str:
+    return (
+        f"{path} is an SQLite file that SQLite cannot read whole ({problem}): it is damaged. It was left unchanged; "
+        f"restore it from a backup, or save what is readable with `sqlite3 {path} .recover | sqlite3 recovered.sqlite` "
+        "and open the recovered copy"
+    )
 
 
 def _check_is_sqlite_or_new(path: Path) -> None:

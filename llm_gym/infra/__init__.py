@@ -1,7 +1,11 @@
 """Plumbing with no reinforcement learning in it.
 
-    atomic.py        atomic folder and JSON writes (a crash leaves the old version or the new one)
+    atomic.py        atomic folder and JSON writes (a crash leaves the old version or the new one; recover_dir
+                     finishes or rolls back a replacement a killed writer left, and removes its leftovers)
+    update.py        UpdateStep: one optimizer step over micro-batches (global normalisation, clipping, NaN guard)
     distributed.py   Distributed: data parallelism over accelerate / torchrun, a single-process stand-in without one
+    memory.py        PeakMemory: a block's peak resident (and CUDA) memory, sampled, for per-stage figures
     logger.py        Logger: the one logger passed to every component, over TensorBoard's writer
-    configio.py      config dataclasses <-> TOML/JSON, strict, with dotted paths and "did you mean"
+    configio.py      config dataclasses <-> TOML/JSON, strict, with dotted paths and "did you mean"; check_finite
+    runfolder.py     run-folder checks: a folder that cannot be written, a damaged state.json, named with the fix
 """

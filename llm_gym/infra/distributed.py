@@ -29,7 +29,7 @@ computes on the same global batch (to float precision):
 Example (the same script runs with `python script.py` or `accelerate launch script.py`):
     >>> dist = Distributed.from_environment()  # doctest: +SKIP
     >>> policy = Policy.from_pretrained(path, device=dist.device)  # doctest: +SKIP
-    >>> SFTTrainer(SFTConfig(), rng=np.random.default_rng(0), distributed=dist).train(policy, demos)  # doctest: +SKIP
+    >>> SFTTrainer(SFTConfig(), rng=np.random.default_rng(0), distributed=dist).fit(policy, demos)  # doctest: +SKIP
 """
 
 from __future__ import annotations

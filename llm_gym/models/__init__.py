@@ -2,6 +2,7 @@
 
     text.py               text to token batches: encoding, EOS, left truncation keeping BOS, left/right padding
     policy.py             Policy: KV-cached batched sampling with log-probs, log-prob recomputation, SamplingConfig
+    sampler.py            CompletionSampler: what evaluation needs of anything that answers prompts (a Policy, best-of-N)
     lm.py                 documents as a batch, the next-token loss, perplexity (pretraining, PPO-ptx, alignment tax)
     reward_model.py       RewardModel (backbone + scalar head): encoding, scoring, normalising; LearnedReward
     reward_losses.py      the Bradley-Terry losses: pairwise_loss, ranking_loss

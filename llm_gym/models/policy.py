@@ -26,7 +26,8 @@ from typing import Literal, NamedTuple
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from llm_gym.models.text import encode, pad_left, position_ids, truncate_left_all
+from llm_gym.infra.configio import check_finite
+from llm_gym.models.text import append_eos, encode, pad_left, pad_right, position_ids, truncate_left, truncate_left_all
 
 __all__ = ["Evaluation", "Policy", "Rollout", "SamplingConfig", "process_logits", "default_device"]
 
@@ -54,6 +55,7 @@ class SamplingConfig:
     """Stop a completion at the tokenizer's EOS token (the EOS is part of the completion)."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
         if not self.temperature > 0:
@@ -208,6 +210,62 @@ class Policy:
             raise ValueError("a prompt encoded to zero tokens; give non-empty prompts")
         return ids.to(self.device), mask.to(self.device), truncated
 
+    def encode_pairs(
+        self, prompts: Sequence[str], completions: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tokenize given (prompt, completion) pairs into the four tensors `evaluate` and `log_probs` take.
+
+        For scoring completions that were not sampled in this batch (DPO's preference pairs).
+        The prompt is read as `encode_prompts` reads it (the tokenizer's BOS convention,
+        left-padded); the completion as a continuation with nothing added, followed by EOS
+        (as `sft_batch` tokenises an answer after its prompt, and as `sample` ends a
+        completion), right-padded. `completion_mask` is 1 on the completion's tokens and its
+        EOS, so `log_probs(...).sum(-1)` is log pi(completion + EOS | prompt). A prompt that
+        leaves no room for its own completion in the context is cut on the left (keeping a
+        leading BOS, counted in `num_truncated_prompts`) or refused, as `overflow` says.
+
+        Returns:
+            (prompt_ids, prompt_mask, completion_ids, completion_mask), each (B, ·) long, on the policy's device.
+
+        Raises:
+            ValueError: the lists differ in length or are empty, a prompt encodes to no token, a
+                completion (with its EOS) fills the whole context, or (overflow="reject") a pair
+                does not fit.
+        """
+        for name, texts in (("prompts", prompts), ("completions", completions)):
+            if isinstance(texts, str):
+                raise TypeError(f"{name} must be a list of strings, not one string; wrap it: [{name[:-1]}]")
+        if len(prompts) != len(completions):
+            raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions; they must pair up")
+        if len(prompts) == 0:
+            raise ValueError("nothing to encode; pass at least one (prompt, completion) pair")
+        tok = self.tokenizer
+        answers = append_eos(encode(tok, completions, special_tokens=False), tok.eos_token_id)
+        rows, truncated = [], 0
+        for i, (ids, answer) in enumerate(zip(encode(tok, prompts), answers)):
+            limit = self.context_length - len(answer)  # room left for this pair's prompt
+            if limit < 1:
+                raise ValueError(f"completion {i} has {len(answer)} tokens with its EOS, which leaves no room for its "
+                                 f"prompt in a context of {self.context_length} tokens; shorten it")
+            if len(ids) > limit:
+                if self.overflow == "reject":
+                    raise ValueError(
+                        f"prompt {i} has {len(ids)} tokens but its completion's {len(answer)} leave it {limit} of the "
+                        f"context ({self.context_length}); shorten it, or use overflow='truncate_left'"
+                    )
+                ids, truncated = truncate_left(ids, limit, tok.bos_token_id), truncated + 1
+            rows.append(ids)
+        if truncated:
+            self.num_truncated_prompts += truncated
+            _log.warning("truncated %d prompt(s) on the left to fit their completions (total so far: %d)", truncated,
+                         self.num_truncated_prompts)
+        prompt_ids, prompt_mask = pad_left(rows, tok.pad_token_id)
+        if (prompt_mask.sum(-1) == 0).any():
+            raise ValueError("a prompt encoded to zero tokens; give non-empty prompts")
+        answer_batch = pad_right(answers, tok.pad_token_id)
+        return (prompt_ids.to(self.device), prompt_mask.to(self.device), answer_batch.input_ids.to(self.device),
+                answer_batch.attention_mask.to(self.device))
+
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()  # not inference_mode: PPO later uses these tensors in autograd graphs
     def sample(
@@ -320,18 +378,38 @@ class Policy:
 
     def log_probs(
         self,
-        prompt_ids: torch.Tensor,
-        prompt_mask: torch.Tensor,
-        completion_ids: torch.Tensor,
-        completion_mask: torch.Tensor,
-        config: SamplingConfig = SamplingConfig(),
+        prompt_ids: torch.Tensor | Rollout,
+        prompt_mask: torch.Tensor | SamplingConfig | None = None,
+        completion_ids: torch.Tensor | None = None,
+        completion_mask: torch.Tensor | None = None,
+        config: SamplingConfig | None = None,
     ) -> torch.Tensor:
         """Per-token log-probs (B, T) of given completions under the sampling distribution of `config`.
 
-        One forward pass over prompt + completion; differentiable when grad is enabled, 0 where
-        `completion_mask` is 0. With the config used to sample, this agrees with
-        `Rollout.logprobs` to float precision.
+        Takes the four tensors of a batch (`encode_pairs` makes them from text), or a `Rollout`
+        in their place: `policy.log_probs(rollout, config)` scores the rollout's own
+        completions. One forward pass over prompt + completion; differentiable when grad is
+        enabled, 0 where `completion_mask` is 0. With the config used to sample (None = the
+        model's own distribution, `SamplingConfig()`), this agrees with `Rollout.logprobs` to
+        float precision.
         """
+        if isinstance(prompt_ids, Rollout):
+            if completion_ids is not None or completion_mask is not None or not (
+                prompt_mask is None or isinstance(prompt_mask, SamplingConfig)
+            ):
+                raise TypeError("log_probs takes a Rollout or the four tensors (prompt_ids, prompt_mask, completion_ids, "
+                                "completion_mask), not both")
+            if isinstance(prompt_mask, SamplingConfig):
+                if config is not None:
+                    raise TypeError("log_probs got two sampling configs; pass it once: log_probs(rollout, config)")
+                config = prompt_mask
+            rollout = prompt_ids
+            prompt_ids, prompt_mask = rollout.prompt_ids, rollout.prompt_mask
+            completion_ids, completion_mask = rollout.completion_ids, rollout.completion_mask
+        elif not isinstance(prompt_mask, torch.Tensor) or completion_ids is None or completion_mask is None:
+            raise TypeError("log_probs takes a Rollout, or the four tensors (prompt_ids, prompt_mask, completion_ids, "
+                            "completion_mask) that Policy.encode_pairs returns")
+        config = config if config is not None else SamplingConfig()
         return self.evaluate(prompt_ids, prompt_mask, completion_ids, completion_mask, config).logprobs
 
 

@@ -9,14 +9,14 @@ A model's folder (`RewardModel.save`):
 
 An ensemble's folder (`RewardEnsemble.save`) holds `member_0/`, `member_1/`, ... (each a model
 folder) and `reward_ensemble.json` (format version, number of members). Folders are written
-atomically (`llm_gym/infra/atomic.py`), and replace only a checkpoint of the same kind. A
+atomically (`llm_gym/infra/atomic.py`), and replace only a checkpoint of the same kind; every
+reader repairs a save that a crash cut short (`recover_dir`) before it looks at the folder. A
 checkpoint whose weights changed after saving, or whose tensors do not fit the saved config,
 is refused with a `ValueError` that says what to do.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from os import PathLike
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from llm_gym.infra.atomic import atomic_dir
+from llm_gym.infra.atomic import atomic_dir, file_sha256, recover_dir
 
 if TYPE_CHECKING:
     from llm_gym.models.reward_model import RewardModel
@@ -88,7 +88,7 @@ def _write_model(folder: Path, rm: RewardModel) -> None:
         "max_length": rm.max_length,
         "pooling": rm.net.pooling,
         "offset": rm.offset,
-        "sha256": _sha256(weights),
+        "sha256": file_sha256(weights),
     }
     (folder / MODEL_META).write_text(json.dumps(meta, indent=2, default=str))
     rm.tokenizer.save_pretrained(folder)
@@ -108,7 +108,7 @@ def read_model(path: str | PathLike[str]) -> SavedModel:
         ValueError: unknown format version, weights modified after saving (sha256 mismatch),
             or an incomplete or invalid `reward_model.json`.
     """
-    path = Path(path)
+    path = recover_dir(path)
     meta_file, weights = path / MODEL_META, path / WEIGHTS
     if not meta_file.is_file() or not weights.is_file():
         raise FileNotFoundError(f"{path} is not a reward-model checkpoint (needs {MODEL_META} and {WEIGHTS}); write one with RewardModel.save")
@@ -122,7 +122,7 @@ def read_model(path: str | PathLike[str]) -> SavedModel:
             f"checkpoint {path} has format version {version!r}, this llm_gym reads version {FORMAT_VERSION}; "
             "re-save it with a matching llm_gym version"
         )
-    if _sha256(weights) != meta.get("sha256"):
+    if file_sha256(weights) != meta.get("sha256"):
         raise ValueError(
             f"checkpoint {path} was modified after saving (sha256 mismatch): {WEIGHTS} is not the file "
             "that was saved; re-save it or restore the original"
@@ -158,7 +158,7 @@ def load_weights(net: nn.Module, path: str | PathLike[str]) -> None:
 
 def ensemble_members(path: str | PathLike[str]) -> list[Path]:
     """The member folders of an ensemble checkpoint, after checking its index file."""
-    path = Path(path)
+    path = recover_dir(path)
     meta_file = path / ENSEMBLE_META
     if not meta_file.is_file():
         raise FileNotFoundError(f"{path} is not a reward-ensemble checkpoint (no {ENSEMBLE_META}); write one with RewardEnsemble.save")
@@ -170,12 +170,4 @@ def ensemble_members(path: str | PathLike[str]) -> list[Path]:
 
 def is_ensemble(path: str | PathLike[str]) -> bool:
     """Whether `path` holds an ensemble checkpoint (its index file) rather than a single model's."""
-    return (Path(path) / ENSEMBLE_META).is_file()
-
-
-def _sha256(file: Path) -> str:
-    h = hashlib.sha256()
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return (recover_dir(path) / ENSEMBLE_META).is_file()

@@ -41,6 +41,9 @@ class RewardEnsemble:
     member is a full model (memory grows with the number of members).
     """
 
+    bootstrap = True
+    """Members train on bootstrap resamples of the comparisons (see `LearnedReward.bootstrap`)."""
+
     def __init__(self, members: Sequence[RewardModel]) -> None:
         members = list(members)
         if not members:

@@ -215,6 +215,9 @@ class RewardModel:
         """`[self]`: a single model is its own only member (see `LearnedReward`)."""
         return [self]
 
+    bootstrap = False
+    """A single model trains on the comparisons themselves (see `LearnedReward.bootstrap`)."""
+
     @property
     def offset(self) -> float:
         """The normalisation constant subtracted from the head's output (see `normalize`)."""
@@ -343,6 +346,12 @@ class LearnedReward(Protocol):
     @property
     def members(self) -> Sequence[RewardModel]:
         """The trained models: `[self]` for a `RewardModel`."""
+        ...
+
+    @property
+    def bootstrap(self) -> bool:
+        """Whether each member trains on its own bootstrap resample of the comparisons (an ensemble, as
+        Christiano et al. 2017) rather than on the comparisons themselves (a single model)."""
         ...
 
     def score(self, prompts: Sequence[str], completions: Sequence[str], batch_size: int = 64) -> np.ndarray:

@@ -23,9 +23,10 @@ from torch import nn
 
 from llm_gym.core.preferences import Comparison
 from llm_gym.core.reward import RewardFn, score_batch
-from llm_gym.infra.distributed import Distributed, MixedPrecision, check_training_options, resolve_mixed_precision
+from llm_gym.infra.configio import check_finite
+from llm_gym.infra.distributed import Distributed, MixedPrecision, check_training_options
 from llm_gym.infra.logger import Logger
-from llm_gym.models.reward_ensemble import RewardEnsemble
+from llm_gym.infra.update import UpdateStep
 from llm_gym.models.reward_losses import TiesMode, ranking_stats
 from llm_gym.models.reward_model import LearnedReward, RewardModel
 
@@ -64,6 +65,7 @@ class RewardTrainerConfig:
     optimizer step (less memory; the same update: the loss is normalised by the whole batch)."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         check_training_options("RewardTrainerConfig", self.mixed_precision, self.gradient_accumulation_steps)
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
@@ -226,8 +228,8 @@ class RewardTrainer:
             train_set, held = self.split(comparisons)
         else:
             train_set, held = list(comparisons), list(heldout)
-        if not isinstance(model, RewardEnsemble):  # the one place that knows an ensemble trains differently
-            return self._fit_model(model, train_set, held, gold_fn, log_prefix)
+        if not model.bootstrap:
+            return self._fit_model(model.members[0], train_set, held, gold_fn, log_prefix)
         rng = bootstrap_rng if bootstrap_rng is not None else self.rng
         results: list[dict[str, float]] = []
         for i, member in enumerate(model.members):
@@ -250,12 +252,14 @@ class RewardTrainer:
 
         opt = torch.optim.AdamW(rm.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         net, _ = self.dist.prepare(rm.net)
+        update = UpdateStep(opt, [net], distributed=self.dist, max_grad_norm=cfg.max_grad_norm,
+                            mixed_precision=cfg.mixed_precision, hint="lower learning_rate")
         metrics: dict[str, float] = {"num_train": float(len(train_set)), "num_heldout": float(len(held))}
         devices = [rm.device] if rm.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # dropout draws from torch's rng: seed it from ours, leave the global state
             torch.manual_seed(int(self.rng.integers(2**62)))
             for _epoch in range(cfg.epochs):
-                metrics.update(self._epoch(rm, net, opt, train_set))
+                metrics.update(self._epoch(rm, net, update, train_set))
                 if held_padded is not None or gold_pairs is not None:
                     metrics.update(self._evaluate(rm, held_padded, gold_set, gold_pairs))
                 if self.logger is not None:
@@ -273,11 +277,10 @@ class RewardTrainer:
                       DeprecationWarning, stacklevel=2)
         return self.fit(rm, comparisons, gold_fn, **kwargs)
 
-    def _epoch(self, rm: RewardModel, net: nn.Module, opt: torch.optim.Optimizer, train_set: list[Comparison]) -> dict[str, float]:
+    def _epoch(self, rm: RewardModel, net: nn.Module, update: UpdateStep, train_set: list[Comparison]) -> dict[str, float]:
         """One pass over `train_set`; `net` is `rm.net` as `Distributed.prepare` returned it."""
         cfg, dist = self.config, self.dist
         rm.train(not cfg.disable_dropout)
-        amp = resolve_mixed_precision(cfg.mixed_precision, rm.device)
         order = self.rng.permutation(len(train_set))
         loss_sum, elements, correct, margin_sum, pairs = 0.0, 0, 0.0, 0.0, 0
         for start in range(0, len(order), cfg.batch_size):
@@ -287,21 +290,20 @@ class RewardTrainer:
             n_global = dist.sum_float(sum(_num_elements(b, cfg.ties) for b, w in work if w))
             if n_global == 0:
                 continue  # only ties in this batch (ties="skip"), on every process: nothing to learn
-            opt.zero_grad(set_to_none=True)
             results = []
-            for k, (batch, weight) in enumerate(work):
-                ids, mask = rm.encode(batch.prompts, batch.completions)
-                with dist.no_sync(net, enabled=k + 1 < len(work)):
-                    with Distributed.autocast(amp, rm.device):
-                        flat = net(ids, mask).float()
-                    rewards = flat[batch.index.to(flat.device)]
-                    stats = ranking_stats(rewards, batch.ranks.to(flat.device), batch.k_mask.to(flat.device), cfg.ties)
-                    # per-element mean over the global batch: DDP averages over processes, hence world_size
-                    dist.backward(stats.loss * (weight * stats.num_elements * dist.world_size / n_global))
-                results.append((stats, weight))
-            if cfg.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(rm.net.parameters(), cfg.max_grad_norm)
-            opt.step()
+            update.context = f"at reward-model step {self.num_updates}"
+            with update.accumulate():
+                for k, (batch, weight) in enumerate(work):
+                    ids, mask = rm.encode(batch.prompts, batch.completions)
+                    with update.micro(sync=k + 1 == len(work)):
+                        with update.autocast():
+                            flat = net(ids, mask).float()
+                        rewards = flat[batch.index.to(flat.device)]
+                        stats = ranking_stats(rewards, batch.ranks.to(flat.device), batch.k_mask.to(flat.device), cfg.ties)
+                        # the per-element mean over the global batch (a zero-weighted stand-in adds nothing)
+                        update.backward(stats.loss * stats.num_elements * weight * update.scale(n_global),
+                                        {"reward_model_loss": stats.loss})
+                    results.append((stats, weight))
             self.num_updates += 1
             for stats, weight in results:
                 if not weight:

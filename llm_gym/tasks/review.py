@@ -52,6 +52,7 @@ from functools import lru_cache
 import numpy as np
 
 from llm_gym.core.task import Demonstration
+from llm_gym.infra.configio import check_finite
 
 __all__ = [
     "GoldScorer",
@@ -91,6 +92,7 @@ class ReviewTaskConfig:
     n_demonstrations: int = 1000
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}; pass e.g. seed=0.")
         minimum = {
@@ -551,7 +553,8 @@ def generate_review_task(config: ReviewTaskConfig | None = None) -> ReviewTask:
     config = ReviewTaskConfig() if config is None else config
 
     def stream(name: str) -> random.Random:
-        # A str seed is hashed with SHA-512 by `random`, independent of PYTHONHASHSEED.
+        # A str seed is hashed with SHA-512 by `random`, independent of PYTHONHASHSEED. The "llm_gym.task/" prefix
+        # is the module's old name: it stays, since changing it would change every generated corpus.
         return random.Random(f"llm_gym.task/{config.seed}/{name}")
 
     prompts = _prompts(stream("prompts"), config.n_prompts)
@@ -628,7 +631,7 @@ _NEGATION_SCALE = -0.5  # "not good" = -0.5 * good: flipped and damped
 _SENTIMENT_TEMPERATURE = 2.0  # sentiment = tanh(total / temperature)
 _MIN_WORDS = 3
 
-_BIGRAM_SEED = "llm_gym.task/known-bigrams"
+_BIGRAM_SEED = "llm_gym.task/known-bigrams"  # the old module name, kept: it seeds the known-bigram table
 _BIGRAM_REVIEWS = 30000
 
 

@@ -9,8 +9,9 @@ through `from_pretrained`, the same path a Hub model takes, so nothing downstrea
 it is local.
 
 The cache folder is `$LLM_GYM_CACHE`, else `~/.cache/llm_gym`; a folder per config hash,
-written to a temporary folder and renamed into place, so an interrupted build never
-leaves a half-written model behind.
+written to a temporary folder and renamed into place (`llm_gym.infra.atomic`), so an
+interrupted build never leaves a half-written model behind; what a killed build leaves (a
+temporary folder, or a rebuild cut short between its renames) is repaired by the next lookup.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from llm_gym.infra.atomic import replace_dir
+from llm_gym.infra.atomic import atomic_dir, recover_dir
+from llm_gym.infra.configio import check_finite
 from llm_gym.infra.logger import Logger
 from llm_gym.models.lm import encode_documents, perplexity
 from llm_gym.models.policy import default_device
@@ -92,6 +92,7 @@ class TinyLMConfig:
     """Seed of model initialisation and batch order."""
 
     def __post_init__(self) -> None:
+        check_finite(self)
         for name in ("vocab_size", "n_layer", "n_head", "n_embd", "n_positions", "train_steps", "batch_size", "seq_len"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -207,11 +208,15 @@ def _pretrain(model: GPT2LMHeadModel, stream: np.ndarray, config: TinyLMConfig, 
     model.eval()
 
 
+class _BuiltMeanwhile(Exception):
+    """Raised inside a cache write to abandon it: another process has saved the same model meanwhile."""
+
+
 def find_builtin_model(config: TinyLMConfig | None = None, cache_dir: str | PathLike[str] | None = None) -> PretrainReport | None:
     """The cached built-in model for `config`, or None if it has not been built yet."""
     config = config or TinyLMConfig()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = root / f"review-gpt2-{config.cache_key()}"
+    path = recover_dir(root / f"review-gpt2-{config.cache_key()}")
     report_file = path / _REPORT_FILE
     if not report_file.exists():
         return None
@@ -271,26 +276,23 @@ def build_builtin_model(
     ppl_after = perplexity(model, tokenizer, task.heldout_texts)
     seconds = time.perf_counter() - t0
 
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=root))
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        info = {
-            "config": dataclasses.asdict(config),
-            "perplexity_before": ppl_before,
-            "perplexity_after": ppl_after,
-            "seconds": seconds,
-            "corpus_tokens": int(len(stream)),
-        }
-        (tmp / _REPORT_FILE).write_text(json.dumps(info, indent=2))
-        if (path / _REPORT_FILE).exists() and not rebuild:
-            # another process built the same config first: keep its copy, which a reader may be loading now
-            _log.info("%s was built by another process meanwhile; keeping that copy", path)
-            return find_builtin_model(config, cache_dir) or PretrainReport(path, ppl_before, ppl_after, seconds, cached=True)
-        replace_dir(tmp, path)  # a rebuild moves the old copy aside first: the folder is never half-written
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(path) as tmp:  # holds the folder's lock: no other build can finish meanwhile
+            if (path / _REPORT_FILE).exists() and not rebuild:
+                raise _BuiltMeanwhile
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            info = {
+                "config": dataclasses.asdict(config),
+                "perplexity_before": ppl_before,
+                "perplexity_after": ppl_after,
+                "seconds": seconds,
+                "corpus_tokens": int(len(stream)),
+            }
+            (tmp / _REPORT_FILE).write_text(json.dumps(info, indent=2))
+    except _BuiltMeanwhile:
+        # another process built the same config first: keep its copy, which a reader may be loading now
+        _log.info("%s was built by another process meanwhile; keeping that copy", path)
+        return find_builtin_model(config, cache_dir) or PretrainReport(path, ppl_before, ppl_after, seconds, cached=True)
     _log.info("built %s: perplexity %.1f -> %.2f in %.0fs", path, ppl_before, ppl_after, seconds)
     return PretrainReport(path, ppl_before, ppl_after, seconds, cached=False)

@@ -1,10 +1,16 @@
-"""The PPO agent on the tiny model: a known reward rises (and falls with its sign flipped), exact resume,
-health guards, the ptx term, config validation."""
+"""The PPO agent on the tiny model: a known reward rises (and falls with its sign flipped), exact resume (also
+after a SIGKILL mid-save), damaged checkpoints refused by name, health guards, the ptx term, config validation."""
 
 from __future__ import annotations
 
 import hashlib
-import warnings
+import json
+import logging
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +18,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from llm_gym import Logger, Policy, SamplingConfig
-from llm_gym.agents.ppo import PPO, KLWarning, OverOptimizationWarning, PPOConfig, TrainingDivergedError
+from llm_gym.agents.checkpoint import CheckpointError
+from llm_gym.agents.ppo import PPO, OverOptimizationWarning, PPOConfig, TrainingDivergedError
 from llm_gym.envs import PromptBanditVecEnv
 from llm_gym.models.lm import lm_loss
 
@@ -106,7 +113,7 @@ def test_ptx_term_is_the_pretraining_nll(policy: Policy) -> None:
                        ptx_texts=["the film was great .", "the blender is loud , and i like it ."])
     rng_state = agent.rng.bit_generator.state
     with torch.no_grad():
-        (batch, weight), = agent._ptx_batches(1)
+        (batch, weight), = agent.ptx.draw(agent.rng, 1)
         ptx = lm_loss(policy.model, *batch).item()
     # by hand: the same three texts (same rng draws), each as BOS + text + EOS, mean NLL per predicted token
     rng = np.random.default_rng()
@@ -177,36 +184,6 @@ def test_nan_loss_stops_before_the_optimizer_step(policy: Policy, tmp_path) -> N
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in files} == digest, "the checkpoint is untouched"
 
 
-def test_kl_guards_warn(policy: Policy) -> None:
-    agent = make_agent(policy, count_token("the"), kl_explosion=5.0)
-    with pytest.warns(KLWarning, match="negative"):
-        agent._health_checks(torch.tensor([-0.5, -0.6, -0.4, -0.55]), 0.0, None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        agent._health_checks(torch.tensor([0.05, -0.08, 0.02, -0.01]), 0.0, None)  # noise around zero is fine
-    with pytest.warns(KLWarning, match="running away"):
-        agent._health_checks(torch.tensor([7.0, 9.0, 8.0]), 0.0, None)
-
-
-def test_rm_up_gold_down_warns_of_over_optimisation(policy: Policy) -> None:
-    agent = make_agent(policy, count_token("the"), overopt_window=3, overopt_patience=2)
-    kl = torch.tensor([0.1, 0.2])
-    rm = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
-    gold = [0.5, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0, -0.1]
-    with pytest.warns(OverOptimizationWarning, match="sign is flipped"):
-        for r, g in zip(rm, gold):
-            agent._health_checks(kl, r, g)
-    # both rising, or gold flat with noise: no warning
-    healthy = make_agent(policy, count_token("the"), overopt_window=3, overopt_patience=2)
-    noisy = make_agent(policy, count_token("the"), overopt_window=3, overopt_patience=2)
-    flat_gold = [0.74, 0.70, 0.75, 0.72, 0.73, 0.71, 0.74, 0.72]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        for r, g in zip(rm, flat_gold):
-            healthy._health_checks(kl, r, r)
-            noisy._health_checks(kl, r, g)
-
-
 @pytest.mark.slow
 def test_flipped_reward_sign_is_loud_in_training(policy: Policy) -> None:
     """Ziegler et al.'s bug: the reward's sign flipped. The RM score rises while the gold score falls: warn."""
@@ -246,3 +223,118 @@ def test_constructor_errors(policy: Policy) -> None:
         PPO(policy, object(), PPOConfig(), rng=np.random.default_rng(0))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="numpy Generator"):
         PPO(policy, env, PPOConfig(minibatch_size=3), rng=0)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ checkpoints: kills, damage, clear errors
+KILLED_RUN = r"""
+import os, signal, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+model, ckpt, tests, point = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+sys.path.insert(0, tests)
+import test_ppo
+import llm_gym.agents.on_policy as ppo_module  # where the shared save writes the value head
+from llm_gym import Policy
+
+real_replace, real_save_file = os.replace, ppo_module.save_file
+
+def replace(src, dst):  # the second rename of the second save: the first checkpoint is set aside
+    if point == "between-renames" and saves == 2 and Path(dst) == ckpt and not ckpt.exists():
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst)
+
+def save_file(*args, **kwargs):  # the value head of the second save, mid-way through writing its folder
+    real_save_file(*args, **kwargs)
+    if point == "mid-write" and saves == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+os.replace, ppo_module.save_file = replace, save_file
+agent = test_ppo.make_agent(Policy.from_pretrained(model, device="cpu"), test_ppo.count_token("the"))
+for saves in (1, 2, 3):
+    agent.train_iteration()
+    agent.save(ckpt)
+"""
+
+
+@pytest.mark.parametrize("point, last_good", [("between-renames", 2), ("mid-write", 1)])
+def test_a_kill_while_saving_resumes_exactly_from_the_last_complete_checkpoint(tiny_model, tmp_path, point, last_good) -> None:
+    """SIGKILL during the second save: the rerun finds the newest complete checkpoint (the issue's case: between the
+    renames, `checkpoint/` is missing and only a set-aside copy exists), removes what the kill left, and resumes exactly."""
+    ckpt = tmp_path / "checkpoint"
+    args = [str(tiny_model.path), str(ckpt), str(Path(__file__).parent), point]
+    assert subprocess.run([sys.executable, "-c", KILLED_RUN, *args], timeout=300).returncode == -signal.SIGKILL
+    assert [p.name for p in tmp_path.iterdir() if p.name != "checkpoint"], "the kill left a temporary folder"
+    assert ckpt.exists() == (point == "mid-write")
+    assert PPO.checkpoint_iteration(ckpt) == last_good, "what the pipeline's resume check reads"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"], "nothing stale is left beside it"
+    resumed = PPO.load(ckpt, env=PromptBanditVecEnv(PROMPTS, count_token("the"), num_envs=8), device="cpu")
+    assert resumed.iteration == last_good
+    run(resumed, 3 - last_good)
+    straight = make_agent(Policy.from_pretrained(tiny_model.path, device="cpu"), count_token("the"))
+    run(straight, 3)
+    for a, b in zip(state_digest(straight), state_digest(resumed)):
+        assert torch.allclose(a, b, atol=1e-6), "3 iterations = k + kill + resume + 3 - k"
+
+
+def saved(policy: Policy, path: Path, manifest: bool = True) -> Path:
+    make_agent(policy, count_token("the")).save(path)
+    if not manifest:
+        (path / "manifest.json").unlink(missing_ok=True)  # as checkpoints saved before manifests existed
+    return path
+
+
+def load(path: Path) -> PPO:
+    return PPO.load(path, env=PromptBanditVecEnv(PROMPTS, count_token("the"), num_envs=8), device="cpu")
+
+
+def flip(file: Path, index: int, mask: int = 0x01) -> None:
+    data = bytearray(file.read_bytes())
+    data[index] ^= mask
+    file.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["policy/model.safetensors", "value_head.safetensors", "reference/model.safetensors"])
+def test_a_flipped_byte_in_a_checkpoint_is_refused_naming_the_file(policy: Policy, tmp_path, name: str) -> None:
+    path = saved(policy, tmp_path / "ckpt")
+    flip(path / name, -3)
+    files = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    with pytest.raises(CheckpointError, match=rf"damaged: {re.escape(name)} is not the file that was saved.*delete"):
+        load(path)
+    assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == files, "nothing on disk is changed"
+
+
+def swap_config(path: Path) -> None:
+    config = json.loads((path / "policy" / "config.json").read_text())
+    config["n_layer"] += 1  # the config of another (deeper) model
+    (path / "policy" / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda p: (p / "trainer_state.json").write_text('{"format_version": 1, "con'),
+         r"trainer_state\.json cannot be loaded \(JSONDecodeError"),
+        (swap_config, r"policy/config\.json does not describe the weights saved beside it"),
+        (lambda p: flip(p / "policy" / "model.safetensors", 10, 0xFF), r"policy/model\.safetensors cannot be loaded \(SafetensorError"),
+        (lambda p: flip(p / "value_head.safetensors", 10, 0xFF), r"value_head\.safetensors cannot be loaded \(SafetensorError"),
+        (lambda p: (p / "optimizer.pt").write_bytes(b"PK\x03\x04"), r"optimizer\.pt cannot be loaded"),
+    ],
+    ids=["trainer-state", "swapped-config", "policy-header", "value-head-header", "optimizer"],
+)
+def test_load_errors_name_the_file_and_what_to_do(policy: Policy, tmp_path, damage, match) -> None:
+    """Checkpoints without a manifest (saved before it existed) are refused by what breaks; with one, by its hash."""
+    for manifest in (False, True):
+        path = saved(policy, tmp_path / f"ckpt-{manifest}", manifest=manifest)
+        damage(path)
+        expected = match if not manifest else "is not the file that was saved"
+        with pytest.raises(CheckpointError, match=expected) as err:
+            load(path)
+        assert f"or delete {path} to train from the start" in str(err.value)
+
+
+def test_a_checkpoint_saved_before_manifests_loads_with_a_note(policy: Policy, tmp_path, caplog) -> None:
+    path = saved(policy, tmp_path / "ckpt", manifest=False)
+    with caplog.at_level(logging.WARNING):
+        assert load(path).iteration == 0
+    assert "has no manifest.json" in caplog.text

@@ -109,3 +109,17 @@ def test_kl_controllers() -> None:
     restored = AdaptiveKLController(1.0, 1.0, 1)
     restored.load_state_dict(ctl.state_dict())
     assert (restored.value, restored.target, restored.horizon) == (ctl.value, 6.0, 10_000)
+
+
+def test_the_three_loss_reductions_by_hand() -> None:
+    from llm_gym.agents.ppo_math import reduce_tokens
+
+    x = t([1.0, 2.0, 3.0], [4.0, 6.0, 100.0])
+    mask = t([1, 1, 1], [1, 1, 0])  # the 100 is padding
+    assert float(reduce_tokens(x, mask, "token")) == pytest.approx((1 + 2 + 3 + 4 + 6) / 5)  # PPO, DAPO
+    assert float(reduce_tokens(x, mask, "sequence")) == pytest.approx(((1 + 2 + 3) / 3 + (4 + 6) / 2) / 2)  # GRPO
+    assert float(reduce_tokens(x, mask, "constant", max_len=4)) == pytest.approx((1 + 2 + 3 + 4 + 6) / (2 * 4))  # Dr. GRPO
+    with pytest.raises(ValueError, match="needs max_len"):
+        reduce_tokens(x, mask, "constant")
+    with pytest.raises(ValueError, match="'token', 'sequence' or 'constant'"):
+        reduce_tokens(x, mask, "mean")

@@ -18,7 +18,7 @@ from llm_gym import (
     SamplingConfig,
     SyntheticOracle,
 )
-from llm_gym.agents import PPO, PPOConfig
+from llm_gym.agents import PPO, RLOO, PPOConfig, RLOOConfig
 from llm_gym.agents.lm_preferences import CompletionSource, RewardModelLearner
 from llm_gym.agents.preference_loop import (
     DisagreementSelector,
@@ -34,16 +34,21 @@ PROMPTS = ["the film was", "review of the blender :", "i bought this laptop and"
 SAMPLING = SamplingConfig(max_new_tokens=8)
 
 
-def build(tiny_model, store_path, oracle_wrapper=None, ensemble=False, selector=None, logger=None, **schedule):
+def build(tiny_model, store_path, oracle_wrapper=None, ensemble=False, selector=None, logger=None, inner="ppo", **schedule):
     gold = GoldScorer()
     policy = Policy.from_pretrained(tiny_model.path, device="cpu")
     if ensemble:
         rm = RewardEnsemble.from_pretrained(tiny_model.path, 2, device="cpu")
     else:
         rm = RewardModel.from_pretrained(tiny_model.path, device="cpu", head_seed=0)
-    env = PromptBanditVecEnv(PROMPTS, rm, num_envs=8, gold_fn=gold)
-    inner = PPO(policy, env, PPOConfig(sampling=SAMPLING, minibatch_size=4, n_epochs=1, log_samples_every=0),
-                rng=np.random.default_rng(0), logger=logger)
+    if inner == "rloo":  # any on-policy agent can be the inner agent: RLOO with groups of 4 completions per prompt
+        env = PromptBanditVecEnv(PROMPTS, rm, num_envs=8, gold_fn=gold, group_size=4)
+        inner = RLOO(policy, env, RLOOConfig(sampling=SAMPLING, minibatch_size=4, group_size=4, log_samples_every=0),
+                     rng=np.random.default_rng(0), logger=logger)
+    else:
+        env = PromptBanditVecEnv(PROMPTS, rm, num_envs=8, gold_fn=gold)
+        inner = PPO(policy, env, PPOConfig(sampling=SAMPLING, minibatch_size=4, n_epochs=1, log_samples_every=0),
+                    rng=np.random.default_rng(0), logger=logger)
     oracle = SyntheticOracle(gold, rng=np.random.default_rng(1), temperature=0.5)
     if oracle_wrapper is not None:
         oracle = oracle_wrapper(oracle)
@@ -58,9 +63,10 @@ def build(tiny_model, store_path, oracle_wrapper=None, ensemble=False, selector=
     return loop, store, rm
 
 
-def test_online_loop_spends_the_budget_and_logs(tiny_model, tmp_path) -> None:
+@pytest.mark.parametrize("inner", ["ppo", "rloo"])
+def test_online_loop_spends_the_budget_and_logs(tiny_model, tmp_path, inner) -> None:
     logger = Logger(None)
-    loop, store, rm = build(tiny_model, tmp_path / "labels.sqlite", logger=logger)
+    loop, store, rm = build(tiny_model, tmp_path / "labels.sqlite", logger=logger, inner=inner)
     before = rm.score(PROMPTS, [" great ."] * 5)
     assert loop.learn(total_steps=40) is loop
     counts = store.counts()

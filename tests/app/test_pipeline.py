@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from doubles import tiny_experiment_dict
 from llm_gym import PreferenceStore
+from llm_gym.agents.checkpoint import CheckpointError
 from llm_gym.agents.ppo import PPO
 from llm_gym.app.cli import main
 from llm_gym.infra.configio import ConfigError, apply_overrides, from_dict, load_config
@@ -151,8 +152,9 @@ def test_config_errors_name_the_key_path(tmp_path) -> None:
 
 
 def test_a_stage_without_its_input_says_what_to_run(tmp_path, model_cache, tiny_model) -> None:
-    with pytest.raises(RuntimeError, match="stage 'sft' has not run"):
+    with pytest.raises(ConfigError, match=r"'reward_model' reads the result of 'sft', which has not run in .*run it too: stages = \['pretrain', 'sft', 'reward_model'\]"):
         Pipeline(tiny(model_cache, "stages=['pretrain','reward_model']"), tmp_path / "run").run()
+    assert not (tmp_path / "run").exists()
 
 
 def test_recorded_oracle_feeds_the_reward_model(tmp_path, model_cache, tiny_model) -> None:
@@ -345,3 +347,49 @@ def test_labels_from_other_inputs_are_moved_aside_not_reused(tmp_path, model_cac
     with PreferenceStore(folder / "labels.sqlite") as store:
         assert store.counts()["queries"] == 16
     assert len(list(folder.glob("labels.*.sqlite"))) == 1
+
+
+def test_a_damaged_sft_folder_is_refused_naming_the_file(tmp_path, model_cache, tiny_model) -> None:
+    out = tmp_path / "run"
+    Pipeline(tiny(model_cache, "stages=['pretrain','sft']"), out).run()
+    weights = out / "sft" / "model.safetensors"
+    assert (out / "sft" / "manifest.json").is_file(), "the SFT folder is sealed by a manifest"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is not the file that was saved.*new --out folder"):
+        Pipeline(tiny(model_cache, "stages=['pretrain','sft','reward_model']"), out).run()
+    assert weights.read_bytes() == bytes(data), "the damaged folder is left for the user to restore"
+
+
+def test_a_ppo_checkpoint_set_aside_by_a_kill_is_resumed_not_restarted(tmp_path, model_cache, tiny_model, monkeypatch) -> None:
+    """The issue's case: killed between the two renames of a checkpoint save, `checkpoint/` is missing and the last
+    good checkpoint is only in `.checkpoint-old-*/old`; a killed write also left a temporary. The rerun resumes."""
+    out = tmp_path / "run"
+    config = tiny(model_cache, "stages=['pretrain','sft','reward_model','ppo']", "ppo.ppo.iterations=3",
+                  "ppo.ppo.checkpoint_every=2", runs=("ppo",))
+    original = PPO.train_iteration
+
+    def crash_at_third(self):
+        if self.iteration == 2 and not getattr(self, "_resumed", False):
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(PPO, "train_iteration", crash_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(config, out).run()
+    folder = out / "ppo" / "ppo"
+    (folder / ".checkpoint-old-k2j4h6g8").mkdir()
+    (folder / "checkpoint").rename(folder / ".checkpoint-old-k2j4h6g8" / "old")
+    (folder / ".checkpoint.tmp-a1b2c3d4" / "policy").mkdir(parents=True)
+
+    def mark_and_run(self):
+        self._resumed = True
+        return original(self)
+
+    monkeypatch.setattr(PPO, "train_iteration", mark_and_run)
+    events: list[str] = []
+    Pipeline(config, out, on_event=events.append).run()
+    assert "[ppo.ppo] resuming from its checkpoint at iteration 2" in events
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint", "fingerprint.txt", "policy"]
+    assert json.loads((out / "state.json").read_text())["ppo.ppo"]["result"]["iterations"] == 3

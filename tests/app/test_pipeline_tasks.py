@@ -12,6 +12,7 @@ import pytest
 import doubles
 from doubles import tiny_experiment_dict
 from llm_gym.app.config import ExperimentConfig
+from llm_gym.envs.prompt_bandit import PromptBanditVecEnv
 from llm_gym.app.pipeline import Pipeline
 from llm_gym.app.summary import format_summary
 from llm_gym.infra.configio import ConfigError, apply_overrides, from_dict
@@ -114,3 +115,33 @@ def test_an_environment_that_is_not_a_prompt_bandit_is_refused_with_what_to_do(t
     data["task"] = {"env": "llm_gym/PromptBandt-v0"}
     with pytest.raises(ConfigError, match="task.env: cannot make 'llm_gym/PromptBandt-v0'.*PromptBandit"):
         Pipeline(from_dict(ExperimentConfig, data), tmp_path / "run").run()
+
+
+class CountingVecEnv(PromptBanditVecEnv):
+    """A user's own batched environment: a subclass whose step the pipeline must really call."""
+
+    steps = 0
+
+    def step(self, actions):
+        CountingVecEnv.steps += 1
+        return super().step(actions)
+
+
+gymnasium.register(
+    id="test_user/CountingWords-v0",
+    entry_point="llm_gym.envs.prompt_bandit:PromptBanditEnv",
+    vector_entry_point=CountingVecEnv,
+    kwargs={"dataset": PROMPTS, "reward_fn": doubles.word_count_reward},
+)
+
+
+def test_the_registered_environment_itself_is_what_the_runs_train_on(tmp_path, model_cache, tiny_model) -> None:
+    data = tiny_experiment_dict(model_cache)
+    data["task"] = {"env": "test_user/CountingWords-v0"}
+    data["stages"] = ["pretrain", "sft", "agent"]
+    data["ppo"] = {}
+    data["agent"] = {"rloo": {"algorithm": "rloo", "reward": "env", "iterations": 2, "num_envs": 8,
+                              "config": {"group_size": 4, "minibatch_size": 4, "sampling": {"max_new_tokens": 8}}}}
+    before = CountingVecEnv.steps
+    Pipeline(from_dict(ExperimentConfig, data), tmp_path / "run").run()
+    assert CountingVecEnv.steps - before == 2  # one step per iteration, through the subclass's own step

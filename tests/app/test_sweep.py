@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from llm_gym.infra.configio import ConfigError, load_config
 from llm_gym.app.config import ExperimentConfig
-from llm_gym.app.sweep import SweepError, parse_grid, plan_sweep, run_sweep
+from llm_gym.app.sweep import SweepError, metric_columns, parse_grid, plan_sweep, run_sweep
 from llm_gym.tasks.tiny_lm import TinyLMConfig
 
 KL = "ppo.ppo.config.kl_coef"
@@ -127,6 +127,33 @@ def test_unknown_grid_key_fails_before_any_run(tmp_path: Path, model_cache: Path
     assert not out.exists(), "nothing may run (or be created) when a grid point is invalid"
 
 
+def test_a_misspelt_metric_fails_before_any_run(tmp_path: Path, model_cache: Path, capsys) -> None:
+    """A typo in --metric used to run every point and exit 0 with an empty column."""
+    from llm_gym.app.cli import main
+
+    config = write_config(tmp_path, model_cache, ["pretrain", "sft", "ppo", "evaluation"])
+    out = tmp_path / "sweep"
+    with pytest.raises(ConfigError, match=r"metric 'ppo\.glod' is not a summary column of this sweep \(did you mean 'ppo\.gold'"):
+        run_sweep(config, parse_grid([f"{KL}=0.05,0.2"]), out=out, metric="ppo.glod")
+    with pytest.raises(ConfigError, match=r"with a row among pretrained, sft, reward_model, ppo and a key among gold, "):
+        run_sweep(config, parse_grid([f"{KL}=0.05,0.2"]), out=out, metric="gold")
+    assert not out.exists(), "nothing may run (or be created) when the metric is no column"
+    assert main(["sweep", str(config), "--grid", f"{KL}=0.05,0.2", "--metric", "ppo.win", "--out", str(out)]) == 2
+    err = capsys.readouterr()
+    assert "error: metric 'ppo.win' is not a summary column" in err.err and "sweep of" not in err.out
+    # a run the grid adds is a row of the points that have it
+    assert plan_sweep(config, {"ppo.extra.iterations": [1]}, metric="extra.gold")[0].name == "iterations=1__seed0"
+
+
+def test_a_sweep_folder_under_a_file_fails_before_any_run(tmp_path: Path, model_cache: Path) -> None:
+    from llm_gym.infra.runfolder import RunFolderError
+
+    config = write_config(tmp_path, model_cache, ["pretrain"])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RunFolderError, match="the sweep folder .* cannot be created: .*file is a file, not a folder"):
+        run_sweep(config, parse_grid([f"{KL}=0.05,0.2"]), out=tmp_path / "file" / "sweep", metric="pretrained.perplexity")
+
+
 # ---------------------------------------------------------------------------------------- sweeps
 
 
@@ -151,6 +178,8 @@ def test_sweep_runs_points_writes_table_plot_hparams_and_resumes(tmp_path: Path,
     assert [float(r[KL]) for r in rows] == [0.05, 0.2] and [r["seed"] for r in rows] == ["0", "0"]
     assert all(math.isfinite(float(r["ppo.gold"])) for r in rows)
     assert {"ppo.kl", "ppo.win_rate", "sft.gold", "pretrained.perplexity"} <= set(rows[0])
+    columns = set(rows[0]) - {"point", "status", "seed", KL}
+    assert columns <= set(metric_columns(load_config(ExperimentConfig, config))), "--metric accepts every real column"
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads((out / "sweep.json").read_text())
     assert data["grid"] == {KL: [0.05, 0.2]} and data["metric"] == "ppo.gold"
@@ -197,4 +226,6 @@ def test_failing_point_is_reported_and_the_others_finish(tmp_path: Path, model_c
         rows = list(csv.DictReader(f))
     assert [(r["status"], r["oracle.path"]) for r in rows] == [("ok", str(good)), ("failed", str(missing))]
     assert rows[1]["reward_model.heldout_accuracy"] == ""
+    columns = set(rows[0]) - {"point", "status", "seed", "oracle.path"}
+    assert columns <= set(metric_columns(load_config(ExperimentConfig, config))), "--metric accepts every real column"
     assert (out / "sweep.png").is_file() and not (out / failed["name"] / "tb" / "hparams").exists()

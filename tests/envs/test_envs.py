@@ -11,7 +11,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import llm_gym  # noqa: F401  (registers the environments)
-from llm_gym import DatasetError, GoldScorer, PromptDataset
+from llm_gym import DatasetError, GoldScorer, PromptDataset, load_demonstrations
 from llm_gym.envs import PromptBanditEnv, PromptBanditVecEnv, ReviewSentimentEnv, review_prompts
 
 PROMPTS = ["the film was", "review of the blender :", "i bought this laptop and", "après la pluie, « le film » était"]
@@ -125,6 +125,28 @@ def test_vector_env_scores_a_batch_in_one_call() -> None:
     assert again.step(completions)[0] == next_prompts
     with pytest.raises(ValueError, match="one completion per environment"):
         vec.step(completions[:2])
+    for bad in (None, 42, " one string"):
+        with pytest.raises(TypeError, match=r"step\(\) takes a sequence of 6 completions \(one str per environment\), got"):
+            vec.step(bad)  # type: ignore[arg-type]
+
+
+def test_async_vectorisation_needs_shared_memory_off() -> None:
+    """Gymnasium 1.4's AsyncVectorEnv reads Text observations from shared memory once: refused, with the fix."""
+    kwargs = {"num_envs": 2, "dataset": PROMPTS, "reward_fn": length_reward}
+    with pytest.raises(ValueError, match=r'pass vector_kwargs=\{"shared_memory": False\}'):
+        gymnasium.make_vec("llm_gym/PromptBandit-v0", vectorization_mode="async", **kwargs)
+    vec = gymnasium.make_vec("llm_gym/PromptBandit-v0", vectorization_mode="async", vector_kwargs={"shared_memory": False},
+                             **kwargs)
+    try:
+        prompts, _ = vec.reset(seed=0)
+        assert len(prompts) == 2 and all(p in PROMPTS for p in prompts)
+        next_prompts, rewards, terminated, truncated, _ = vec.step([" a b", " c"])
+        assert all(p in PROMPTS for p in next_prompts)
+        assert list(rewards) == [2.0, 1.0] and terminated.all() and not truncated.any()
+    finally:
+        vec.close()
+    sync = gymnasium.make_vec("llm_gym/PromptBandit-v0", vectorization_mode="sync", **kwargs)
+    assert all(p in PROMPTS for p in sync.reset(seed=0)[0])
 
 
 def test_review_vector_env_reports_gold() -> None:
@@ -165,6 +187,9 @@ def test_prompts_from_jsonl_csv_txt(tmp_path) -> None:
         ("empty.jsonl", b"\n\n", r"empty\.jsonl is empty"),
         ("blank.txt", b"   \n", r"is empty"),
         ("p.xml", b"<prompts/>", r"unknown prompt file type '\.xml'"),
+        ("blank.jsonl", b'{"prompt": "ok"}\n\n{"prompt": "  "}\n', r"blank\.jsonl line 3: the prompt is empty or whitespace"),
+        ("blank.csv", b'id,prompt\n1,ok\n2,""\n', r"blank\.csv line 3: the prompt is empty or whitespace"),
+        ("half.jsonl", b'{"prompt": "ok"}\n{"prompt": "caf\\ud800"}\n', r"half\.jsonl line 2: 'prompt': holds the lone surrogate"),
     ],
 )
 def test_bad_files_name_file_and_line(tmp_path, name: str, content: bytes, match: str) -> None:
@@ -174,6 +199,18 @@ def test_bad_files_name_file_and_line(tmp_path, name: str, content: bytes, match
         PromptDataset.from_file(path)
     with pytest.raises(DatasetError, match=match):  # the same error through gymnasium.make
         gymnasium.make("llm_gym/PromptBandit-v0", dataset=path, reward_fn=length_reward)
+
+
+def test_text_no_tokenizer_can_encode_is_refused_where_it_is(tmp_path) -> None:
+    """A lone surrogate (JSON "\\ud800") is valid JSON and a valid Python str, and used to pass until the tokenizer."""
+    with pytest.raises(DatasetError, match=r"list: prompt 1: holds the lone surrogate '\\ud800' at character 3"):
+        PromptBanditEnv(["ok", "ab\ud800"], length_reward)
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text('{"prompt": "the film was", "completion": " good"}\n{"prompt": "x", "completion": " \\udc00"}\n')
+    with pytest.raises(DatasetError, match=r"demos\.jsonl line 2: 'completion': holds the lone surrogate"):
+        load_demonstrations(demos)
+    demos.write_text('{"prompt": "the film was", "completion": " good \\ud83d\\ude00"}\n')  # a whole pair is fine
+    assert load_demonstrations(demos)[0].completion == " good \U0001f600"
 
 
 def test_missing_file_and_empty_datasets(tmp_path) -> None:

@@ -304,6 +304,30 @@ def test_terminal_oracle_compact_ranking_and_eof_or_ctrl_c_quit() -> None:
     assert [a.ranks for a in answers] == [(0, 1)]
 
 
+@pytest.mark.parametrize("stdin", [None, "closed"])
+def test_terminal_oracle_with_stdin_closed_asks_nothing_and_says_why(monkeypatch, stdin, store: PreferenceStore) -> None:
+    """`input()` raises RuntimeError("lost sys.stdin") (or ValueError on a closed file): a traceback before."""
+    closed = io.StringIO()
+    closed.close()
+    monkeypatch.setattr("sys.stdin", None if stdin is None else closed)
+    out = io.StringIO()
+    qs = _human_queries()
+    assert collect(TerminalOracle(output=out), qs, store) == []
+    assert "standard input is closed" in out.getvalue() and "the 6 queries stay pending" in out.getvalue()
+    assert store.counts()["pending"] == 6
+
+
+def test_terminal_oracle_answering_only_ties_says_they_teach_nothing() -> None:
+    qs = [Query("p", ("a", "b")), Query("p2", ("c", "d"))]
+    out = io.StringIO()
+    answers = list(TerminalOracle(input_fn=ScriptedInput(["t", "tie"]), output=out).answer(qs))
+    assert [a.ranks for a in answers] == [(0, 0), (0, 0)]  # stored as given: a tie is an answer
+    assert "Every answer was a tie" in out.getvalue()
+    out = io.StringIO()
+    list(TerminalOracle(input_fn=ScriptedInput(["t", "1"]), output=out).answer(qs))
+    assert "Every answer was a tie" not in out.getvalue()
+
+
 def test_terminal_oracle_with_collect_loses_nothing(store: PreferenceStore) -> None:
     qs = _human_queries()
     answers = collect(TerminalOracle(input_fn=ScriptedInput(["1", "s", "quit"]), output=io.StringIO()), qs, store)
@@ -365,14 +389,14 @@ def test_recorded_oracle_matches_reordered_completions_and_skips_unknown() -> No
         Query("p", ("bad", "good")),  # the recorded pair in the opposite order
         Query("p", ("good", "other")),  # no record
         Query("k", ("c", "a", "b")),
-        Query("p", ("good", "bad")),
+        Query("p", ("good", "bad")),  # the same comparison again: its one record is used up
     ]
     answers = list(oracle.answer(asked))
     assert [(a.query_id, a.ranks, a.labeller) for a in answers] == [
         (asked[0].query_id, (1, 0), "recorded"),
         (asked[2].query_id, (0, 1, 2), "dan"),
-        (asked[3].query_id, (0, 1), "recorded"),
     ]
+    assert [(a.query_id, a.ranks) for a in oracle.answer(asked[3:])] == [(asked[3].query_id, (0, 1))]
     with pytest.raises(ValueError, match="no comparisons"):
         RecordedOracle([])
 
@@ -390,6 +414,37 @@ def test_recorded_contradictory_labels_are_kept(tmp_path: Path, store: Preferenc
     collect(oracle, [query], store)
     assert sorted((a.labeller, a.ranks) for a in store.answers()) == [("ann", (0, 1)), ("ben", (1, 0))]
     assert store.agreement()["unanimous_rate"] == 0.0
+
+
+def test_a_pair_recorded_in_both_orders_is_one_query_with_one_answer_per_record(tmp_path: Path) -> None:
+    """Issue 15 item 4: (p, a > b, alice) and (p, b > a, bob) gave 4 comparisons (each record answered the
+    query of each order); three records gave 5. Each record is one answer to one query."""
+    records = [
+        {"prompt": "p", "chosen": "a", "rejected": "b", "labeller": "alice"},
+        {"prompt": "p", "chosen": "b", "rejected": "a", "labeller": "bob"},
+        {"prompt": "p", "completions": ["b", "a"], "preference": "second", "labeller": "carol"},
+    ]
+    for n in (2, 3):
+        oracle = RecordedOracle.from_jsonl(_write_jsonl(tmp_path / f"both_orders_{n}.jsonl", records[:n]))
+        (query,) = oracle.queries()
+        assert query.completions == ("a", "b")  # as the first record shows it
+        with PreferenceStore(tmp_path / f"prefs_{n}.sqlite") as store:
+            collect(oracle, oracle.queries(), store)
+            assert store.counts() == {"queries": 1, "answers": n, "pending": 0}
+            assert len(store.comparisons()) == n
+            assert [(a.labeller, a.ranks) for a in store.answers()] == [("alice", (0, 1)), ("bob", (1, 0)),
+                                                                          ("carol", (0, 1))][:n]
+            assert store.agreement()["queries"] == 1
+        # asked in both orders at once, still one answer per record
+        both = [query, Query("p", ("b", "a"))]
+        assert len(list(oracle.answer(both))) == n
+
+
+def test_a_record_of_a_text_against_itself_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"comparison 1: completions 1 and 2 are the same text 'a' but ranked apart"):
+        RecordedOracle([Comparison("p", ("a", "b"), (0, 1)), Comparison("p", ("a", "a"), (0, 1))])
+    tie = RecordedOracle([Comparison("p", ("a", "a"), (0, 0))])  # a tie between equal texts is true
+    assert len(list(tie.answer(tie.queries()))) == 1
 
 
 GOOD_LINE = {"prompt": "p", "chosen": "a", "rejected": "b"}
@@ -415,6 +470,9 @@ GOOD_LINE = {"prompt": "p", "chosen": "a", "rejected": "b"}
         ({"prompt": "p", "completions": ["a"], "ranks": [0]}, r"line 2: a query compares 2 to 9 completions"),
         ({"prompt": "p", "completions": "ab", "ranks": [0, 1]}, r"line 2: 'completions' must be a list of strings"),
         ({"prompt": "p", "chosen": "a", "rejected": "b", "labeller": ""}, r"line 2: 'labeller' must be a non-empty"),
+        ({"prompt": "p", "chosen": " same", "rejected": " same"}, r"line 2: 'chosen' and 'rejected' are the same text"),
+        ({"prompt": "p", "completions": ["a", "a"], "preference": "second"}, r"line 2: completions 1 and 2 are the same"),
+        ({"prompt": "p", "completions": ["a", "b", "a"], "ranks": [0, 1, 2]}, r"line 2: completions 1 and 3 are the same"),
     ],
 )
 def test_recorded_oracle_bad_lines_name_file_and_line(tmp_path: Path, bad_line: object, match: str) -> None:

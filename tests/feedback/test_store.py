@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -14,7 +18,7 @@ import pytest
 
 from llm_gym.core.preferences import Answer, Comparison, Query
 from llm_gym.feedback.leases import lease_next
-from llm_gym.feedback.store import SCHEMA_VERSION, PreferenceStore, StoreError
+from llm_gym.feedback.store import SCHEMA_VERSION, PreferenceStore, StoreError, move_store
 
 from doubles import run_in_threads
 
@@ -355,3 +359,109 @@ def test_a_store_file_from_before_leases_opens_and_gains_them(tmp_path: Path) ->
         assert s.answers() == [Answer(_pair(0).query_id, (0, 1), "alice", 1.0)]
         s.add_queries([_pair(1)])
         assert lease_next(s, "tab-a", labeller="tab-a-name", lease_seconds=60.0).query == _pair(1)
+
+
+# --------------------------------------------------------------------------------------
+# Files SQLite cannot use: a folder that is not writable, a damaged page
+# --------------------------------------------------------------------------------------
+
+def _open_as_nobody(path: str, errors) -> None:
+    """In a forked child: become the user nobody, open the store, report its error ('' if it opened)."""
+    os.setgid(65534)
+    os.setuid(65534)
+    try:
+        PreferenceStore(path).close()
+        errors.put("")
+    except StoreError as exc:
+        errors.put(str(exc))
+
+
+def _open_as_someone_who_cannot_write(folder: Path, path: Path) -> str:
+    """The error of opening `path` while `folder` is read-only to the one opening it ('' if it opened).
+
+    As root (who may write anyway) the store is opened in a forked child that runs as the user nobody."""
+    if not hasattr(os, "geteuid"):
+        pytest.skip("needs POSIX permissions")
+    folder.chmod(0o555)
+    try:
+        if os.geteuid() != 0:
+            try:
+                PreferenceStore(path).close()
+            except StoreError as exc:
+                return str(exc)
+            return ""
+        os.chown(path, 65534, 65534)  # the file is nobody's own: only the folder is closed to them
+        ctx = multiprocessing.get_context("fork")
+        errors = ctx.Queue()
+        child = ctx.Process(target=_open_as_nobody, args=(str(path), errors))
+        child.start()
+        child.join(timeout=60)
+        assert child.exitcode == 0
+        return errors.get(timeout=5)
+    finally:
+        folder.chmod(0o755)
+
+
+def test_a_store_in_a_folder_that_is_not_writable_says_so(tmp_path_factory) -> None:
+    """Issue 15 item 11: SQLite needs to write its journal beside the store; the error said 'not an SQLite database
+    ... pass a new file name', which invites a person to abandon their labels."""
+    base = Path(tempfile.mkdtemp(prefix="llm_gym_ro_"))  # under /tmp, where the user nobody may look
+    try:
+        base.chmod(0o755)
+        folder = base / "run"
+        folder.mkdir()
+        path = folder / "labels.sqlite"
+        with PreferenceStore(path) as store:
+            store.add_queries([_pair(0)])
+        error = _open_as_someone_who_cannot_write(folder, path)
+        assert f"its folder {folder} is not writable" in error, error
+        assert "not an SQLite database" not in error and "new file name" not in error
+        with PreferenceStore(path) as store:  # nothing lost
+            assert store.queries() == [_pair(0)]
+    finally:
+        shutil.rmtree(base)
+
+
+def _damage_a_middle_page(path: Path) -> bytes:
+    data = bytearray(path.read_bytes())
+    page = len(data) // 4096 // 2
+    data[page * 4096 : (page + 1) * 4096] = bytes(range(256)) * 16
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+def test_a_damaged_page_is_refused_on_open_naming_the_file(tmp_path: Path) -> None:
+    """Issue 15 item 11: a damaged page in the middle of the file passed the open, then a read failed with a
+    bare sqlite3.DatabaseError that did not name the file. SQLite's quick_check runs on open."""
+    path = tmp_path / "prefs.sqlite"
+    with PreferenceStore(path) as store:
+        store.add_queries([Query(f"prompt {i} " + "x" * 300, (f" a {i}", f" b {i}")) for i in range(200)])
+    damaged = _damage_a_middle_page(path)
+    with pytest.raises(StoreError, match="is an SQLite file that SQLite cannot read whole") as info:
+        PreferenceStore(path)
+    assert str(path) in str(info.value) and ".recover" in str(info.value)
+    assert path.read_bytes() == damaged, "left unchanged"
+
+
+def test_add_from_copies_queries_and_answers_once(tmp_path: Path) -> None:
+    with PreferenceStore(tmp_path / "a.sqlite") as a, PreferenceStore(tmp_path / "b.sqlite") as b:
+        a.add_queries([_pair(0), _pair(1)])
+        a.add_answer(Answer(_pair(0).query_id, (0, 1), "alice", 1.0))
+        b.add_queries([_pair(1), _pair(2)])
+        b.add_answer(Answer(_pair(1).query_id, (1, 0), "bob", 2.0))
+        assert b.add_from(a) == 1 and b.add_from(a) == 0
+        assert b.counts() == {"queries": 3, "answers": 2, "pending": 1}
+        assert a.counts() == {"queries": 2, "answers": 1, "pending": 1}, "the source is only read"
+
+
+def test_move_store_never_replaces_a_file(tmp_path: Path) -> None:
+    with PreferenceStore(tmp_path / "a.sqlite") as a:
+        a.add_queries([_pair(0)])
+    (tmp_path / "b.sqlite-wal").write_bytes(b"someone's log")
+    with pytest.raises(FileExistsError, match="b.sqlite-wal exists"):
+        move_store(tmp_path / "a.sqlite", tmp_path / "b.sqlite")
+    assert (tmp_path / "b.sqlite-wal").read_bytes() == b"someone's log"
+    move_store(tmp_path / "a.sqlite", tmp_path / "c.sqlite")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.sqlite-wal", "c.sqlite"]
+    with PreferenceStore(tmp_path / "c.sqlite") as c:
+        assert c.queries() == [_pair(0)]

@@ -10,6 +10,7 @@ import logging
 import signal
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import textwrap
@@ -457,6 +458,48 @@ def test_an_unexpected_failure_is_a_logged_json_500(serve_store, store_path, mon
     assert "the disk is on fire" in caplog.text and "GET /api/progress failed" in caplog.text
     monkeypatch.undo()
     assert call(server, "GET", "/api/progress")[0] == 200, "the server still serves"
+
+
+def _progress_request(server: LabelServer) -> bytes:
+    return (f"GET /api/progress HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n{TOKEN_HEADER}: {server.token}\r\n"
+            "Connection: close\r\n\r\n").encode()
+
+
+def test_a_burst_of_clients_is_queued_not_reset(store_path) -> None:
+    """Issue 15 item 13: the listen backlog was the standard library's 5, so of 40 clients arriving while the
+    server was busy, 34 could not connect. They wait in the queue now and are all served."""
+    with LabelServer(store_path) as server:  # listening, not yet accepting: as busy as a server gets
+        clients = []
+        for _ in range(40):
+            client = socket.create_connection(("127.0.0.1", server.port), timeout=1.0)
+            clients.append(client)
+        server.start()
+        for client in clients:
+            with client:
+                client.settimeout(10)
+                client.sendall(_progress_request(server))
+                assert client.recv(64).startswith(b"HTTP/1.1 200 OK")
+
+
+def test_a_client_hanging_up_mid_request_is_one_debug_line(serve_store, caplog, capfd) -> None:
+    """Issue 15 item 13: each client that hung up mid-request printed a BrokenPipe/ConnectionReset traceback."""
+    server = serve_store(pairs(1))
+    with caplog.at_level(logging.DEBUG, logger="llm_gym.feedback.web"):
+        for _ in range(10):
+            client = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            client.sendall(_progress_request(server).replace(server.token.encode(), b"wrong-token-0123456789"))
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # hang up with a reset
+            client.close()
+        try:  # the same, reported by socketserver the way it reports a reply that found the client gone
+            raise BrokenPipeError(32, "Broken pipe")
+        except BrokenPipeError:
+            server._httpd.handle_error(None, ("127.0.0.1", 4242))
+        assert call(server, "GET", "/api/progress")[0] == 200, "the server still serves"
+    hung_up = [r for r in caplog.records if "hung up mid-request" in r.getMessage()]
+    assert hung_up and all(r.levelno == logging.DEBUG for r in hung_up)
+    assert "client 127.0.0.1 hung up mid-request (BrokenPipeError)" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "Traceback" not in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("foreign", ["ui=dark mode", 'x={"a":1}', 'x="unterminated'])

@@ -205,7 +205,7 @@ def test_post_init_error_is_prefixed_with_table_path() -> None:
 
 
 def test_post_init_error_at_top_level_uses_class_name() -> None:
-    with pytest.raises(ConfigError, match=r"^PPOConfig: PPOConfig\.n_epochs must be > 0, got 0$"):
+    with pytest.raises(ConfigError, match=r"^PPOConfig: PPOConfig\.n_epochs must be a positive int, got 0$"):
         from_dict(PPOConfig, {"n_epochs": 0})
 
 
@@ -358,7 +358,7 @@ def test_load_config_json_must_be_an_object(tmp_path: Path) -> None:
 
 def test_field_docs_reads_literals_and_attributes_section() -> None:
     assert field_docs(Undocumented) == {"a": "From the literal.", "b": "From the class docstring.", "c": ""}
-    assert field_docs(PPOConfig)["kl_coef"] == "Initial beta of the per-token KL penalty to the reference."
+    assert field_docs(PPOConfig)["kl_coef"] == "Initial beta of the KL penalty to the reference."  # declared in its base
     # a multi-line literal keeps its lines, without the source indentation
     assert field_docs(RewardTrainerConfig)["learning_rate"].splitlines()[1].startswith("about 1e-5")
 

@@ -156,3 +156,65 @@ def test_policy_uses_cpu_without_cuda(policy: Policy) -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert default_device().type == expected
     assert next(policy.model.parameters()).device.type == "cpu"
+
+
+def test_encode_pairs_reads_an_answer_as_sft_does(policy: Policy) -> None:
+    from llm_gym.agents.sft import sft_batch
+    from llm_gym.core.task import Demonstration
+    from llm_gym.models.lm import lm_loss
+
+    demos = [Demonstration("the film was", " great , i loved it ."), Demonstration("review of the hotel : the", " bad"),
+             Demonstration("the", "")]
+    prompt_ids, prompt_mask, completion_ids, completion_mask = policy.encode_pairs(
+        [d.prompt for d in demos], [d.completion for d in demos])
+    assert (prompt_mask[:, -1] == 1).all() and (prompt_mask == 0).any(), "prompts are left-padded"
+    eos = policy.tokenizer.eos_token_id
+    with torch.no_grad():
+        logps = policy.log_probs(prompt_ids, prompt_mask, completion_ids, completion_mask).sum(-1)
+    for i, demo in enumerate(demos):
+        n = int(completion_mask[i].sum())
+        assert completion_mask[i, :n].all() and not completion_mask[i, n:].any(), "completions are right-padded"
+        assert completion_ids[i, n - 1] == eos, "each completion ends with its EOS"
+        batch = sft_batch(policy, [demo])
+        row = torch.cat([prompt_ids[i][prompt_mask[i] == 1], completion_ids[i, :n]])
+        assert torch.equal(row, batch.input_ids[0]), "the same token ids as SFT's prompt + answer + EOS"
+        with torch.no_grad():
+            nll = lm_loss(policy.model, batch.input_ids, batch.attention_mask, batch.labels, reduction="sum")
+        assert float(logps[i]) == pytest.approx(-float(nll), abs=1e-4), "log pi(answer + EOS | prompt) = -SFT loss"
+
+
+def test_encode_pairs_overflow_and_bad_input(tiny_model) -> None:
+    long_prompt = "the film was great and the actors were very good , " * 40
+    strict = Policy.from_pretrained(tiny_model.path, device="cpu", overflow="reject")
+    with pytest.raises(ValueError, match="prompt 1 has .* tokens.*shorten it"):
+        strict.encode_pairs(["the film was", long_prompt], [" good .", " bad ."])
+    lenient = Policy.from_pretrained(tiny_model.path, device="cpu")
+    prompt_ids, _, completion_ids, _ = lenient.encode_pairs([long_prompt], [" good ."])
+    assert lenient.num_truncated_prompts == 1
+    assert prompt_ids.shape[1] + completion_ids.shape[1] == lenient.context_length, "cut to fit its completion"
+    assert prompt_ids[0, 0] == lenient.tokenizer.bos_token_id, "truncation keeps the leading BOS"
+    with pytest.raises(ValueError, match="completion 0 .* no room"):
+        lenient.encode_pairs(["the"], [" good ." * 80])
+    with pytest.raises(ValueError, match="pair up"):
+        lenient.encode_pairs(["the", "a"], [" good ."])
+    with pytest.raises(ValueError, match="at least one"):
+        lenient.encode_pairs([], [])
+    with pytest.raises(TypeError, match="not one string"):
+        lenient.encode_pairs("the", [" good ."])  # type: ignore[arg-type]
+
+
+def test_log_probs_accepts_a_rollout(policy: Policy) -> None:
+    config = SamplingConfig(max_new_tokens=8, temperature=0.7)
+    rollout = policy.sample(PROMPTS[:4], config, seed=0)
+    tensors = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
+    expected = policy.log_probs(*tensors, config)
+    assert torch.equal(policy.log_probs(rollout, config), expected)
+    assert torch.equal(policy.log_probs(rollout, config=config), expected)
+    assert (policy.log_probs(rollout, config) - rollout.logprobs).abs().max() < 1e-4
+    assert torch.equal(policy.log_probs(rollout), policy.log_probs(*tensors)), "default: the model's own distribution"
+    with pytest.raises(TypeError, match="not both"):
+        policy.log_probs(rollout, rollout.prompt_mask)
+    with pytest.raises(TypeError, match="two sampling configs"):
+        policy.log_probs(rollout, config, config=config)
+    with pytest.raises(TypeError, match="four tensors"):
+        policy.log_probs(rollout.prompt_ids, rollout.prompt_mask)

@@ -93,3 +93,15 @@ def test_load_reward_model_loads_whichever_the_folder_holds(rm: RewardModel, tin
     np.testing.assert_array_equal(both.score(prompts, completions), ens.score(prompts, completions))
     with pytest.raises(FileNotFoundError, match="not a reward-model checkpoint"):
         load_reward_model(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("ensemble", [False, True], ids=["model", "ensemble"])
+def test_a_reward_model_save_cut_short_between_its_renames_loads(rm: RewardModel, tmp_path: Path, ensemble: bool) -> None:
+    """Killed between the renames of a save: the folder is only in `.<name>-old-*/old`; loading puts it back."""
+    path = (RewardEnsemble([rm, rm]) if ensemble else rm).save(tmp_path / "rm")
+    (tmp_path / ".rm-old-k2j4h6g8").mkdir()
+    path.rename(tmp_path / ".rm-old-k2j4h6g8" / "old")
+    (tmp_path / ".rm.tmp-a1b2c3d4").mkdir()  # and a killed write's temporary
+    loaded = load_reward_model(path, device="cpu")
+    assert isinstance(loaded, RewardEnsemble) == ensemble
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rm"]

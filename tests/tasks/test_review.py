@@ -1,4 +1,4 @@
-"""Tests of the built-in review task (llm_gym/task.py): generator and gold scorer."""
+"""Tests of the built-in review task (llm_gym/tasks/review.py): generator and gold scorer."""
 
 from __future__ import annotations
 

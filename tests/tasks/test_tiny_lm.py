@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+
 import json
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from llm_gym.tasks.tiny_lm import find_builtin_model
 from llm_gym import PretrainReport, TinyLMConfig, build_builtin_model, perplexity, train_tokenizer
 
 
@@ -68,3 +71,18 @@ def test_tokenizer_round_trips_any_text() -> None:
 def test_config_validation(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         TinyLMConfig(**kwargs)
+
+
+def test_a_cache_folder_cut_short_by_a_kill_is_repaired_on_lookup(tiny_model, tmp_path) -> None:
+    """A rebuild killed between its renames leaves the model only in `.<name>-old-*/old`; a killed save leaves a
+    temporary. The next lookup puts the model back and removes the temporary instead of building again."""
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_model.path, cache / tiny_model.path.name)
+    path = cache / tiny_model.path.name
+    (cache / f".{path.name}-old-k2j4h6g8").mkdir()
+    path.rename(cache / f".{path.name}-old-k2j4h6g8" / "old")
+    (cache / f".{path.name}.tmp-a1b2c3d4").mkdir()
+    found = find_builtin_model(TinyLMConfig.smoke(), cache)
+    assert found is not None and found.path == path and found.cached
+    assert sorted(p.name for p in cache.iterdir()) == [path.name]
+    assert build_builtin_model(TinyLMConfig.smoke(), cache_dir=cache).cached

@@ -57,6 +57,7 @@ import logging
 import re
 import secrets
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -440,7 +441,17 @@ def _ranks_from_body(body: dict[str, Any], query: Query) -> tuple[int, ...] | No
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # the listen backlog; the standard library's 5 resets bursts of 20-40 page loads
     app: LabelServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up mid-request is one debug line (the page retries; nothing is stored half);
+        anything else is logged with its traceback (the standard library prints it to stderr instead)."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError):
+            log.debug("client %s hung up mid-request (%s)", client_address[0], type(exc).__name__)
+        else:
+            log.error("request from %s failed", client_address[0], exc_info=exc)
 
 
 class _IPv6Server(_Server):

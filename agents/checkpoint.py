@@ -1,0 +1,214 @@
+"""Checkpoint folders any agent can use: written atomically, sealed by a manifest of sha256 hashes, checked on open.
+
+A checkpoint is a folder. `write_checkpoint(path)` yields a temporary folder to fill; when the
+block ends it writes `manifest.json` (the sha256 and size of every file) *last*, then the
+folder replaces `path` atomically (`llm_gym.infra.atomic`). `open_checkpoint(path, ...)` first
+repairs what a killed writer left (`recover_dir`), then checks every file against the manifest,
+so a flipped byte, a truncated file or a file swapped in from another run is refused with an
+error that names the file and says what to do, instead of resuming a different model.
+
+    with write_checkpoint(path) as tmp:          # an agent's save
+        policy.save_pretrained(tmp / "policy")
+        (tmp / "state.json").write_text(...)
+
+    path = open_checkpoint(path, marker="state.json", kind="my-agent checkpoint", fix="delete it to start afresh")
+    state = read_json(path / "state.json", fix=...)
+    policy = load_policy(path / "policy", device=device, fix=...)   # weights that must fit its config.json
+    with reading(path / "weights.safetensors", fix=...):   # any error while reading names the file
+        weights = load_file(path / "weights.safetensors")
+
+Checkpoints saved before manifests existed (no `manifest.json`) still load, unverified, with a
+logged warning. Files whose name starts with "." are left out of the check (a file manager's
+litter cannot change what loads); any other file that is not in the manifest is refused, since
+a file added to a Hugging Face folder (an adapter, a generation config) changes what loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import pickle
+from collections.abc import Iterator
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llm_gym.infra.runfolder import CheckpointError
+from llm_gym.infra.atomic import atomic_dir, file_sha256, recover_dir
+from llm_gym.models.policy import Policy
+
+__all__ = ["MANIFEST", "CheckpointError", "load_policy", "open_checkpoint", "read_json", "reading", "verify_manifest",
+           "write_checkpoint", "write_manifest"]
+
+_log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+"""The manifest's file name inside a checkpoint folder."""
+_FORMAT_VERSION = 1
+
+
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    """Every file under `folder` but its manifest, by its path relative to `folder` (with "/")."""
+    found = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and rel != MANIFEST:
+            found[rel] = p
+    return found
+
+
+def write_manifest(folder: str | PathLike[str]) -> Path:
+    """Write `folder/manifest.json`: the sha256 and size of every other file under `folder`. Call it last.
+
+    Returns:
+        The manifest's path.
+    """
+    folder = Path(folder)
+    files = {rel: {"sha256": file_sha256(p), "bytes": p.stat().st_size} for rel, p in _files(folder).items()}
+    manifest = folder / MANIFEST
+    manifest.write_text(json.dumps({"format_version": _FORMAT_VERSION, "files": files}, indent=1))
+    return manifest
+
+
+def verify_manifest(folder: str | PathLike[str], *, fix: str) -> bool:
+    """Check every file of `folder` against its manifest.
+
+    Args:
+        folder: a checkpoint folder.
+        fix: the way out when no copy of the damaged file can be restored, ending the error
+            message (e.g. "delete <folder> to restart the run from iteration 0").
+
+    Returns:
+        True when the folder matches its manifest; False when it has no manifest (a checkpoint
+        saved before manifests existed: it loads unverified, and a warning is logged).
+
+    Raises:
+        CheckpointError: a listed file is missing or differs from the saved one (size or
+            sha256), a file was added after saving, or the manifest itself is unreadable.
+    """
+    folder = Path(folder)
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        _log.warning("%s has no %s (it was saved before llm_gym sealed checkpoints): loading it without an integrity "
+                     "check", folder, MANIFEST)
+        return False
+    try:
+        data = json.loads(manifest.read_text())
+        version = data["format_version"]
+        listed = {str(rel): (str(entry["sha256"]), int(entry["bytes"])) for rel, entry in data["files"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"checkpoint {folder}: {MANIFEST} is damaged ({exc!r}), so its files cannot be checked; "
+                              f"restore it from a copy, or {fix}") from exc
+    if version != _FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {folder}: {MANIFEST} has format {version!r}, this llm_gym reads "
+                              f"{_FORMAT_VERSION}; load it with the llm_gym version that wrote it")
+    present = _files(folder)
+    for rel, (digest, size) in listed.items():
+        file = present.get(rel)
+        if file is None:
+            raise CheckpointError(f"checkpoint {folder} is incomplete: {rel} was saved with it but is missing; restore it "
+                                  f"from a copy, or {fix}")
+        if file.stat().st_size != size or file_sha256(file) != digest:
+            raise CheckpointError(
+                f"checkpoint {folder} is damaged: {rel} is not the file that was saved (its sha256 differs from the "
+                f"one in {MANIFEST}); restore {file} from a copy, or {fix}"
+            )
+    added = [rel for rel in present if rel not in listed and not any(part.startswith(".") for part in rel.split("/"))]
+    if added:
+        raise CheckpointError(
+            f"checkpoint {folder} holds {', '.join(added)}, which was not saved with it (not in {MANIFEST}) and could "
+            f"change what loads; remove it if you added it, or {fix}"
+        )
+    return True
+
+
+@contextlib.contextmanager
+def write_checkpoint(path: str | PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary folder; when the block ends without an error, seal it with a manifest and let it replace `path`.
+
+    A crash at any point leaves the previous checkpoint (or, between the final renames, a state
+    that `open_checkpoint` completes); an error in the block leaves `path` untouched.
+    """
+    with atomic_dir(path) as tmp:
+        yield tmp
+        write_manifest(tmp)
+
+
+def open_checkpoint(path: str | PathLike[str], *, marker: str, kind: str, fix: str) -> Path:
+    """Make a checkpoint folder ready to load: repair an interrupted save, check it is one, verify its manifest.
+
+    Args:
+        path: the checkpoint folder.
+        marker: a file every checkpoint of this kind holds (e.g. "trainer_state.json").
+        kind: what it is, for messages ("PPO checkpoint").
+        fix: what to do about a damaged one (see `verify_manifest`).
+
+    Returns:
+        `path`, as a `Path`.
+
+    Raises:
+        FileNotFoundError: there is no checkpoint of this kind at `path`.
+        CheckpointError: it is damaged (see `verify_manifest`).
+    """
+    path = recover_dir(path)
+    if not (path / marker).is_file():
+        raise FileNotFoundError(f"{path} is not a {kind} (no {marker})")
+    verify_manifest(path, fix=fix)
+    return path
+
+
+_READ_ERRORS = (OSError, ValueError, RuntimeError, KeyError, IndexError, TypeError, EOFError, pickle.UnpicklingError,
+                SafetensorError)
+
+
+@contextlib.contextmanager
+def reading(file: str | PathLike[str], *, fix: str) -> Iterator[None]:
+    """Turn an error raised while a checkpoint's `file` is read (or applied) into a `CheckpointError` that names it.
+
+    Out-of-memory errors and `CheckpointError`s pass through unchanged.
+    """
+    try:
+        yield
+    except (CheckpointError, torch.cuda.OutOfMemoryError, MemoryError):
+        raise
+    except _READ_ERRORS as exc:
+        message = f"{file} cannot be loaded ({type(exc).__name__}: {exc}); restore it from a copy, or {fix}"
+        raise CheckpointError(message) from exc
+
+
+def read_json(file: str | PathLike[str], *, fix: str) -> Any:
+    """The JSON in a checkpoint's `file`, or a `CheckpointError` naming it when it is not valid JSON."""
+    file = Path(file)
+    with reading(file, fix=fix):
+        return json.loads(file.read_text())
+
+
+def load_policy(folder: str | PathLike[str], *, device: torch.device | str | None, fix: str) -> Policy:
+    """A checkpoint's policy folder, loaded as `Policy.from_pretrained` does, refusing weights that do not fit its config.
+
+    Transformers builds the model from `config.json` and loads the weights that fit, leaving
+    the rest newly initialised with a printed report; a checkpoint must instead load whole, so
+    a `config.json` swapped in from another model is refused, as is a damaged weights header,
+    each by name (`fix` ends the message, as in `verify_manifest`).
+    """
+    folder = Path(folder)
+    for file in sorted(folder.glob("*.safetensors")):  # a damaged header, named before transformers reads it
+        with reading(file, fix=fix), safe_open(str(file), framework="pt"):
+            pass
+    with reading(folder, fix=fix):
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
+    misfits = {key: list(info[key])[:4] for key in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(key)}
+    if misfits:
+        raise CheckpointError(
+            f"{folder / 'config.json'} does not describe the weights saved beside it ({misfits}): the config was "
+            f"changed or swapped after saving; restore it from a copy, or {fix}"
+        )
+    return Policy(model, tokenizer, device=device)

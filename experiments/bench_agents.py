@@ -1,0 +1,104 @@
+"""Seconds per iteration of PPO, RLOO, GRPO and Dr. GRPO at the same batch, split into generation / scoring /
+reference / update, with memory held by each agent's trainable modules.
+
+Every agent samples 64 completions of 32 tokens per iteration (`stop_at_eos=False`, so all
+iterations do the same work): PPO as 64 prompts x 1, the group algorithms as 16 prompts x a
+group of 4. The agents' iterations alternate (PPO, RLOO, GRPO, Dr. GRPO, PPO, ...) in one
+process, so the machine's load changes touch them alike; medians after one warm-up each.
+Each algorithm runs with its own default number of epochs (PPO 4, RLOO and GRPO 1) and, as a
+second table, all at the same epochs (`--epochs`), which isolates what the value head costs.
+
+    python experiments/bench_agents.py                     # the built-in model
+    python experiments/bench_agents.py --smoke --iterations 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+import numpy as np
+import torch
+import transformers
+
+from llm_gym import GoldScorer, Policy, SamplingConfig, TinyLMConfig, build_builtin_model, default_device, generate_review_task
+from llm_gym.agents.grpo import GRPO, GRPOConfig
+from llm_gym.agents.ppo import PPO, PPOConfig
+from llm_gym.agents.rloo import RLOO, RLOOConfig
+from llm_gym.envs import PromptBanditVecEnv
+
+KEYS = ("generation", "scoring", "reference", "update")
+
+
+def build(name: str, path, task, device, completions: int, group: int, tokens: int, epochs: int | None):
+    sampling = SamplingConfig(max_new_tokens=tokens, stop_at_eos=False)
+    common = dict(sampling=sampling, minibatch_size=16, log_samples_every=0)
+    if epochs is not None:
+        common["n_epochs"] = epochs
+    policy = Policy.from_pretrained(path, device=device)
+    gold = GoldScorer()
+    if name == "PPO":
+        env = PromptBanditVecEnv(task.prompts, gold, num_envs=completions)
+        return PPO(policy, env, PPOConfig(**common), rng=np.random.default_rng(0))
+    env = PromptBanditVecEnv(task.prompts, gold, num_envs=completions, group_size=group)
+    if name == "RLOO":
+        return RLOO(policy, env, RLOOConfig(group_size=group, **common), rng=np.random.default_rng(0))
+    extra = {"scale_rewards": False, "loss_type": "dr_grpo"} if name == "Dr. GRPO" else {}
+    return GRPO(policy, env, GRPOConfig(group_size=group, **common, **extra), rng=np.random.default_rng(0))
+
+
+def measure(agents: dict, iterations: int) -> dict[str, dict[str, float]]:
+    for agent in agents.values():
+        agent.train_iteration()  # warm-up
+    times = {name: {k: [] for k in KEYS} for name in agents}
+    for _ in range(iterations):
+        for name, agent in agents.items():  # alternate: A, B, C, D, A, B, ...
+            stats = agent.train_iteration()
+            for k in KEYS:
+                times[name][k].append(stats[f"time/{k}"])
+    return {name: {k: float(np.median(v)) for k, v in t.items()} for name, t in times.items()}
+
+
+def table(title: str, medians: dict[str, dict[str, float]], agents: dict) -> None:
+    print(f"\n{title}")
+    print(f"{'agent':<10}{'epochs':>7}" + "".join(f"{k:>12}" for k in KEYS) + f"{'total s':>10}{'vs PPO':>8}{'extra params':>14}")
+    ppo_total = sum(medians["PPO"].values())
+    for name, m in medians.items():
+        agent = agents[name]
+        total = sum(m.values())
+        extra = sum(p.numel() for p in agent.value_head.parameters()) if hasattr(agent, "value_head") else 0
+        print(f"{name:<10}{agent.config.n_epochs:>7}" + "".join(f"{m[k]:>12.3f}" for k in KEYS)
+              + f"{total:>10.3f}{total / ppo_total:>8.2f}{extra:>14,}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--smoke", action="store_true", help="the smoke-sized model instead of the built-in one")
+    parser.add_argument("--completions", type=int, default=64)
+    parser.add_argument("--group", type=int, default=4)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=1, help="the epochs of the equal-epochs table")
+    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default=None, help="default: CUDA when present, else CPU")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = TinyLMConfig.smoke() if args.smoke else TinyLMConfig()
+    report = build_builtin_model(config, cache_dir=args.cache_dir)
+    device = torch.device(args.device) if args.device else default_device()
+    task = generate_review_task(config.task)
+    names = ("PPO", "RLOO", "GRPO", "Dr. GRPO")
+    print("== bench_agents: one iteration of each agent at the same batch ==")
+    print(f"device        {device} ({platform.machine()}), threads {torch.get_num_threads()}")
+    print(f"versions      torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"batch         {args.completions} completions x {args.new_tokens} tokens (PPO: {args.completions} prompts; "
+          f"group algorithms: {args.completions // args.group} prompts x {args.group}); minibatch 16; "
+          f"medians of {args.iterations}, alternating")
+    for title, epochs in (("each at its default epochs", None), (f"all at {args.epochs} epoch(s)", args.epochs)):
+        agents = {n: build(n, report.path, task, device, args.completions, args.group, args.new_tokens, epochs) for n in names}
+        table(title, measure(agents, args.iterations), agents)
+
+
+if __name__ == "__main__":
+    main()
