@@ -52,8 +52,6 @@ MANIFEST = "manifest.json"
 _FORMAT_VERSION = 1
 
 
-
-
 def _files(folder: Path) -> dict[str, Path]:
     """Every file under `folder` but its manifest, by its path relative to `folder` (with "/")."""
     found = {}

@@ -62,11 +62,13 @@ class GRPOConfig(OnPolicyConfig):
     group_size: int = 4
     """G: completions per prompt (>= 2; 64 in DeepSeekMath). The environment is made with the same `group_size`."""
     n_epochs: int = 1
-    """Passes over each batch (the paper's mu; 1 keeps the update on-policy, the ratio 1 on the first pass)."""
+    """Passes over each batch (the paper's mu; the ratio is 1 on the batch's first minibatch, and the clip bounds how
+    far the later ones may move it)."""
     kl_coef: float = 0.04
     """beta, the weight of the KL to the reference in the loss (0.04 in DeepSeekMath)."""
     kl_estimator: KLEstimator = "k3"
-    """The per-token KL estimate added to the loss (k3, as the paper; k2 gives the reverse KL's gradient)."""
+    """The per-token KL estimate added to the loss: k3, as the paper (its gradient is the forward KL's), or k2 (the
+    reverse KL's gradient); k1 is refused, its expected gradient in the loss being zero (`agents/kl.py`)."""
     clip_range: float = 0.2
     """Ratio clip epsilon."""
     scale_rewards: bool = True
@@ -84,10 +86,11 @@ class GRPOConfig(OnPolicyConfig):
                              f"same prompt), got {self.group_size}")
         if not self.clip_range > 0 or not self.eps > 0:
             raise ValueError(f"GRPOConfig.clip_range and eps must be > 0, got {self.clip_range!r}, {self.eps!r}")
+        if self.kl_estimator == "k1":
+            raise ValueError("GRPOConfig.kl_estimator='k1' in the loss has an expected gradient of zero (the penalty would "
+                             "do nothing); use 'k3' (the paper's) or 'k2' (the reverse KL's gradient)")
         if self.loss_type not in _REDUCTIONS:
             raise ValueError(f"GRPOConfig.loss_type must be one of {sorted(_REDUCTIONS)}, got {self.loss_type!r}")
-        if self.kl_estimator not in ("k1", "k2", "k3"):
-            raise ValueError(f"GRPOConfig.kl_estimator must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
 
 
 class GRPO(OnPolicyAgent):
@@ -102,6 +105,7 @@ class GRPO(OnPolicyAgent):
     config: GRPOConfig
     config_class = GRPOConfig
     algorithm = "grpo"
+    kl_penalty = "loss"
 
     def _reduction(self) -> LossReduction:
         return _REDUCTIONS[self.config.loss_type]

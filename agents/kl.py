@@ -10,7 +10,10 @@ Where an estimator sits decides the gradient it gives, not only its value:
 
 * *in the reward* (Ziegler et al. 2019, InstructGPT, RLOO): `-beta * k1` per token joins the
   score and is treated as a reward, so the policy-gradient estimator sees
-  `-beta * E_pi[log(pi/ref) grad log pi] = -beta * grad KL(pi || ref)`: the true gradient;
+  `-beta * E_pi[log(pi/ref) grad log pi] = -beta * grad KL(pi || ref)`: the true gradient.
+  Only k1 does this: `-beta * k3` in the reward gives `-beta * (grad KL(pi || ref) -
+  grad KL(ref || pi))`, and `-beta * k2` a gradient with no closed form; both are biased
+  (they can be chosen, `kl_estimator`, and are tested, but k1 is the default for a reason);
 * *in the loss* (GRPO, Shao et al. 2024): `beta * k(y)` is differentiated through `log pi(y)`
   on fixed samples. Its expected gradient is
   k1: `E_pi[grad log pi] = 0` (no penalty at all);

@@ -1,7 +1,7 @@
 """The language-model parts of the preference loop: what gets compared and how the reward model learns.
 
 `CompletionSource` proposes queries of K completions of one prompt, sampled from the
-current policy (the policy the inner PPO agent is training, so queries follow it).
+current policy (the policy the inner agent is training, so queries follow it).
 `RewardModelLearner` trains a `RewardModel` or a `RewardEnsemble` (either a `LearnedReward`)
 on all comparisons so far, warm-started (Christiano) or from its initial weights (rounds),
 re-normalises it on a reference set, and measures ensemble disagreement for active query

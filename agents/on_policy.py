@@ -20,9 +20,13 @@ iteration of `OnPolicyAgent.train_iteration`:
 Data parallel (`distributed=`): the environment's batch and `minibatch_size` are global.
 Every process draws the same prompt batch and scores the whole batch (see rollout.py), so
 scores, advantages computed from them, and the KL fed to the controller are identical on
-every process; each global minibatch is the processes' shards of one permutation drawn as a
-single process draws it, and losses are normalised by global counts, so DDP's gradient
-average is the single-process gradient. Only the main process writes checkpoints.
+every process. Each process takes its own completions in the order of one permutation of the
+batch (drawn as a single process draws it) and a global minibatch is every process's next
+`minibatch_size / W` of them, its losses normalised by global counts: with one minibatch per
+epoch (`minibatch_size == num_envs`) DDP's gradient average is exactly the single-process
+gradient; with several, the minibatches are stratified by process (the same sizes, other
+members) and the runs agree in distribution, not to the float. Only the main process writes
+checkpoints.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from safetensors.torch import load_file, save_file
 
 from llm_gym.agents.base import Agent, Callback
 from llm_gym.agents.checkpoint import CheckpointError, load_policy, open_checkpoint, read_json, reading, write_checkpoint
-from llm_gym.agents.kl import FixedKLController, kl_estimate, make_kl_controller
+from llm_gym.agents.kl import FixedKLController, KLEstimator, KLPenalty, kl_estimate, make_kl_controller
 from llm_gym.agents.monitors import HealthMonitor
 from llm_gym.agents.ptx import PtxMixer
 from llm_gym.agents.reference import frozen_copy, reference_log_probs
@@ -83,6 +87,9 @@ class OnPolicyConfig:
     """Gradient-norm clip."""
     kl_coef: float = 0.05
     """Initial beta of the KL penalty to the reference."""
+    kl_estimator: KLEstimator = "k1"
+    """The per-token estimate of KL(pi || ref) the penalty uses (`agents/kl.py`); where it is paid is the algorithm's
+    (PPO and RLOO: in the reward, where only k1 gives the reverse KL's gradient; GRPO: in the loss)."""
     adaptive_kl: bool = False
     """Steer beta toward `target_kl` (Ziegler et al. 2019) instead of keeping it fixed."""
     target_kl: float = 6.0
@@ -126,6 +133,8 @@ class OnPolicyConfig:
         for key in ("learning_rate", "max_grad_norm", "target_kl", "score_scale", "kl_explosion"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"{name}.{key} must be > 0, got {getattr(self, key)!r}")
+        if self.kl_estimator not in ("k1", "k2", "k3"):
+            raise ValueError(f"{name}.kl_estimator must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
         for key in ("kl_coef", "ptx_coef"):
             if not getattr(self, key) >= 0:
                 raise ValueError(f"{name}.{key} must be >= 0, got {getattr(self, key)!r}")
@@ -206,6 +215,8 @@ class OnPolicyAgent(Agent):
     config_class: ClassVar[type[OnPolicyConfig]] = OnPolicyConfig
     algorithm: ClassVar[str] = ""
     """The name written into checkpoints, so that one algorithm's checkpoint is not loaded as another's."""
+    kl_penalty: ClassVar[KLPenalty] = "reward"
+    """Where the algorithm pays the KL: in the reward (logged as `objective/non_score_reward`) or in its loss."""
     needs_hidden: ClassVar[bool] = False
     """Whether the snapshot keeps the policy's hidden states (a value head reads them)."""
     divergence_hint: ClassVar[str] = "lower learning_rate, check the reward for extreme values, or enable whiten_scores"
@@ -384,10 +395,11 @@ class OnPolicyAgent(Agent):
         cfg, dist, exp = self.config, self.dist, snapshot.experience
         mask = snapshot.mask
         kl = kl_estimate(snapshot.own.logprobs, snapshot.ref_logprobs, "k1") * mask
-        # per-completion KL, entropy and length of the whole batch (in batch order), on every process
-        local = torch.stack([kl.sum(-1), (snapshot.own.entropy * mask).sum(-1), mask.sum(-1)], dim=1)
+        paid = kl_estimate(snapshot.own.logprobs, snapshot.ref_logprobs, cfg.kl_estimator) * mask
+        # per-completion KL (k1, and the estimate paid), entropy and length of the whole batch, on every process
+        local = torch.stack([kl.sum(-1), paid.sum(-1), (snapshot.own.entropy * mask).sum(-1), mask.sum(-1)], dim=1)
         gathered = torch.cat([torch.as_tensor(part) for part in dist.gather_object(local.tolist())]) if dist.world_size > 1 else local
-        kl_per_completion, entropy_sum, lengths = gathered.unbind(1)
+        kl_per_completion, paid_per_completion, entropy_sum, lengths = gathered.unbind(1)
         mean_kl = float(kl_per_completion.mean())
         kl_coef = self.kl_ctl.value
         n = len(exp.scores)
@@ -401,10 +413,11 @@ class OnPolicyAgent(Agent):
             "objective/entropy": float(entropy_sum.sum() / lengths.sum().clamp(min=1) * lengths.mean()),
             "rollout/completion_tokens": float(lengths.mean()),
             "rollout/truncated_prompts": dist.sum_float(exp.rollout.num_truncated_prompts),
-            **self._objective_stats(kl_per_completion, kl_coef),
             **{f"train/{k}": v for k, v in dist.reduce_mean(train_stats).items()},
             **{f"time/{k}": v for k, v in dist.reduce_mean(timings).items()},
         }
+        if self.kl_penalty == "reward":  # what the reward paid for the KL, beside the score
+            stats["objective/non_score_reward"] = float((-kl_coef * paid_per_completion).mean())
         gold = exp.info.get("gold")
         if gold is not None:
             stats["objective/gold"] = float(np.mean(gold))
@@ -415,10 +428,6 @@ class OnPolicyAgent(Agent):
             self.logger.log_text("rollout/samples", "\n".join(lines[:8]), step=self.num_timesteps)
         self.monitor.check(self.iteration, kl_per_completion.cpu().numpy(), stats["objective/rm_score"], stats.get("objective/gold"))
         return stats
-
-    def _objective_stats(self, kl_per_completion: torch.Tensor, kl_coef: float) -> dict[str, float]:
-        """Algorithm-specific `objective/` statistics (PPO: the KL paid in the reward, `non_score_reward`)."""
-        return {}
 
     def _update(self, snapshot: Snapshot, prepared: dict[str, torch.Tensor], global_size: int) -> dict[str, float]:
         """`n_epochs` passes of minibatch steps over this process's shard; returns the mean of each statistic."""

@@ -28,7 +28,6 @@ from typing import Any
 
 import torch
 
-from llm_gym.agents.kl import KLEstimator
 from llm_gym.agents.monitors import KLWarning, OverOptimizationWarning
 from llm_gym.agents.on_policy import OnPolicyAgent, OnPolicyConfig, Snapshot
 from llm_gym.agents.ppo_math import (
@@ -39,7 +38,6 @@ from llm_gym.agents.ppo_math import (
     masked_mean,
     masked_whiten,
 )
-from llm_gym.agents.rollout import rank_seed as _rank_seed  # noqa: F401 (kept importable from here)
 from llm_gym.infra.update import TrainingDivergedError
 from llm_gym.models.policy import Rollout
 
@@ -66,8 +64,6 @@ class PPOConfig(OnPolicyConfig):
     """Weight of the entropy bonus."""
     whiten_advantages: bool = True
     """Whiten advantages per batch."""
-    kl_estimator: KLEstimator = "k1"
-    """The per-token KL estimate paid in the reward (k1 = log pi - log pi_ref, as Ziegler et al. and InstructGPT)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -81,8 +77,6 @@ class PPOConfig(OnPolicyConfig):
             raise ValueError(f"PPOConfig.gamma and gae_lambda must be in [0, 1], got {self.gamma}, {self.gae_lambda}")
         if self.clip_range_vf is not None and not self.clip_range_vf > 0:
             raise ValueError(f"PPOConfig.clip_range_vf must be > 0 or None, got {self.clip_range_vf!r}")
-        if self.kl_estimator not in ("k1", "k2", "k3"):
-            raise ValueError(f"PPOConfig.kl_estimator must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
 
 
 class ValueHead(torch.nn.Module):
@@ -169,5 +163,3 @@ class PPO(OnPolicyAgent):
         parts = {"policy_loss": pg.loss, "value_loss": vf_loss, "entropy": entropy, "loss": loss}
         return loss, parts, {"clipfrac": pg.clipfrac, "approx_kl": pg.approx_kl}
 
-    def _objective_stats(self, kl_per_completion: torch.Tensor, kl_coef: float) -> dict[str, float]:
-        return {"objective/non_score_reward": float((-kl_coef * kl_per_completion).mean())}

@@ -6,7 +6,7 @@ the agent is optimised against the current reward model; repeat. `PreferenceLoop
 coordinator, itself an `Agent`, built from parts passed in as objects (the decomposition
 of the `imitation` library's preference comparisons):
 
-* `inner`: the agent that optimises the learned reward (LM `PPO` on a prompt-bandit env
+* `inner`: the agent that optimises the learned reward (any on-policy LM agent, PPO, RLOO or GRPO, on a prompt-bandit env
   whose `reward_fn` is the reward model; an SB3 algorithm behind a learned-reward wrapper);
 * `source`: proposes candidate queries from the current policy (completions of one prompt;
   trajectory segments for control tasks);

@@ -13,7 +13,9 @@ with the advantage the reward minus the mean of the *other* k - 1 rewards (eq. 4
 
 The loss is REINFORCE, `-A_i * log pi(y_i | x)`, spread over the completion's tokens; with
 `n_epochs > 1` it becomes PPO's clipped surrogate on the same sequence-level advantage (the
-ratio is 1 on the first pass, so one epoch is exactly REINFORCE). The paper's Table 1: on TL;DR,
+ratio is 1 on the batch's first minibatch, so one epoch in one minibatch, `minibatch_size ==
+num_envs`, is exactly REINFORCE; later minibatches of an epoch see a ratio moved by the steps
+before them, which the clip bounds). The paper's Table 1: on TL;DR,
 RLOO (k=4) won 77.9% against the reference, PPO 67.6%, DPO 66.6%; PPO's clipping fired in
 fewer than 5% of its batches, the bandit being nearly on-policy.
 """
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llm_gym.agents.kl import KLEstimator, kl_estimate
+from llm_gym.agents.kl import kl_estimate
 from llm_gym.agents.on_policy import LossReduction, OnPolicyAgent, OnPolicyConfig, Snapshot
 from llm_gym.agents.ppo_math import clipped_policy_loss, masked_whiten
 
@@ -56,14 +58,14 @@ class RLOOConfig(OnPolicyConfig):
     """k: completions per prompt (>= 2; the paper's best was k = 4). The environment is made with the same
     `group_size`, and its `num_envs` holds num_envs / k prompts per batch."""
     n_epochs: int = 1
-    """Passes over each batch: 1 = REINFORCE (the ratio is 1); more = PPO-style clipped updates."""
+    """Passes over each batch: 1 with minibatch_size == num_envs = REINFORCE (the ratio is 1); more = PPO-style clipped
+    updates."""
     clip_range: float = 0.2
-    """Ratio clip epsilon for the passes after the first (inactive with n_epochs = 1)."""
-    kl_estimator: KLEstimator = "k1"
-    """The per-token KL estimate summed into the sequence reward (k1, as the paper)."""
+    """Ratio clip epsilon for every step after the batch's first (inactive with one epoch in one minibatch)."""
     loss_reduction: LossReduction = "token"
-    """How the per-token loss is averaged: over the minibatch's tokens ("token", as PPO), per sequence
-    ("sequence") or over sequences x max_new_tokens ("constant": REINFORCE on the sequence log-prob, scaled)."""
+    """How the per-token loss is averaged: over the minibatch's tokens ("token", as PPO and TRL: the step then
+    shrinks as completions grow), per sequence ("sequence") or over sequences x max_new_tokens ("constant": the
+    paper's REINFORCE on the sequence log-prob, scaled by the constant 1 / max_new_tokens)."""
     whiten_advantages: bool = False
     """Whiten the advantages over the batch (off: the leave-one-out baseline already centres them)."""
 
@@ -74,8 +76,6 @@ class RLOOConfig(OnPolicyConfig):
                              f"of the same prompt), got {self.group_size}")
         if not self.clip_range > 0:
             raise ValueError(f"RLOOConfig.clip_range must be > 0, got {self.clip_range!r}")
-        if self.kl_estimator not in ("k1", "k2", "k3"):
-            raise ValueError(f"RLOOConfig.kl_estimator must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
         if self.loss_reduction not in ("token", "sequence", "constant"):
             raise ValueError(f"RLOOConfig.loss_reduction must be 'token', 'sequence' or 'constant', got {self.loss_reduction!r}")
 
@@ -115,5 +115,3 @@ class RLOO(OnPolicyAgent):
                                  cfg.loss_reduction, cfg.sampling.max_new_tokens)
         return pg.loss, {"policy_loss": pg.loss, "loss": pg.loss}, {"clipfrac": pg.clipfrac, "approx_kl": pg.approx_kl}
 
-    def _objective_stats(self, kl_per_completion: torch.Tensor, kl_coef: float) -> dict[str, float]:
-        return {"objective/non_score_reward": float((-kl_coef * kl_per_completion).mean())}

@@ -18,7 +18,6 @@ import time
 from typing import Any, NamedTuple
 
 import numpy as np
-import torch
 from gymnasium.vector import VectorEnv
 
 from llm_gym.infra.distributed import Distributed
@@ -69,9 +68,3 @@ def collect_experience(policy: Policy, env: VectorEnv, sampling: SamplingConfig,
     timings["scoring"] = time.perf_counter() - t
     return Experience(list(prompts), completions, rollout, np.asarray(scores, dtype=np.float64), info, timings)
 
-
-def group_view(values: torch.Tensor, group_size: int) -> torch.Tensor:
-    """(B,) per-completion values as (B / G, G): row g holds the completions of prompt g."""
-    if values.shape[0] % group_size:
-        raise ValueError(f"a batch of {values.shape[0]} completions does not split into groups of {group_size}")
-    return values.reshape(-1, group_size)

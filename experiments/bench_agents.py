@@ -66,7 +66,7 @@ def table(title: str, medians: dict[str, dict[str, float]], agents: dict) -> Non
     for name, m in medians.items():
         agent = agents[name]
         total = sum(m.values())
-        extra = sum(p.numel() for p in agent.value_head.parameters()) if hasattr(agent, "value_head") else 0
+        extra = sum(p.numel() for m in agent._modules_to_save().values() for p in m.parameters())  # the value head
         print(f"{name:<10}{agent.config.n_epochs:>7}" + "".join(f"{m[k]:>12.3f}" for k in KEYS)
               + f"{total:>10.3f}{total / ppo_total:>8.2f}{extra:>14,}")
 

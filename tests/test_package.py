@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -26,6 +27,8 @@ def test_installed_package_maps_folders() -> None:
 @pytest.mark.slow
 def test_wheel_holds_only_llm_gym_and_imports(tmp_path: Path) -> None:
     wheel_dir = tmp_path / "wheel"
+    # setuptools reuses ./build/lib between builds: files deleted from the source since would ship again
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(ROOT)],
         check=True, cwd=tmp_path,

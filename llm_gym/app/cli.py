@@ -220,10 +220,11 @@ TensorBoard's HPARAMS tab with `tensorboard --logdir OUT`.
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from llm_gym.app.sweep import SweepError, format_table, parse_grid, plan_sweep, run_sweep
+    from llm_gym.app.sweep import SweepError, default_metric, format_table, parse_grid, plan_sweep, run_sweep
 
     grid = parse_grid(args.grid)
     config = _load_experiment(args.config, args.set, args.cache_dir)
+    args.metric = args.metric or default_metric(config)
     out = Path(args.out or (f"{config.out.rstrip('/')}_sweep" if config.out.strip("/") else "runs/sweep"))
     points = plan_sweep(args.config, grid, seeds=args.seeds, overrides=args.set, cache_dir=args.cache_dir,
                         metric=args.metric)
@@ -286,9 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=1, metavar="N", help="run N points at once, each in its own process (default 1)")
     overrides(p)
     p.add_argument("--out", default=None, help="sweep folder (default: the config's `out` + '_sweep'); rerun into it to resume")
-    p.add_argument("--metric", default="ppo.gold", metavar="ROW.KEY",
-                   help="the summary column plotted and shown per point (default ppo.gold), e.g. ppo_ptx.win_rate; "
-                        "a column no point can have is refused before anything runs")
+    p.add_argument("--metric", default=None, metavar="ROW.KEY",
+                   help="the summary column plotted and shown per point, e.g. ppo_ptx.win_rate (default: the gold score "
+                        "of the config's first RL run or loop that runs, else sft.gold); a column no point can have is "
+                        "refused before anything runs")
     p.add_argument("--cache-dir", default=None, help="where the built-in model is cached (sets model.cache_dir)")
     p.set_defaults(func=_cmd_sweep)
 

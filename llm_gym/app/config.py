@@ -234,7 +234,9 @@ class AgentStage:
     One experiment can hold PPO, RLOO, GRPO, best-of-N and DPO runs side by side (the study of
     `experiments/algorithms/`), and `llm-gym sweep --grid agent.<run>.algorithm=ppo,rloo,grpo`
     compares them. `config` is the algorithm's own config table (`PPOConfig`, `RLOOConfig`,
-    `GRPOConfig`, `BestOfNConfig`, `DPOConfig`), checked as that class when the stage is built.
+    `GRPOConfig`, `BestOfNConfig`, `DPOConfig`), checked as that class when the stage is built; a
+    sweep over the algorithm shares one table, so it may hold only keys every algorithm of the
+    grid knows (the on-policy ones share most; best-of-N and DPO few).
     """
 
     algorithm: Literal["ppo", "rloo", "grpo", "best_of_n", "dpo"] = "ppo"
@@ -250,7 +252,8 @@ class AgentStage:
     """On-policy algorithms: completions per iteration (num_envs / group_size prompts, each group_size times);
     a multiple of the config's minibatch_size and group_size."""
     checkpoint_every: int = 10
-    """On-policy algorithms and DPO: write a resumable checkpoint every this many iterations (0 = only at the end)."""
+    """On-policy algorithms: write a resumable checkpoint every this many iterations (0 = only at the end). DPO and
+    best-of-N runs are short and start again when interrupted."""
     config: Any = field(default_factory=dict)
     """The algorithm's hyperparameters: a table of its config class's fields (the defaults where absent)."""
 

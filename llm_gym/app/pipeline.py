@@ -68,7 +68,7 @@ from llm_gym.core.preferences import Comparison
 from llm_gym.core.task import Demonstration, Task
 from llm_gym.feedback.oracles import NoAnswersError, SyntheticOracle, collect
 from llm_gym.feedback.store import PreferenceStore
-from llm_gym.infra.atomic import write_json
+from llm_gym.infra.atomic import recover_dir, write_json, write_text
 from llm_gym.infra.configio import to_dict
 from llm_gym.infra.distributed import Distributed
 from llm_gym.infra.logger import Logger
@@ -131,6 +131,7 @@ class Pipeline:
         self.device = device if device is not None else self.dist.device
         self.input_fn = input_fn
         self.state_file = self.out / "state.json"
+        self._verified: set[Path] = set()  # policy folders checked against their manifests in this run
         # the main process's view of what is done is everyone's (nodes need not share a disk); a damaged
         # state.json stops every process with the same error (one alone would leave the others waiting)
         state: dict[str, Any] | str = {}
@@ -185,7 +186,23 @@ class Pipeline:
 
     def _done(self, key: str, fingerprint: str) -> dict[str, Any] | None:
         entry = self.state.get(key)
-        return entry["result"] if entry and entry.get("fingerprint") == fingerprint else None
+        if not entry or entry.get("fingerprint") != fingerprint:
+            return None
+        result = entry["result"]
+        if result.get("in_run_folder") and not self._result_path(result).exists():
+            # moved or deleted since: run the stage again (its inputs are the same, so it gives the same result)
+            self.on_event(f"[{key}] its result {self._result_path(result)} is missing: running it again")
+            return None
+        return result
+
+    def _result_path(self, result: dict[str, Any], key: str = "path") -> Path:
+        """Where a stage's result is: results this run folder holds are stored relative to it (`in_run_folder`), so a
+        copied or moved run folder reads its own files; older run folders stored paths as given."""
+        return self.out / result[key] if result.get("in_run_folder") else Path(result[key])
+
+    def _rel(self, path: Path) -> str:
+        """How a result folder inside the run folder is stored: relative to it (with `in_run_folder: True`)."""
+        return Path(path).relative_to(self.out).as_posix()
 
     def _finish(self, key: str, fingerprint: str, result: dict[str, Any]) -> dict[str, Any]:
         self.state[key] = {"fingerprint": fingerprint, "result": result, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -295,12 +312,8 @@ class Pipeline:
                 trainer = SFTTrainer(cfg.sft, rng=np.random.default_rng(cfg.seed), logger=logger, distributed=self.dist)
                 metrics = trainer.fit(policy, self.demonstrations)
 
-            def save() -> None:
-                with write_checkpoint(path) as tmp:  # atomic, and sealed by a manifest that `_sft_path` checks
-                    policy.save_pretrained(tmp)
-
-            self.dist.main_process_only(save)()
-            return {"path": str(path), **metrics}
+            self._save_policy(policy, path)  # atomic, and sealed by a manifest that `_sft_path` checks
+            return {"in_run_folder": True, "path": self._rel(path), **metrics}
 
         return self._timed("sft", fp, body)
 
@@ -350,7 +363,8 @@ class Pipeline:
             if demos:  # InstructGPT: demonstrations score 0 on average
                 rm.normalize([d.prompt for d in demos], [d.completion for d in demos])
             self.dist.main_process_only(rm.save)(path)
-            return {"path": str(path), "labels": len(comparisons), "queries_posed": n_queries,
+            return {"in_run_folder": True, "path": self._rel(path), "labels": len(comparisons), "queries_posed": n_queries,
+                    "query_ids": sorted({c.query_id for c in comparisons}),  # what DPO learns from too
                     "ensemble": rm_cfg.members > 1, **{k: float(v) for k, v in metrics.items()}}
 
         return self._timed("reward_model", fp, body)
@@ -361,13 +375,39 @@ class Pipeline:
         A folder saved before manifests existed loads with a logged warning (`verify_manifest`).
         """
         result = self._need("sft")["result"]
-        if "skipped" not in result:
-            open_checkpoint(result["path"], marker="config.json", kind="SFT policy folder",
-                            fix="run the experiment into a new --out folder, so that SFT runs again")
-        return result["path"]
+        if "skipped" in result:  # the base model's name or folder
+            return result["path"]
+        return self._checked_policy_folder(self._result_path(result), "SFT policy folder", "sft")
+
+    def _checked_policy_folder(self, path: Path, kind: str, stage: str) -> str:
+        """A policy folder a stage wrote, repaired if a save was cut short and checked against its manifest (once per run)."""
+        if path not in self._verified:
+            fix = (f"delete {path} and rerun: the {stage} stage runs again, and labels and other stages' results in this "
+                   "folder are reused")
+            try:
+                open_checkpoint(path, marker="config.json", kind=kind, fix=fix)
+            except FileNotFoundError as exc:
+                raise RunFolderError(f"{exc}: the {stage} stage's result is gone; {fix.split(': ', 1)[1]} (remove the "
+                                     f"folder's '{stage}' entry from {self.state_file} if it was already deleted)") from exc
+            self._verified.add(path)
+        return str(path)
+
+    def _save_policy(self, policy: Policy, folder: Path) -> None:
+        """Write a stage's resulting policy atomically, sealed by a manifest (the main process; the others wait)."""
+        def save() -> None:
+            with write_checkpoint(folder) as tmp:
+                policy.save_pretrained(tmp)
+
+        self.dist.main_process_only(save)()
+
+    def _policy_path(self, name: str, entry: dict[str, Any]) -> str:
+        """The folder of a policy to evaluate: the pretrained model as stored, or a run's folder, checked."""
+        if name == "pretrained" or entry["result"].get("algorithm") == "best_of_n":
+            return self._sft_path() if name != "pretrained" else entry["result"]["path"]
+        return self._checked_policy_folder(self._result_path(entry["result"]), f"{name} policy folder", name)
 
     def _load_rm(self) -> LearnedReward:
-        return load_reward_model(self._need("reward_model")["result"]["path"], device=self.device)
+        return load_reward_model(self._result_path(self._need("reward_model")["result"]), device=self.device)
 
     def _stage_ppo(self) -> None:
         for name, run in self.config.ppo.items():
@@ -410,8 +450,9 @@ class Pipeline:
 
             def start_fresh() -> None:
                 folder.mkdir(parents=True, exist_ok=True)
-                shutil.rmtree(ckpt, ignore_errors=True)
-                marker.write_text(resume_fp)
+                # recover_dir first: a checkpoint set aside by a killed save (of other settings) must not come back later
+                shutil.rmtree(recover_dir(ckpt), ignore_errors=True)
+                write_text(marker, resume_fp)
 
             resumable = self.dist.main_process_only(can_resume)()
             total = run.iterations * run.num_envs
@@ -435,8 +476,8 @@ class Pipeline:
             finally:
                 logger.close()
             agent.save(ckpt)  # the main process writes it; the others wait
-            self.dist.main_process_only(agent.policy.save_pretrained)(folder / "policy")
-            return {"path": str(folder / "policy"), "algorithm": agent_class.algorithm, "reward": run.reward,
+            self._save_policy(agent.policy, folder / "policy")
+            return {"in_run_folder": True, "path": self._rel(folder / "policy"), "algorithm": agent_class.algorithm, "reward": run.reward,
                     "iterations": agent.iteration, "kl_coef_final": float(agent.kl_ctl.value)}
 
         return self._timed(key, fp, body)
@@ -472,10 +513,14 @@ class Pipeline:
         return self._timed(key, fp, lambda: self._dpo_body(name, run, folder))
 
     def _dpo_body(self, name: str, run: AgentStage, folder: Path) -> dict[str, Any]:
-        """DPO from SFT on the reward-model stage's labels (labels.sqlite), with the SFT policy as the frozen reference."""
+        """DPO from SFT on the reward-model stage's labels (the answers in labels.sqlite to the queries that stage posed,
+        so both learn from the same comparisons), with the SFT policy as the frozen reference. A run folder from before
+        the stage recorded its queries gives DPO every comparison in the store. An interrupted DPO run starts again."""
+        ids = self._need("reward_model")["result"].get("query_ids")
+
         def read() -> list[Comparison]:
             with PreferenceStore(self.out / "labels.sqlite") as store:
-                return store.comparisons()
+                return [c for c in store.comparisons() if ids is None or c.query_id in set(ids)]
 
         comparisons = self.dist.main_process_only(read)()  # the main process reads the store; every process gets it
         policy = Policy.from_pretrained(self._sft_path(), device=self.device)
@@ -485,8 +530,8 @@ class Pipeline:
                         distributed=self.dist)
             agent.learn()
             metrics = agent.evaluate_preferences()
-        self.dist.main_process_only(policy.save_pretrained)(folder / "policy")
-        return {"path": str(folder / "policy"), "algorithm": "dpo", "labels": len(comparisons),
+        self._save_policy(policy, folder / "policy")
+        return {"in_run_folder": True, "path": self._rel(folder / "policy"), "algorithm": "dpo", "labels": len(comparisons),
                 **{f"heldout_{k}": float(v) for k, v in metrics.items()}}
 
     def _stage_preference_loop(self) -> None:
@@ -535,9 +580,9 @@ class Pipeline:
                 with self._bar(loop.iterations * loop.num_envs, 0, f"preference_loop.{name}") as tick:
                     agent.learn(loop.iterations * loop.num_envs, callback=tick)
                 labels = self.dist.broadcast_object(store.counts()["answers"] if self.dist.is_main else None)
-            self.dist.main_process_only(policy.save_pretrained)(folder / "policy")
+            self._save_policy(policy, folder / "policy")
             self.dist.main_process_only(rm.save)(folder / "reward_model")
-            return {"path": str(folder / "policy"), "reward_model": str(folder / "reward_model"), "labels": labels,
+            return {"in_run_folder": True, "path": self._rel(folder / "policy"), "reward_model": self._rel(folder / "reward_model"), "labels": labels,
                     "ensemble": loop.members > 1, "iterations": ppo.iteration, "rounds": agent.rounds}
 
         return self._timed(f"preference_loop.{name}", self._loop_fingerprint(loop), body)
@@ -575,7 +620,7 @@ class Pipeline:
                 flip_prob=cfg.evaluation.judge_flip_prob, name="judge")
             rows = {}
             for name, entry in policies.items():
-                policy = sft if name == "sft" else Policy.from_pretrained(entry["result"]["path"], device=self.device)
+                policy = sft if name == "sft" else Policy.from_pretrained(self._policy_path(name, entry), device=self.device)
                 if entry["result"].get("algorithm") == "best_of_n":  # N samples of the SFT policy, the best kept
                     run = cfg.agent[name]
                     policy = BestOfN(sft, rm if run.reward == "reward_model" else self._reward(run.reward),

@@ -28,6 +28,7 @@ from llm_gym.core.task import PromptTask, Task
 from llm_gym.envs.prompt_bandit import PromptBanditVecEnv
 from llm_gym.feedback.oracles import PreferenceOracle, RecordedOracle, SyntheticOracle, TerminalOracle
 from llm_gym.feedback.store import PreferenceStore, move_store, store_files
+from llm_gym.infra.atomic import write_text
 from llm_gym.infra.configio import ConfigError
 from llm_gym.infra.distributed import Distributed
 from llm_gym.infra.runfolder import RunFolderError, check_writable_folder, read_json
@@ -324,7 +325,7 @@ def store_for(path: Path, fingerprint: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if store_files(path) and (not marker.exists() or marker.read_text() != fingerprint):
         move_store(path, _free_aside_name(path, marker.read_text() if marker.exists() else "unknown"))
-    marker.write_text(fingerprint)  # before a store comes back: killed in between, it is found aside next time
+    write_text(marker, fingerprint)  # atomic, and before a store comes back: killed in between, it is found aside next time
     earlier = _stores_aside(path, fingerprint)
     if earlier and not store_files(path):
         move_store(earlier.pop(0), path)

@@ -45,7 +45,7 @@ from llm_gym.infra.atomic import write_json
 from llm_gym.infra.configio import ConfigError, load_config, parse_override, to_dict
 from llm_gym.infra.runfolder import check_writable_folder
 
-__all__ = ["SweepError", "SweepPoint", "flat_metrics", "format_table", "metric_columns", "parse_grid", "plan_sweep",
+__all__ = ["SweepError", "SweepPoint", "default_metric", "flat_metrics", "format_table", "metric_columns", "parse_grid", "plan_sweep",
            "plot_sweep", "run_sweep"]
 
 _GRID_EXAMPLE = "--grid ppo.ppo.config.kl_coef=0.05,0.2"
@@ -281,17 +281,36 @@ _POLICY_EXTRA_KEYS = ("labels", "wall_seconds", "eval_seconds", "peak_rss_mb", "
 def metric_columns(config: Any) -> list[str]:
     """Every numeric column ``<row>.<key>`` a run of the `ExperimentConfig` `config` can put in its summary.
 
-    The rows are the pretrained and SFT policies, the reward model and each PPO run and
-    preference loop by name; a row's columns appear in a run only when its stage (and, for
-    gold, RM score, KL, win rate and perplexity, the evaluation) ran and the task allows them.
-    This is what ``sweep --metric`` may name.
+    The rows are the pretrained and SFT policies, the reward model and each PPO run, agent run and
+    preference loop by name, each only when its stage is in `config.stages`; the evaluation's
+    columns (gold, RM score, KL, win rate, perplexity...) only when "evaluation" is. (Whether the
+    task allows gold is known only once its environment is made.) This is what ``sweep --metric``
+    may name.
     """
     from llm_gym.app.evaluation import PolicyReport
 
-    policy_keys = [*(f.name for f in dataclasses.fields(PolicyReport)), *_POLICY_EXTRA_KEYS]
-    rows = {"pretrained": policy_keys, "sft": policy_keys, "reward_model": list(_REWARD_MODEL_KEYS),
-            **{name: policy_keys for name in [*config.ppo, *config.agent, *config.preference_loop]}}
+    stages = set(config.stages)
+    evaluated = [*(f.name for f in dataclasses.fields(PolicyReport)), "eval_seconds", "eval_peak_rss_mb",
+                 "eval_cuda_peak_mb"] if "evaluation" in stages else []
+    own = [k for k in _POLICY_EXTRA_KEYS if k not in ("eval_seconds", "eval_peak_rss_mb", "eval_cuda_peak_mb")]
+    rows: dict[str, list[str]] = {}
+    for stage, names in (("pretrain", ["pretrained"]), ("sft", ["sft"]), ("ppo", list(config.ppo)),
+                         ("agent", list(config.agent)), ("preference_loop", list(config.preference_loop))):
+        if stage in stages:
+            rows.update({name: [*evaluated, *own] for name in names})
+    if "reward_model" in stages:
+        rows["reward_model"] = list(_REWARD_MODEL_KEYS)
     return [f"{row}.{key}" for row, keys in rows.items() for key in keys]
+
+
+def default_metric(config: Any) -> str:
+    """The column a sweep shows when `--metric` is not given: the gold score of the experiment's first RL run or
+    preference loop that runs (else of SFT)."""
+    stages = set(config.stages)
+    for stage, names in (("ppo", config.ppo), ("agent", config.agent), ("preference_loop", config.preference_loop)):
+        if stage in stages and names:
+            return f"{next(iter(names))}.gold"
+    return "sft.gold"
 
 
 def _check_metric(metric: str, columns: Sequence[str]) -> None:
@@ -320,7 +339,7 @@ def run_sweep(
     overrides: Sequence[str] = (),
     parallel: int = 1,
     cache_dir: str | PathLike[str] | None = None,
-    metric: str = "ppo.gold",
+    metric: str | None = None,
     on_event: Event | None = None,
 ) -> list[dict[str, Any]]:
     """Run every point of the grid x seeds as an ``llm-gym run`` subprocess; write the table and plot.
@@ -333,7 +352,7 @@ def run_sweep(
         overrides: ``--set`` overrides applied to every point before the grid values.
         parallel: how many points run at once (each in its own process).
         cache_dir: where the built-in model is cached (``model.cache_dir``).
-        metric: the summary column ``<row>.<key>`` plotted per point, e.g. ``ppo.gold``.
+        metric: the summary column ``<row>.<key>`` plotted per point, e.g. ``ppo.gold``; None = `default_metric`.
         on_event: receives a line when a point starts and when it finishes.
 
     Returns:
@@ -350,6 +369,10 @@ def run_sweep(
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
         raise ConfigError(f"parallel must be a positive int, got {parallel!r}")
     emit = on_event or (lambda line: None)
+    if metric is None:
+        from llm_gym.app.config import ExperimentConfig
+
+        metric = default_metric(load_config(ExperimentConfig, config_path, overrides))
     points = plan_sweep(config_path, grid, seeds=seeds, overrides=overrides, cache_dir=cache_dir, metric=metric)
     out = Path(out)
     check_writable_folder(out, "the sweep folder")

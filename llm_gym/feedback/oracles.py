@@ -525,9 +525,15 @@ class TerminalOracle(PreferenceOracle):
             out.write(_render(q, n, len(queries)))
             try:
                 ranks = self._read_answer(q, out)
-            except (EOFError, KeyboardInterrupt):
+            except EOFError:  # end of input: as "q"
                 ranks = None
                 out.write("\n")
+            except KeyboardInterrupt:
+                # Ctrl-C interrupts, it does not quit: every answer given is already yielded (and stored by `collect`);
+                # the caller stops, and a rerun asks only the rest (a pipeline does not train on a half-labelled set)
+                out.write(f"\nInterrupted after {answered} answers; they are kept.\n")
+                _flush(out)
+                raise
             if ranks is None:  # quit
                 break
             if ranks == "skip":

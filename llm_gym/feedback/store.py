@@ -153,6 +153,10 @@ class PreferenceStore:
         memory = self.path == ":memory:"
         if not memory:
             _check_is_sqlite_or_new(Path(self.path))
+            if Path(self.path).is_file() and not os.access(self.path, os.W_OK):
+                # SQLite would open it read-only without a word and fail at the first answer, after a person typed it
+                raise StoreError(f"cannot open preference store {self.path}: the file is read-only; make it writable "
+                                 f"(chmod u+w {self.path}) or open a copy of it. The store was left unchanged.")
         try:
             # isolation_level=None: no implicit transactions; `_transaction` opens each one explicitly.
             self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)

@@ -55,7 +55,7 @@ try:
 except ImportError:  # Windows: no advisory locks (see the module docstring)
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["atomic_dir", "file_sha256", "recover_dir", "replace_dir", "write_json"]
+__all__ = ["atomic_dir", "file_sha256", "recover_dir", "replace_dir", "write_json", "write_text"]
 
 _log = logging.getLogger(__name__)
 
@@ -262,18 +262,23 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_json(path: str | os.PathLike[str], data: Any) -> None:
-    """Write `data` as indented JSON to `path` atomically (a temporary file beside it, then a rename)."""
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write `text` to `path` atomically (a temporary file beside it, then a rename): a kill leaves the old or the new."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
+            f.write(text)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """Write `data` as indented JSON to `path` atomically (`write_text`)."""
+    write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

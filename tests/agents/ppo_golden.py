@@ -5,7 +5,10 @@ update step, checkpointing and monitors moved into shared parts (`agents/`), so
 `test_ppo_golden.py` checks that the refactored PPO computes the same parameters (within
 1e-6) for the same seed. The model is a random-init tiny GPT-2 (no pretraining, so the pin
 does not depend on the built-in model's build), the run exercises KL (adaptive), score
-whitening, GAE, clipping and ptx over two iterations of two epochs.
+whitening, GAE, ptx and both clips (ratio and value: a large learning rate and four epochs
+make them fire; the pin holds the mean clip fraction, and the test checks it is not zero)
+over two iterations. It imports only names both layouts export, so the pin can be written
+by an older checkout (`PYTHONPATH=<old package> python tests/agents/ppo_golden.py`).
 
     .venv/bin/python tests/agents/ppo_golden.py     # rewrite the pin (only when PPO's maths change on purpose)
 """
@@ -19,10 +22,9 @@ import numpy as np
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from llm_gym import Policy, SamplingConfig, train_tokenizer
-from llm_gym.agents.ppo import PPO, PPOConfig
-from llm_gym.envs.prompt_bandit import PromptBanditVecEnv
-from llm_gym.tasks.review import GoldScorer, ReviewTaskConfig, generate_review_task
+from llm_gym import GoldScorer, Logger, Policy, ReviewTaskConfig, SamplingConfig, generate_review_task, train_tokenizer
+from llm_gym.agents import PPO, PPOConfig
+from llm_gym.envs import PromptBanditVecEnv
 
 PIN = Path(__file__).parent / "data" / "ppo_golden.safetensors"
 # parameters with an analytically zero gradient whose Adam steps are float noise (see test_distributed.py)
@@ -43,14 +45,16 @@ def run(folder: Path) -> dict[str, torch.Tensor]:
     policy = Policy.from_pretrained(folder, device="cpu")
     gold = GoldScorer()
     env = PromptBanditVecEnv(task.prompts, gold, num_envs=8, gold_fn=gold)
-    config = PPOConfig(sampling=SamplingConfig(max_new_tokens=6), minibatch_size=4, n_epochs=2, learning_rate=1e-3,
-                       kl_coef=0.1, adaptive_kl=True, target_kl=1.0, kl_horizon=100, whiten_scores=True,
-                       ptx_coef=0.1, ptx_batch_size=2, log_samples_every=0)
-    agent = PPO(policy, env, config, rng=np.random.default_rng(7), ptx_texts=task.pretrain_texts)
+    config = PPOConfig(sampling=SamplingConfig(max_new_tokens=6), minibatch_size=4, n_epochs=4, learning_rate=1e-2,
+                       clip_range=0.1, clip_range_vf=0.002, vf_learning_rate=0.003, kl_coef=0.1, adaptive_kl=True, target_kl=1.0, kl_horizon=100,
+                       whiten_scores=True, ptx_coef=0.1, ptx_batch_size=2, log_samples_every=0)
+    logger = Logger(None)
+    agent = PPO(policy, env, config, rng=np.random.default_rng(7), ptx_texts=task.pretrain_texts, logger=logger)
     agent.learn(16)
     params = {f"policy.{k}": v.detach().clone() for k, v in policy.model.state_dict().items()}
     params.update({f"value_head.{k}": v.detach().clone() for k, v in agent.value_head.state_dict().items()})
     params["kl_coef"] = torch.tensor([agent.kl_ctl.value], dtype=torch.float64)
+    params["clipfrac"] = torch.tensor([float(np.mean([v for _, v in logger.history["train/clipfrac"]]))], dtype=torch.float64)
     return params
 
 

@@ -104,3 +104,15 @@ def test_bad_estimator_and_controllers() -> None:
     assert isinstance(adaptive, AdaptiveKLController)
     adaptive.update(12.0, 10)  # error clipped to +0.2: beta * (1 + 0.2 * 10 / 100)
     assert adaptive.value == pytest.approx(0.1 * 1.02)
+
+
+def test_k3_in_the_reward_gives_a_biased_gradient() -> None:
+    """REINFORCE with reward -k3: the loss's gradient is grad KL(pi || ref) - grad KL(ref || pi), not the reverse KL's."""
+    theta = LOGITS.clone().requires_grad_(True)
+    logp = torch.log_softmax(theta, -1)
+    reward = -kl_estimate(logp, REF, "k3").detach()
+    (-(logp.exp().detach() * reward * logp).sum()).backward()
+    reverse_kl = _grad(lambda t: (torch.softmax(t, -1) * (torch.log_softmax(t, -1) - REF)).sum())
+    forward_kl = _grad(lambda t: (REF.exp() * (REF - torch.log_softmax(t, -1))).sum())
+    assert torch.allclose(theta.grad, reverse_kl - forward_kl, atol=1e-12)
+    assert not torch.allclose(theta.grad, reverse_kl, atol=1e-3)

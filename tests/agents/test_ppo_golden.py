@@ -15,6 +15,7 @@ from ppo_golden import NOISE_ONLY, PIN, run  # noqa: E402
 def test_ppo_matches_the_pinned_run(tmp_path) -> None:
     pinned = load_file(str(PIN))
     params = run(tmp_path)
+    assert float(pinned["clipfrac"]) > 0.05, "the pinned run must make the clip fire, or a clipping change goes unseen"
     assert set(pinned) <= set(params)
     for key, expected in pinned.items():
         value = params[key].to(expected.dtype)

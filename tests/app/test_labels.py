@@ -192,3 +192,20 @@ def test_a_reward_model_with_nothing_to_learn_says_what_to_do_and_keeps_the_answ
         Pipeline(_labelled_by_hand(model_cache, 4), tmp_path / "run", input_fn=keyboard).run()
     with PreferenceStore(tmp_path / "run" / "labels.sqlite") as store:
         assert store.counts()["answers"] == (4 if reply == "t" else 0)  # every tie given is kept
+
+
+def test_ctrl_c_while_labelling_keeps_the_answers_and_the_rerun_asks_only_the_rest(tmp_path, model_cache, tiny_model) -> None:
+    class Interrupting(CountingKeyboard):
+        def __call__(self, prompt: str) -> str:
+            if self.asked == 2:
+                raise KeyboardInterrupt
+            return super().__call__(prompt)
+
+    keyboard = Interrupting()
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(_labelled_by_hand(model_cache, 6), tmp_path / "run", input_fn=keyboard).run()
+    state = tmp_path / "run" / "state.json"
+    assert not state.exists() or "reward_model" not in state.read_text()  # the stage is not done
+    again = CountingKeyboard()
+    summary = Pipeline(_labelled_by_hand(model_cache, 6), tmp_path / "run", input_fn=again).run()
+    assert again.asked == summary["rows"]["reward_model"]["labels"] - 2  # the two answers given were kept

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import math
 import subprocess
 import sys
@@ -357,9 +358,16 @@ def test_a_damaged_sft_folder_is_refused_naming_the_file(tmp_path, model_cache, 
     data = bytearray(weights.read_bytes())
     data[-3] ^= 0x01
     weights.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=r"model\.safetensors is not the file that was saved.*new --out folder"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is not the file that was saved.*delete .*sft and "
+                                              r"rerun: the sft stage runs again, and labels .* are reused"):
         Pipeline(tiny(model_cache, "stages=['pretrain','sft','reward_model']"), out).run()
     assert weights.read_bytes() == bytes(data), "the damaged folder is left for the user to restore"
+    # doing what the message says: the SFT stage runs again, into the same folder
+    shutil.rmtree(out / "sft")
+    events: list[str] = []
+    Pipeline(tiny(model_cache, "stages=['pretrain','sft']"), out, on_event=events.append).run()
+    assert any(e.startswith("[sft] its result") and e.endswith("is missing: running it again") for e in events)
+    assert (out / "sft" / "manifest.json").is_file()
 
 
 def test_a_ppo_checkpoint_set_aside_by_a_kill_is_resumed_not_restarted(tmp_path, model_cache, tiny_model, monkeypatch) -> None:
@@ -393,3 +401,44 @@ def test_a_ppo_checkpoint_set_aside_by_a_kill_is_resumed_not_restarted(tmp_path,
     assert "[ppo.ppo] resuming from its checkpoint at iteration 2" in events
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint", "fingerprint.txt", "policy"]
     assert json.loads((out / "state.json").read_text())["ppo.ppo"]["result"]["iterations"] == 3
+
+
+def test_a_checkpoint_set_aside_under_other_settings_never_comes_back(tmp_path, model_cache, tiny_model, monkeypatch) -> None:
+    """Run A is killed between its checkpoint's renames (set aside); the user changes a setting. The fresh start of the
+    new settings removes A's set-aside checkpoint, so no later rerun resumes A's weights under B's fingerprint."""
+    out = tmp_path / "run"
+    a = tiny(model_cache, "stages=['pretrain','sft','reward_model','ppo']", runs=("ppo",))
+    Pipeline(a, out).run()
+    folder = out / "ppo" / "ppo"
+    (folder / ".checkpoint-old-k2j4h6g8").mkdir()
+    (folder / "checkpoint").rename(folder / ".checkpoint-old-k2j4h6g8" / "old")
+    b = tiny(model_cache, "stages=['pretrain','sft','reward_model','ppo']", "ppo.ppo.config.kl_coef=0.05", runs=("ppo",))
+    original = PPO.train_iteration
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PPO, "train_iteration", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(b, out).run()
+    assert not list(folder.glob(".checkpoint-old-*")) and not (folder / "checkpoint").exists()
+    monkeypatch.setattr(PPO, "train_iteration", original)
+    events: list[str] = []
+    Pipeline(b, out, on_event=events.append).run()
+    assert not any("resuming" in e for e in events)
+    state = json.loads((folder / "checkpoint" / "trainer_state.json").read_text())
+    assert state["config"]["kl_coef"] == 0.05
+
+
+def test_a_copied_run_folder_reads_its_own_results_and_a_damaged_policy_is_refused(finished_run, tmp_path) -> None:
+    out, _, _ = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    weights = copy / "ppo" / "ppo" / "policy" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01
+    weights.write_bytes(bytes(data))
+    config = from_dict(ExperimentConfig, json.loads((copy / "config.json").read_text()))
+    with pytest.raises(CheckpointError, match=r"copy/ppo/ppo/policy is damaged: model\.safetensors"):
+        Pipeline(config, copy).evaluate(force=True)  # the copy's own (damaged) policy, not the original's
+    assert Pipeline(config, out).evaluate(force=True)["rows"]["ppo"]["gold"] is not None  # the original is intact

@@ -104,3 +104,19 @@ def test_agent_stage_from_python_and_names_unique_across_sections() -> None:
     assert type(stage.config).__name__ == "RLOOConfig" and stage.config.group_size == 2
     with pytest.raises(ValueError, match=r"\['ppo'\] name runs in both \[ppo\] and \[agent\]"):
         ExperimentConfig(agent={"ppo": AgentStage(config={"minibatch_size": 16}, num_envs=64)})
+
+
+def test_dpo_learns_from_the_reward_model_stages_labels_only(tmp_path, model_cache, tiny_model) -> None:
+    from llm_gym.core.preferences import Answer, Query
+    from llm_gym.feedback.store import PreferenceStore
+
+    data = experiment(model_cache)
+    data["agent"] = {"dpo": data["agent"]["dpo"]}
+    first = from_dict(ExperimentConfig, apply_overrides(data, ["stages=['pretrain','sft','reward_model']"]))
+    summary = Pipeline(first, tmp_path / "run").run()
+    with PreferenceStore(tmp_path / "run" / "labels.sqlite") as store:  # a person labels something else meanwhile
+        extra = Query("the film was", (" great", " awful"))
+        store.add_queries([extra])
+        store.add_answer(Answer(extra.query_id, (0, 1), labeller="alice"))
+    summary = Pipeline(from_dict(ExperimentConfig, data), tmp_path / "run").run()
+    assert summary["rows"]["dpo"]["labels"] == summary["rows"]["reward_model"]["labels"]

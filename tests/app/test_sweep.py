@@ -15,6 +15,8 @@ from llm_gym.app.config import ExperimentConfig
 from llm_gym.app.sweep import SweepError, metric_columns, parse_grid, plan_sweep, run_sweep
 from llm_gym.tasks.tiny_lm import TinyLMConfig
 
+REPO = Path(__file__).resolve().parents[2]
+
 KL = "ppo.ppo.config.kl_coef"
 
 # The pretrain section is TinyLMConfig.smoke(), so every run finds the session's `tiny_model`
@@ -135,7 +137,8 @@ def test_a_misspelt_metric_fails_before_any_run(tmp_path: Path, model_cache: Pat
     out = tmp_path / "sweep"
     with pytest.raises(ConfigError, match=r"metric 'ppo\.glod' is not a summary column of this sweep \(did you mean 'ppo\.gold'"):
         run_sweep(config, parse_grid([f"{KL}=0.05,0.2"]), out=out, metric="ppo.glod")
-    with pytest.raises(ConfigError, match=r"with a row among pretrained, sft, reward_model, ppo and a key among gold, "):
+    # the rows of the stages that run (this config has no reward_model stage)
+    with pytest.raises(ConfigError, match=r"with a row among pretrained, sft, ppo and a key among gold, "):
         run_sweep(config, parse_grid([f"{KL}=0.05,0.2"]), out=out, metric="gold")
     assert not out.exists(), "nothing may run (or be created) when the metric is no column"
     assert main(["sweep", str(config), "--grid", f"{KL}=0.05,0.2", "--metric", "ppo.win", "--out", str(out)]) == 2
@@ -151,7 +154,7 @@ def test_a_sweep_folder_under_a_file_fails_before_any_run(tmp_path: Path, model_
     config = write_config(tmp_path, model_cache, ["pretrain"])
     (tmp_path / "file").write_text("")
     with pytest.raises(RunFolderError, match="the sweep folder .* cannot be created: .*file is a file, not a folder"):
-        run_sweep(config, parse_grid([f"{KL}=0.05,0.2"]), out=tmp_path / "file" / "sweep", metric="pretrained.perplexity")
+        run_sweep(config, parse_grid([f"{KL}=0.05,0.2"]), out=tmp_path / "file" / "sweep", metric="pretrained.wall_seconds")
 
 
 # ---------------------------------------------------------------------------------------- sweeps
@@ -229,3 +232,20 @@ def test_failing_point_is_reported_and_the_others_finish(tmp_path: Path, model_c
     columns = set(rows[0]) - {"point", "status", "seed", "oracle.path"}
     assert columns <= set(metric_columns(load_config(ExperimentConfig, config))), "--metric accepts every real column"
     assert (out / "sweep.png").is_file() and not (out / failed["name"] / "tb" / "hparams").exists()
+
+
+def test_metric_columns_follow_the_stages_and_the_default_metric_fits_the_config(tmp_path: Path) -> None:
+    """A config that keeps [ppo] tables but does not run the ppo stage (experiments/ziegler) has no ppo column, so the
+    old default --metric ppo.gold is refused before anything runs; the default now names a run that runs."""
+    from llm_gym.app.sweep import default_metric
+
+    ziegler = load_config(ExperimentConfig, REPO / "experiments" / "ziegler" / "config.toml")
+    assert "ppo" not in ziegler.stages and ziegler.ppo
+    with pytest.raises(ConfigError, match="metric 'ppo.gold' is not a summary column"):
+        plan_sweep(REPO / "experiments" / "ziegler" / "config.toml", {"seed": [0, 1]}, metric="ppo.gold")
+    assert default_metric(ziegler) == f"{next(iter(ziegler.preference_loop))}.gold"
+    algorithms = load_config(ExperimentConfig, REPO / "experiments" / "algorithms" / "config.toml")
+    assert default_metric(algorithms) == "ppo_gold.gold"
+    no_eval = load_config(ExperimentConfig, REPO / "experiments" / "instructgpt" / "config.toml",
+                          ["stages=['pretrain','sft','evaluation']"])
+    assert default_metric(no_eval) == "sft.gold" and "ppo.gold" not in metric_columns(no_eval)

@@ -465,3 +465,37 @@ def test_move_store_never_replaces_a_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.sqlite-wal", "c.sqlite"]
     with PreferenceStore(tmp_path / "c.sqlite") as c:
         assert c.queries() == [_pair(0)]
+
+
+def test_a_read_only_store_file_is_refused_on_open_not_at_the_first_answer() -> None:
+    """SQLite opens a read-only file without a word and fails at the first write, after a person typed an answer."""
+    if not hasattr(os, "geteuid"):
+        pytest.skip("needs POSIX permissions")
+    base = Path(tempfile.mkdtemp(prefix="llm_gym_ro_file_"))
+    try:
+        base.chmod(0o755)
+        folder = base / "run"
+        folder.mkdir()
+        path = folder / "labels.sqlite"
+        with PreferenceStore(path) as store:
+            store.add_queries([_pair(0)])
+        path.chmod(0o444)
+        if os.geteuid() != 0:
+            with pytest.raises(StoreError) as info:
+                PreferenceStore(path)
+            error = str(info.value)
+        else:  # root may write anyway: open it as the user nobody, whose folder it is and whose file it is not
+            os.chown(folder, 65534, 65534)
+            ctx = multiprocessing.get_context("fork")
+            errors = ctx.Queue()
+            child = ctx.Process(target=_open_as_nobody, args=(str(path), errors))
+            child.start()
+            child.join(timeout=60)
+            assert child.exitcode == 0
+            error = errors.get(timeout=5)
+        assert "the file is read-only; make it writable" in error, error
+        path.chmod(0o644)
+        with PreferenceStore(path) as store:  # nothing lost
+            assert store.queries() == [_pair(0)]
+    finally:
+        shutil.rmtree(base)

@@ -20,7 +20,8 @@ import torch
 from safetensors.torch import load_file
 
 from llm_gym import Policy, Rollout
-from llm_gym.agents.ppo import PPO, PPOConfig, _rank_seed
+from llm_gym.agents.ppo import PPO, PPOConfig
+from llm_gym.agents.rollout import rank_seed as _rank_seed
 from llm_gym.infra.distributed import Distributed, micro_batches, resolve_mixed_precision
 from llm_gym.envs import PromptBanditVecEnv
 

@@ -1,0 +1,89 @@
+"""The shared on-policy loop on its own, with a toy algorithm (REINFORCE on the raw score): the order of the hooks,
+micro-batches that change nothing, learn's budget, and checkpoints that refuse another algorithm's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from llm_gym import Logger, Policy, SamplingConfig
+from llm_gym.agents.on_policy import OnPolicyAgent, OnPolicyConfig, Snapshot
+from llm_gym.agents.ppo_math import reduce_tokens
+from llm_gym.envs import PromptBanditVecEnv
+
+PROMPTS = ["the film was", "the hotel is", "this novel", "my new phone is"]
+
+
+@dataclass(frozen=True)
+class ToyConfig(OnPolicyConfig):
+    """The base config, nothing added."""
+
+
+class Toy(OnPolicyAgent):
+    """REINFORCE with the raw score as the advantage: the smallest algorithm the loop can run."""
+
+    config_class = ToyConfig
+    algorithm = "toy"
+    calls: list[str]
+
+    def _build_modules(self) -> None:
+        self.calls = ["build"]
+
+    def _before_update(self, snapshot: Snapshot) -> dict[str, torch.Tensor]:
+        self.calls.append("before_update")
+        return {"marker": torch.ones(len(snapshot.paid))}
+
+    def _advantages(self, snapshot: Snapshot, extra: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.calls.append("advantages")
+        assert torch.equal(extra["marker"], torch.ones(len(snapshot.paid)))
+        return {"advantages": snapshot.paid[:, None] * snapshot.mask}
+
+    def _loss(self, out: Any, mb: dict[str, torch.Tensor], mask: torch.Tensor) -> tuple[Any, Any, Any]:
+        loss = reduce_tokens(-mb["advantages"] * out.logprobs, mask)
+        return loss, {"loss": loss}, {}
+
+
+def make(policy: Policy, **overrides: Any) -> Toy:
+    settings = dict(sampling=SamplingConfig(max_new_tokens=6), minibatch_size=8, n_epochs=1, learning_rate=1e-2,
+                    log_samples_every=0)
+    settings.update(overrides)
+    env = PromptBanditVecEnv(PROMPTS, lambda p, c: [float(c.count("e")) for c in c], num_envs=8)
+    return Toy(policy, env, ToyConfig(**settings), rng=np.random.default_rng(0), logger=Logger(None))
+
+
+def test_hooks_run_in_order_and_learn_keeps_its_budget(policy: Policy) -> None:
+    agent = make(policy)
+    seen: list[int] = []
+    agent.learn(24, callback=lambda a, step: seen.append(step) or True)
+    assert agent.calls == ["build"] + ["before_update", "advantages"] * 3
+    assert seen == [8, 16, 24] and agent.num_timesteps == 24 and agent.iteration == 3
+    assert {"objective/kl", "objective/non_score_reward", "train/loss", "train/grad_norm", "time/update"} <= set(
+        agent.logger.history)
+
+
+def test_micro_batches_change_nothing(tiny_model) -> None:
+    """The loss of each micro-batch is its share of the global token mean: 1 or 4 micro-batches, the same step."""
+    params = []
+    for steps in (1, 4):
+        agent = make(Policy.from_pretrained(tiny_model.path, device="cpu"), gradient_accumulation_steps=steps)
+        agent.train_iteration()
+        params.append(torch.cat([p.detach().flatten() for p in agent.policy.model.parameters()]))
+    assert torch.allclose(params[0], params[1], atol=1e-6)
+
+
+def test_checkpoints_name_their_algorithm(policy: Policy, tmp_path) -> None:
+    agent = make(policy)
+    assert Toy.checkpoint_iteration(tmp_path / "none") is None
+    agent.train_iteration()
+    agent.save(tmp_path / "ckpt")
+    assert Toy.checkpoint_iteration(tmp_path / "ckpt") == 1
+    resumed = Toy.load(tmp_path / "ckpt", env=agent.env)
+    assert resumed.iteration == 1 and resumed.rng.bit_generator.state == agent.rng.bit_generator.state
+    from llm_gym.agents.ppo import PPO
+
+    with pytest.raises(ValueError, match=r"is a toy checkpoint; load it with that algorithm's class \(not ppo\)"):
+        PPO.load(tmp_path / "ckpt", env=agent.env)
