@@ -391,15 +391,20 @@ def _open_as_someone_who_cannot_write(folder: Path, path: Path) -> str:
                 return str(exc)
             return ""
         os.chown(path, 65534, 65534)  # the file is nobody's own: only the folder is closed to them
-        ctx = multiprocessing.get_context("fork")
-        errors = ctx.Queue()
-        child = ctx.Process(target=_open_as_nobody, args=(str(path), errors))
-        child.start()
-        child.join(timeout=60)
-        assert child.exitcode == 0
-        return errors.get(timeout=5)
+        return _error_opening_as_nobody(path)
     finally:
         folder.chmod(0o755)
+
+
+def _error_opening_as_nobody(path: Path) -> str:
+    """The error of opening `path` in a forked child that runs as the user nobody ('' if it opened)."""
+    ctx = multiprocessing.get_context("fork")
+    errors = ctx.Queue()
+    child = ctx.Process(target=_open_as_nobody, args=(str(path), errors))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    return errors.get(timeout=5)
 
 
 def test_a_store_in_a_folder_that_is_not_writable_says_so(tmp_path_factory) -> None:
@@ -486,13 +491,7 @@ def test_a_read_only_store_file_is_refused_on_open_not_at_the_first_answer() -> 
             error = str(info.value)
         else:  # root may write anyway: open it as the user nobody, whose folder it is and whose file it is not
             os.chown(folder, 65534, 65534)
-            ctx = multiprocessing.get_context("fork")
-            errors = ctx.Queue()
-            child = ctx.Process(target=_open_as_nobody, args=(str(path), errors))
-            child.start()
-            child.join(timeout=60)
-            assert child.exitcode == 0
-            error = errors.get(timeout=5)
+            error = _error_opening_as_nobody(path)
         assert "the file is read-only; make it writable" in error, error
         path.chmod(0o644)
         with PreferenceStore(path) as store:  # nothing lost
