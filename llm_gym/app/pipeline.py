@@ -402,8 +402,8 @@ class Pipeline:
 
     def _policy_path(self, name: str, entry: dict[str, Any]) -> str:
         """The folder of a policy to evaluate: the pretrained model as stored, or a run's folder, checked."""
-        if name == "pretrained" or entry["result"].get("algorithm") == "best_of_n":
-            return self._sft_path() if name != "pretrained" else entry["result"]["path"]
+        if name == "pretrained":
+            return entry["result"]["path"]
         return self._checked_policy_folder(self._result_path(entry["result"]), f"{name} policy folder", name)
 
     def _load_rm(self) -> LearnedReward:
@@ -620,11 +620,14 @@ class Pipeline:
                 flip_prob=cfg.evaluation.judge_flip_prob, name="judge")
             rows = {}
             for name, entry in policies.items():
-                policy = sft if name == "sft" else Policy.from_pretrained(self._policy_path(name, entry), device=self.device)
-                if entry["result"].get("algorithm") == "best_of_n":  # N samples of the SFT policy, the best kept
+                if name == "sft":
+                    policy = sft
+                elif entry["result"].get("algorithm") == "best_of_n":  # N samples of the SFT policy, the best kept
                     run = cfg.agent[name]
                     policy = BestOfN(sft, rm if run.reward == "reward_model" else self._reward(run.reward),
                                      run.config, rng=np.random.default_rng(cfg.seed))
+                else:
+                    policy = Policy.from_pretrained(self._policy_path(name, entry), device=self.device)
                 t = time.perf_counter()
                 with PeakMemory() as memory:
                     report = evaluate_policy(policy, prompts, sampling=cfg.evaluation.sampling, seed=cfg.evaluation.seed,

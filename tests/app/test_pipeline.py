@@ -96,29 +96,28 @@ def test_changed_reward_model_reruns_downstream_but_keeps_the_labels(tmp_path, m
         assert len(store.answers()) == answers, "no query is asked twice"
 
 
-def test_interrupted_ppo_resumes_from_its_checkpoint_without_duplicate_steps(tmp_path, model_cache, tiny_model, monkeypatch) -> None:
-    out = tmp_path / "run"
-    stages = "stages=['pretrain','sft','reward_model','ppo']"
-    config = tiny(model_cache, stages, "ppo.ppo.iterations=4", "ppo.ppo.checkpoint_every=2", runs=("ppo",))
+def interrupt_ppo_at_iteration_3(monkeypatch, config: ExperimentConfig, out: Path) -> None:
+    """Run `config` into `out` with the user pressing Ctrl-C during PPO's third iteration; PPO runs normally afterwards."""
     original = PPO.train_iteration
 
     def crash_at_third(self):
-        if self.iteration == 2 and not getattr(self, "_resumed", False):
-            raise KeyboardInterrupt  # the user presses Ctrl-C during iteration 3
+        if self.iteration == 2:
+            raise KeyboardInterrupt
         return original(self)
 
     monkeypatch.setattr(PPO, "train_iteration", crash_at_third)
     with pytest.raises(KeyboardInterrupt):
         Pipeline(config, out).run()
+    monkeypatch.setattr(PPO, "train_iteration", original)
+
+def test_interrupted_ppo_resumes_from_its_checkpoint_without_duplicate_steps(tmp_path, model_cache, tiny_model, monkeypatch) -> None:
+    out = tmp_path / "run"
+    stages = "stages=['pretrain','sft','reward_model','ppo']"
+    config = tiny(model_cache, stages, "ppo.ppo.iterations=4", "ppo.ppo.checkpoint_every=2", runs=("ppo",))
+    interrupt_ppo_at_iteration_3(monkeypatch, config, out)
     assert "ppo.ppo" not in json.loads((out / "state.json").read_text())
     checkpoint_state = json.loads((out / "ppo" / "ppo" / "checkpoint" / "trainer_state.json").read_text())
     assert checkpoint_state["iteration"] == 2
-
-    def mark_and_run(self):
-        self._resumed = True
-        return original(self)
-
-    monkeypatch.setattr(PPO, "train_iteration", mark_and_run)
     events: list[str] = []
     Pipeline(config, out, on_event=events.append).run()
     assert "[ppo.ppo] resuming from its checkpoint at iteration 2" in events
@@ -376,26 +375,11 @@ def test_a_ppo_checkpoint_set_aside_by_a_kill_is_resumed_not_restarted(tmp_path,
     out = tmp_path / "run"
     config = tiny(model_cache, "stages=['pretrain','sft','reward_model','ppo']", "ppo.ppo.iterations=3",
                   "ppo.ppo.checkpoint_every=2", runs=("ppo",))
-    original = PPO.train_iteration
-
-    def crash_at_third(self):
-        if self.iteration == 2 and not getattr(self, "_resumed", False):
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(PPO, "train_iteration", crash_at_third)
-    with pytest.raises(KeyboardInterrupt):
-        Pipeline(config, out).run()
+    interrupt_ppo_at_iteration_3(monkeypatch, config, out)
     folder = out / "ppo" / "ppo"
     (folder / ".checkpoint-old-k2j4h6g8").mkdir()
     (folder / "checkpoint").rename(folder / ".checkpoint-old-k2j4h6g8" / "old")
     (folder / ".checkpoint.tmp-a1b2c3d4" / "policy").mkdir(parents=True)
-
-    def mark_and_run(self):
-        self._resumed = True
-        return original(self)
-
-    monkeypatch.setattr(PPO, "train_iteration", mark_and_run)
     events: list[str] = []
     Pipeline(config, out, on_event=events.append).run()
     assert "[ppo.ppo] resuming from its checkpoint at iteration 2" in events

@@ -407,17 +407,23 @@ def _error_opening_as_nobody(path: Path) -> str:
     return errors.get(timeout=5)
 
 
+def _one_query_store(prefix: str) -> tuple[Path, Path, Path]:
+    """(base, folder, path): a store holding one query in `base/run/labels.sqlite`, under /tmp where nobody may look."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    base.chmod(0o755)
+    folder = base / "run"
+    folder.mkdir()
+    path = folder / "labels.sqlite"
+    with PreferenceStore(path) as store:
+        store.add_queries([_pair(0)])
+    return base, folder, path
+
+
 def test_a_store_in_a_folder_that_is_not_writable_says_so(tmp_path_factory) -> None:
     """Issue 15 item 11: SQLite needs to write its journal beside the store; the error said 'not an SQLite database
     ... pass a new file name', which invites a person to abandon their labels."""
-    base = Path(tempfile.mkdtemp(prefix="llm_gym_ro_"))  # under /tmp, where the user nobody may look
+    base, folder, path = _one_query_store("llm_gym_ro_")
     try:
-        base.chmod(0o755)
-        folder = base / "run"
-        folder.mkdir()
-        path = folder / "labels.sqlite"
-        with PreferenceStore(path) as store:
-            store.add_queries([_pair(0)])
         error = _open_as_someone_who_cannot_write(folder, path)
         assert f"its folder {folder} is not writable" in error, error
         assert "not an SQLite database" not in error and "new file name" not in error
@@ -476,14 +482,8 @@ def test_a_read_only_store_file_is_refused_on_open_not_at_the_first_answer() -> 
     """SQLite opens a read-only file without a word and fails at the first write, after a person typed an answer."""
     if not hasattr(os, "geteuid"):
         pytest.skip("needs POSIX permissions")
-    base = Path(tempfile.mkdtemp(prefix="llm_gym_ro_file_"))
+    base, folder, path = _one_query_store("llm_gym_ro_file_")
     try:
-        base.chmod(0o755)
-        folder = base / "run"
-        folder.mkdir()
-        path = folder / "labels.sqlite"
-        with PreferenceStore(path) as store:
-            store.add_queries([_pair(0)])
         path.chmod(0o444)
         if os.geteuid() != 0:
             with pytest.raises(StoreError) as info:
