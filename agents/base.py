@@ -1,33 +1,173 @@
 """The one agent interface every llm_gym algorithm implements (PPO, the preference loop, SB3 adapters).
 
-Modelled on Stable-Baselines3's `BaseAlgorithm`: `learn` runs the training loop and
-returns `self`; a callback can stop it; `act` answers observations; `save`/`load`
-round-trip the agent through a folder.
+Modelled on Stable-Baselines3's `BaseAlgorithm`, with the habits its users bring along:
+
+* `learn(total_steps, callback=...)` runs the training loop and returns `self`. The callback is a
+  plain `callback(agent, step) -> bool`, an SB3 `BaseCallback`, or a list of them (SB3 chains a
+  list in a `CallbackList`); `as_callback` turns each into a `BaseCallback` and
+  `Agent._training_callback` runs SB3's protocol around the loop (`init_callback(agent)`,
+  `on_training_start`, `on_step()` after every update, whose False stops `learn`,
+  `on_training_end`). The callback's `model` is the agent, so `self.model.num_timesteps`,
+  `self.model.get_env()` (`training_env`) and, where the agent has one, `self.logger` work.
+* `act(observations, deterministic=False)` answers a batch; `predict(observation, state=None,
+  episode_start=None, deterministic=False)` is SB3's name for it and returns `(actions, None)`.
+* Agents take their randomness as `rng=` (a numpy Generator) or `seed=` (an int; `resolve_rng`).
+* `save`/`load` round-trip the agent through a folder.
 """
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from os import PathLike
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
-__all__ = ["Agent", "Callback"]
+import numpy as np
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.callbacks import BaseCallback
+
+__all__ = ["Agent", "Callback", "CallbackLike", "as_callback", "check_batch", "resolve_rng"]
 
 Callback = Callable[["Agent", int], bool]
 """`callback(agent, step) -> bool`, called after each update; returning False stops `learn`."""
+
+CallbackLike = Union[Callback, "BaseCallback", Sequence[Union[Callback, "BaseCallback"]], None]
+"""What `learn(callback=...)` accepts: a plain `Callback`, an SB3 `BaseCallback`, a list of either, or None."""
+
+
+def resolve_rng(rng: np.random.Generator | None, seed: int | None, owner: str) -> np.random.Generator:
+    """The Generator an agent draws from: `rng` itself, or `np.random.default_rng(seed)` (SB3's `seed=` habit).
+
+    `seed=s` and `rng=np.random.default_rng(s)` give the same run. Passing both is refused (which one
+    should win is not obvious), and so is passing neither: a run's randomness is always explicit.
+    """
+    if rng is not None and seed is not None:
+        raise TypeError(f"{owner} takes rng= or seed=, not both; pass only seed={seed!r} (the same as "
+                        f"rng=np.random.default_rng({seed!r})) or only rng")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"{owner}: seed must be an int, got {type(seed).__name__}; for a Generator pass rng= instead")
+        return np.random.default_rng(int(seed))
+    if rng is None:
+        raise TypeError(f"{owner} needs its randomness: pass seed=<int> or rng=np.random.default_rng(<int>)")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}; "
+                        "or pass seed=<int>")
+    return rng
+
+
+@functools.cache
+def _function_callback_type() -> type[BaseCallback]:
+    """`FunctionCallback`, made on first use so that importing llm_gym does not import Stable-Baselines3."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class FunctionCallback(BaseCallback):
+        """A plain `callback(agent, step) -> bool` as an SB3 callback: `on_step` calls it with the agent's step count.
+
+        Only an explicit False stops training (None, the result of a function that returns nothing, goes on),
+        as `learn` has always read a plain callback.
+        """
+
+        def __init__(self, fn: Callback, agent: Agent) -> None:
+            super().__init__()
+            self.fn, self.agent = fn, agent
+
+        def _on_step(self) -> bool:
+            return self.fn(self.agent, self.agent.num_timesteps) is not False
+
+    return FunctionCallback
+
+
+def as_callback(callback: CallbackLike, agent: Agent) -> BaseCallback:
+    """`callback` as one SB3 `BaseCallback`, the form every `learn` drives.
+
+    None becomes an empty `CallbackList`; a `BaseCallback` is returned as it is; a plain
+    `callback(agent, step)` is wrapped so that it is called with `agent` and `agent.num_timesteps`;
+    a list (or tuple) becomes a `CallbackList` of its items, each converted the same way.
+    """
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+
+    if callback is None:
+        return CallbackList([])
+    if isinstance(callback, BaseCallback):
+        return callback
+    if isinstance(callback, (list, tuple)):
+        return CallbackList([as_callback(c, agent) for c in callback])
+    if callable(callback):
+        return _function_callback_type()(callback, agent)
+    raise TypeError(f"callback must be a function callback(agent, step) -> bool, a stable_baselines3 BaseCallback, "
+                    f"or a list of them; got {type(callback).__name__}")
+
+
+def check_batch(observations: Any) -> None:
+    """Refuse one prompt passed where a batch is expected (a string is a sequence: it would be read as characters)."""
+    if isinstance(observations, (str, bytes)):
+        raise TypeError("act and predict take a batch of observations (a list of prompts), not one string; wrap it: "
+                        "agent.act([prompt])")
 
 
 class Agent(ABC):
     """Base class of llm_gym agents."""
 
-    @abstractmethod
-    def learn(self, total_steps: int, callback: Callback | None = None) -> Agent:
-        """Train for `total_steps` environment steps (completions, for LM agents); return `self`."""
+    num_timesteps: int = 0
+    """Environment steps (completions, comparisons) trained on so far; SB3 callbacks read it."""
 
     @abstractmethod
-    def act(self, observations: Sequence[Any]) -> list[Any]:
-        """Answer a batch of observations (prompts, for LM agents)."""
+    def learn(self, total_steps: int, callback: CallbackLike = None) -> Agent:
+        """Train for `total_steps` environment steps (completions, for LM agents); return `self`.
+
+        `callback` is a plain `callback(agent, step) -> bool`, an SB3 `BaseCallback` or a list of
+        them (see the module docstring); it is told after each update and stops `learn` by returning False.
+        """
+
+    def act(self, observations: Sequence[Any], deterministic: bool = False) -> list[Any]:
+        """Answer a batch of observations (prompts, for LM agents): one action (completion) each.
+
+        `deterministic=True` asks for the most likely action: greedy decoding for the LM agents
+        that sample (top_k=1), the policy's mode for SB3 algorithms; an agent that has no such
+        action raises `ValueError` saying so rather than ignoring the flag.
+        """
+        check_batch(observations)
+        return self._act(observations, deterministic)
+
+    @abstractmethod
+    def _act(self, observations: Sequence[Any], deterministic: bool) -> list[Any]:
+        """`act` after its checks: what each agent implements."""
+
+    def predict(
+        self,
+        observation: Sequence[Any],
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = False,
+    ) -> tuple[Any, Any]:
+        """Stable-Baselines3's name for `act`: `(actions, None)` for a batch of observations.
+
+        `state` and `episode_start` are ignored, as SB3's non-recurrent policies ignore them: these
+        agents keep no state between calls. `deterministic` is `act`'s.
+        """
+        return self.act(observation, deterministic=deterministic), None
+
+    def get_env(self) -> Any:
+        """The environment the agent trains on (SB3 callbacks read it as `training_env`); None when it has none."""
+        return None
+
+    @contextmanager
+    def _training_callback(self, callback: CallbackLike, total_steps: int) -> Iterator[BaseCallback]:
+        """SB3's callback protocol around a `learn` loop; the loop calls `on_step()` after each update.
+
+        `init_callback(self)` and `on_training_start` (whose locals hold `self` and `total_timesteps`)
+        come first; `on_training_end` follows when the loop ends or a callback stops it (not when it
+        raises, as in SB3).
+        """
+        cb = as_callback(callback, self)
+        cb.init_callback(self)  # type: ignore[arg-type]  # an llm_gym agent stands in for SB3's BaseAlgorithm
+        cb.on_training_start({"self": self, "total_timesteps": total_steps}, {})
+        yield cb
+        cb.on_training_end()
 
     @abstractmethod
     def save(self, path: str | PathLike[str]) -> None:

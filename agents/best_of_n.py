@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from llm_gym.agents.base import Agent, Callback
+from llm_gym.agents.base import Agent, CallbackLike, resolve_rng
 from llm_gym.agents.checkpoint import load_policy, open_checkpoint, read_json, write_checkpoint
 from llm_gym.core.reward import RewardFn, resolve_reward_fn, score_batch
 from llm_gym.infra.configio import ConfigError, check_finite, from_dict, to_dict
@@ -146,6 +146,8 @@ class BestOfN(Agent):
         config: N, sampling settings and batch size.
         rng: where `act` draws its sampling seeds from (reproducible from its seed; `save`
             records its state).
+        seed: instead of `rng`, an int as in Stable-Baselines3: `seed=s` is `rng=np.random.default_rng(s)` and
+            gives the same completions (pass one of the two, not both).
 
     Example:
         >>> agent = BestOfN(sft, GoldScorer(), BestOfNConfig(n=16), rng=np.random.default_rng(0))  # doctest: +SKIP
@@ -161,7 +163,8 @@ class BestOfN(Agent):
         reward_fn: RewardFn | str,
         config: BestOfNConfig = BestOfNConfig(),
         *,
-        rng: np.random.Generator,
+        rng: np.random.Generator | None = None,
+        seed: int | None = None,
     ) -> None:
         if not isinstance(base, CompletionSampler):
             raise TypeError(f"base must be a Policy (or another CompletionSampler), got {type(base).__name__}; "
@@ -171,8 +174,7 @@ class BestOfN(Agent):
                             "and its KL is not log N - (N-1)/N; use one BestOfN over the policy underneath")
         if not isinstance(config, BestOfNConfig):
             raise TypeError(f"config must be a BestOfNConfig, got {type(config).__name__}")
-        if not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+        rng = resolve_rng(rng, seed, type(self).__name__)
         self.base = base
         self.reward_fn = resolve_reward_fn(reward_fn)
         self.config = config
@@ -260,23 +262,34 @@ class BestOfN(Agent):
         return self.select(prompts, config, seed).rollout
 
     # ------------------------------------------------------------------ the Agent interface
-    def act(self, observations: Sequence[str]) -> list[str]:
-        """The best of N completions for each prompt, sampled with `config.sampling` and a seed drawn from the rng."""
-        if isinstance(observations, str):
-            raise TypeError("act takes a list of prompts, not one string; wrap it: agent.act([prompt])")
+    def _act(self, observations: Sequence[str], deterministic: bool) -> list[str]:
+        """The best of N completions for each prompt, sampled with `config.sampling` and a seed drawn from the rng.
+
+        There is no deterministic best-of-N: the most likely output of the selection has no closed form,
+        and greedy candidates would all be the base's one greedy completion (best-of-1), so
+        `deterministic=True` raises rather than quietly answering something else.
+        """
+        if deterministic:
+            raise ValueError("best-of-N has no deterministic (greedy) form: greedy decoding would make all N "
+                             "candidates the same completion. Call act(prompts) (or predict(..., deterministic=False)) "
+                             "for best-of-N, or sample the base greedily: agent.base.sample(prompts, "
+                             "dataclasses.replace(sampling, top_k=1))")
         seed = int(self.rng.integers(2**63 - 1))
         return self.sample(observations, self.config.sampling, seed=seed).completions
 
-    def learn(self, total_steps: int, callback: Callback | None = None) -> BestOfN:
+    def learn(self, total_steps: int, callback: CallbackLike = None) -> BestOfN:
         """Train nothing and return `self`.
 
         Best-of-N optimises at inference time: its behaviour is fixed by the base policy, the
         reward function and N, and there is nothing to update. `learn` exists so that a best-of-N
-        run goes through the same loop as the trained agents (learn, then act or evaluate); the
-        callback is never called, as no update happens.
+        run goes through the same loop as the trained agents (learn, then act or evaluate). A plain
+        callback is never called, as no update happens; an SB3 `BaseCallback` sees `init_callback`,
+        `on_training_start` and `on_training_end` and no `on_step` (`num_timesteps` stays 0).
         """
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 0:
             raise ValueError(f"total_steps must be an int >= 0, got {total_steps!r}")
+        with self._training_callback(callback, total_steps):
+            pass  # nothing to train: no update, so no on_step
         return self
 
     def save(self, path: str | PathLike[str]) -> None:

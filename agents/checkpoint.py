@@ -40,9 +40,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llm_gym.infra.runfolder import CheckpointError
 from llm_gym.infra.atomic import atomic_dir, file_sha256, recover_dir
-from llm_gym.models.policy import Policy
+from llm_gym.models.policy import Policy, require_peft
 
-__all__ = ["MANIFEST", "CheckpointError", "load_policy", "open_checkpoint", "read_json", "reading", "verify_manifest",
+__all__ = ["MANIFEST", "CheckpointError", "load_policy", "load_policy_and_reference", "save_policy_and_reference", "open_checkpoint", "read_json", "reading", "verify_manifest",
            "write_checkpoint", "write_manifest"]
 
 _log = logging.getLogger(__name__)
@@ -188,18 +188,26 @@ def read_json(file: str | PathLike[str], *, fix: str) -> Any:
         return json.loads(file.read_text())
 
 
-def load_policy(folder: str | PathLike[str], *, device: torch.device | str | None, fix: str) -> Policy:
+def load_policy(folder: str | PathLike[str], *, device: torch.device | str | None, fix: str,
+                base: Policy | None = None) -> Policy:
     """A checkpoint's policy folder, loaded as `Policy.from_pretrained` does, refusing weights that do not fit its config.
 
     Transformers builds the model from `config.json` and loads the weights that fit, leaving
     the rest newly initialised with a printed report; a checkpoint must instead load whole, so
     a `config.json` swapped in from another model is refused, as is a damaged weights header,
     each by name (`fix` ends the message, as in `verify_manifest`).
+
+    A folder holding a LoRA adapter (a PEFT policy saves its adapter alone) is put, trainable,
+    on `base`: the checkpoint's own `reference/` model, which is the base with the adapter off.
+    The checkpoint then resumes from its own files, whatever became of the base model it was
+    first loaded from, and memory holds that base once.
     """
     folder = Path(folder)
     for file in sorted(folder.glob("*.safetensors")):  # a damaged header, named before transformers reads it
         with reading(file, fix=fix), safe_open(str(file), framework="pt"):
             pass
+    if (folder / "adapter_config.json").is_file():
+        return _load_adapter_policy(folder, base, device=device, fix=fix)
     with reading(folder, fix=fix):
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
@@ -210,3 +218,49 @@ def load_policy(folder: str | PathLike[str], *, device: torch.device | str | Non
             f"changed or swapped after saving; restore it from a copy, or {fix}"
         )
     return Policy(model, tokenizer, device=device)
+
+
+def _load_adapter_policy(folder: Path, base: Policy | None, *, device: torch.device | str | None, fix: str) -> Policy:
+    """The adapter in `folder` on `base`'s model (taken over: `base` must not be used afterwards), trainable."""
+    if base is None:
+        raise CheckpointError(f"{folder} holds a LoRA adapter but no base model was given to put it on; {fix}")
+    peft = require_peft()
+    with reading(folder, fix=fix):
+        model = peft.PeftModel.from_pretrained(base.model, folder, is_trainable=True)
+    return Policy(model, base.tokenizer, device=device if device is not None else base.device, overflow=base.overflow)
+
+
+REFERENCE_IS_BASE = "base_without_adapter"
+"""The `"reference"` entry of a checkpoint's state when its reference is the policy's base with the adapter off."""
+
+
+def save_policy_and_reference(policy: Policy, reference: Policy, folder: Path) -> dict[str, str]:
+    """Write `policy/` and `reference/` into a checkpoint folder; returns the state entry `load_policy_and_reference` reads.
+
+    A LoRA policy saves its adapter alone and its adapter-disabled reference saves the base, so
+    the checkpoint holds the base once and resumes from its own files.
+    """
+    from llm_gym.agents.reference import AdapterDisabledReference  # agents.reference imports this module's neighbours
+
+    policy.save_pretrained(folder / "policy")
+    reference.save_pretrained(folder / "reference")
+    return {"reference": REFERENCE_IS_BASE if isinstance(reference, AdapterDisabledReference) else "model"}
+
+
+def load_policy_and_reference(folder: Path, state: dict[str, Any], *, device: torch.device | str | None,
+                              fix: str) -> tuple[Policy, Policy | None]:
+    """The policy and reference `save_policy_and_reference` wrote; None for a reference that is the policy's base.
+
+    The agent then rebuilds that reference over the same weights (`agents.reference.make_reference`).
+    A LoRA policy whose reference was another model (passed in explicitly) loads its base from
+    where its adapter config says, as `Policy.from_pretrained` does.
+    """
+    if state.get("reference") == REFERENCE_IS_BASE:
+        base = load_policy(folder / "reference", device=device, fix=fix)
+        return load_policy(folder / "policy", device=device, fix=fix, base=base), None
+    if (folder / "policy" / "adapter_config.json").is_file():
+        with reading(folder / "policy", fix=fix):
+            policy = Policy.from_pretrained(folder / "policy", device=device)
+    else:
+        policy = load_policy(folder / "policy", device=device, fix=fix)
+    return policy, load_policy(folder / "reference", device=policy.device, fix=fix)

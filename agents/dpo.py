@@ -70,7 +70,7 @@ import math
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from os import PathLike
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -79,8 +79,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llm_gym.agents.base import Agent, Callback
-from llm_gym.agents.checkpoint import CheckpointError, open_checkpoint, read_json, reading, write_checkpoint
+from llm_gym.agents.base import Agent, CallbackLike, resolve_rng
+from llm_gym.agents.checkpoint import (CheckpointError, load_policy_and_reference, open_checkpoint, read_json, reading,
+                                      save_policy_and_reference, write_checkpoint)
 from llm_gym.agents.reference import frozen_copy
 from llm_gym.core.preferences import Comparison
 from llm_gym.infra.configio import check_finite
@@ -385,6 +386,8 @@ class DPO(Agent):
             Split into train and held-out by `config.heldout_fraction` with `rng`, unless `heldout` is given.
         config: hyperparameters.
         rng: the run's randomness (the split, the epoch shuffles, `act`'s sampling seeds).
+        seed: instead of `rng`, an int as in Stable-Baselines3: `seed=s` is `rng=np.random.default_rng(s)` and gives
+            the same run (pass one of the two, not both).
         reference: the frozen reference pi_ref; by default a frozen copy of `policy` as it is now (the SFT
             policy, `agents.reference.frozen_copy`). It must share the policy's tokenizer.
         logger: receives `train/dpo_loss`, `train/dpo_accuracy`, `train/dpo_margin`, `train/chosen_reward`,
@@ -410,19 +413,19 @@ class DPO(Agent):
         policy: Policy,
         comparisons: Sequence[Comparison],
         config: DPOConfig,
-        rng: np.random.Generator,
+        rng: np.random.Generator | None = None,
         reference: Policy | None = None,
         logger: Logger | None = None,
         distributed: Distributed | None = None,
         *,
         heldout: Sequence[Comparison] | None = None,
+        seed: int | None = None,
     ) -> None:
         if not isinstance(policy, Policy):
             raise TypeError(f"policy must be an llm_gym Policy, got {type(policy).__name__}")
         if not isinstance(config, DPOConfig):
             raise TypeError(f"config must be a DPOConfig, got {type(config).__name__}")
-        if not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+        rng = resolve_rng(rng, seed, "DPO")
         data = _check_comparisons(comparisons, "comparisons")
         self.policy, self.config, self.rng = policy, config, rng
         self.dist = distributed if distributed is not None else Distributed()
@@ -526,22 +529,23 @@ class DPO(Agent):
                 )
 
     # ------------------------------------------------------------------ agent interface
-    def act(self, observations: Sequence[str]) -> list[str]:
-        """Sample one completion per prompt with `config.sampling` (the seed is drawn from the agent's rng)."""
-        if isinstance(observations, str):
-            raise TypeError("act takes a list of prompts, not one string; wrap it: agent.act([prompt])")
-        seed = int(self.rng.integers(2**63 - 1))
-        return self.policy.sample(list(observations), self.config.sampling, seed=seed).completions
+    def _act(self, observations: Sequence[str], deterministic: bool) -> list[str]:
+        """One completion per prompt with `config.sampling` (the seed is drawn from the agent's rng); greedy
+        (top_k=1) when `deterministic`."""
+        seed = int(self.rng.integers(2**63 - 1))  # drawn either way, so `deterministic` does not shift the rng stream
+        sampling = replace(self.config.sampling, top_k=1) if deterministic else self.config.sampling
+        return self.policy.sample(list(observations), sampling, seed=seed).completions
 
-    def learn(self, total_steps: int | None = None, callback: Callback | None = None) -> DPO:
+    def learn(self, total_steps: int | None = None, callback: CallbackLike = None) -> DPO:
         """Train until `total_steps` comparisons have been used in total (across resumes); return `self`.
 
         Each step takes the next `batch_size` comparisons of a shuffled epoch (a new permutation when
         one ends, so the last batch of an epoch may be shorter), so the count may overshoot
         `total_steps` by less than a batch, as Stable-Baselines3's does. None = `config.epochs`
         passes over the training comparisons. The held-out set is evaluated when training starts
-        (step 0), every `eval_every` steps and when `learn` returns. `callback(agent, num_timesteps)`
-        runs after each step; returning False stops.
+        (step 0), every `eval_every` steps and when `learn` returns. The callback (a plain
+        `callback(agent, num_timesteps)`, an SB3 `BaseCallback` or a list of them, `agents/base.py`)
+        is told after each step; returning False stops.
 
         Raises:
             TrainingDivergedError: a loss or gradient became NaN or infinite; the step was stopped before the
@@ -556,22 +560,23 @@ class DPO(Agent):
             self._log_heldout()
             self.logger.dump(0)
             evaluated_at = 0
-        while self.num_timesteps < total_steps:
-            batch = self._next_batch()
-            stats = self._train_step(batch)
-            self.num_timesteps += len(batch)
-            self.iteration += 1
-            if stats:
-                self.logger.record_dict({f"train/{k}": v for k, v in stats.items()})
-            if self.heldout_set and self.config.eval_every and self.iteration % self.config.eval_every == 0:
+        with self._training_callback(callback, total_steps) as cb:
+            while self.num_timesteps < total_steps:
+                batch = self._next_batch()
+                stats = self._train_step(batch)
+                self.num_timesteps += len(batch)
+                self.iteration += 1
+                if stats:
+                    self.logger.record_dict({f"train/{k}": v for k, v in stats.items()})
+                if self.heldout_set and self.config.eval_every and self.iteration % self.config.eval_every == 0:
+                    self._log_heldout()
+                    evaluated_at = self.num_timesteps
+                self.logger.dump(self.num_timesteps)
+                if not cb.on_step():
+                    break
+            if self.heldout_set and evaluated_at != self.num_timesteps:
                 self._log_heldout()
-                evaluated_at = self.num_timesteps
-            self.logger.dump(self.num_timesteps)
-            if callback is not None and callback(self, self.num_timesteps) is False:
-                break
-        if self.heldout_set and evaluated_at != self.num_timesteps:
-            self._log_heldout()
-            self.logger.dump(self.num_timesteps)
+                self.logger.dump(self.num_timesteps)
         self.policy.model.eval()
         return self
 
@@ -675,8 +680,7 @@ class DPO(Agent):
 
     def _write(self, path: Path) -> None:
         with write_checkpoint(path) as tmp:
-            self.policy.save_pretrained(tmp / "policy")
-            self.reference.save_pretrained(tmp / "reference")
+            models = save_policy_and_reference(self.policy, self.reference, tmp)
             extra = {"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
             torch.save(extra, tmp / _EXTRA_FILE)
             state = {
@@ -691,6 +695,7 @@ class DPO(Agent):
                 "rng": self.rng.bit_generator.state,
                 "train_keys": [_key(c) for c in self.train_set],
                 "heldout_keys": [_key(c) for c in self.heldout_set],
+                **models,
             }
             (tmp / _STATE_FILE).write_text(json.dumps(state, indent=1))
 
@@ -742,10 +747,7 @@ class DPO(Agent):
             train, held = _match(given, state["train_keys"], state["heldout_keys"])
         if device is None and distributed is not None:
             device = distributed.device
-        with reading(path / "policy", fix=fix):
-            policy = Policy.from_pretrained(path / "policy", device=device)
-        with reading(path / "reference", fix=fix):
-            reference = Policy.from_pretrained(path / "reference", device=policy.device)
+        policy, reference = load_policy_and_reference(path, state, device=device, fix=fix)
         with reading(path / _EXTRA_FILE, fix=fix):
             extra = torch.load(path / _EXTRA_FILE, map_location=policy.device, weights_only=True)
         rng = rng if rng is not None else np.random.default_rng()

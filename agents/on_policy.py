@@ -35,7 +35,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from os import PathLike
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple
@@ -45,8 +45,9 @@ import torch
 from gymnasium.vector import VectorEnv
 from safetensors.torch import load_file, save_file
 
-from llm_gym.agents.base import Agent, Callback
-from llm_gym.agents.checkpoint import CheckpointError, load_policy, open_checkpoint, read_json, reading, write_checkpoint
+from llm_gym.agents.base import Agent, CallbackLike, resolve_rng
+from llm_gym.agents.checkpoint import (CheckpointError, load_policy_and_reference, open_checkpoint, read_json, reading,
+                                      save_policy_and_reference, write_checkpoint)
 from llm_gym.agents.kl import FixedKLController, KLEstimator, KLPenalty, kl_estimate, make_kl_controller
 from llm_gym.agents.monitors import HealthMonitor
 from llm_gym.agents.ptx import PtxMixer
@@ -204,12 +205,17 @@ class OnPolicyAgent(Agent):
             when present, is logged as `objective/gold`.
         config: hyperparameters.
         rng: the run's randomness (prompt batches, sampling seeds, minibatch order, ptx batches).
+        seed: instead of `rng`, an int as in Stable-Baselines3: `seed=s` is `rng=np.random.default_rng(s)`
+            and gives the same run (pass one of the two, not both).
         reference: the frozen reference; by default a frozen copy of `policy` as it is now.
         ptx_texts: pretraining texts for ptx (required when `config.ptx_coef > 0`).
         logger: where metrics go.
         checkpoint_dir: where `checkpoint_every` writes `checkpoint/` (atomically).
         distributed: the process group (data parallel); None = a single process. Every process
             passes an rng with the same seed, the same environment and its own device's policy.
+
+    `learn`'s callback may be a plain `callback(agent, step)`, an SB3 `BaseCallback` or a list of
+    them (`agents/base.py`): `on_step()` follows every iteration (`num_envs` completions).
     """
 
     config_class: ClassVar[type[OnPolicyConfig]] = OnPolicyConfig
@@ -226,18 +232,19 @@ class OnPolicyAgent(Agent):
         policy: Policy,
         env: VectorEnv,
         config: OnPolicyConfig,
-        rng: np.random.Generator,
+        rng: np.random.Generator | None = None,
         reference: Policy | None = None,
         ptx_texts: Sequence[str] | None = None,
         logger: Logger | None = None,
         checkpoint_dir: str | PathLike[str] | None = None,
         distributed: Distributed | None = None,
+        *,
+        seed: int | None = None,
     ) -> None:
         dist = distributed if distributed is not None else Distributed()
         if not isinstance(config, self.config_class):
             raise TypeError(f"config must be a {self.config_class.__name__}, got {type(config).__name__}")
-        if not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+        rng = resolve_rng(rng, seed, type(self).__name__)
         num_envs = getattr(env, "num_envs", None)
         if not isinstance(env, VectorEnv) or not num_envs:
             raise TypeError(
@@ -338,23 +345,27 @@ class OnPolicyAgent(Agent):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ agent interface
-    def act(self, observations: Sequence[str]) -> list[str]:
-        """Sample one completion per prompt with the training sampling settings."""
-        if isinstance(observations, str):
-            raise TypeError("act takes a list of prompts, not one string; wrap it: agent.act([prompt])")
-        seed = int(self.rng.integers(2**63 - 1))
-        return self.policy.sample(list(observations), self.config.sampling, seed=seed).completions
+    def _act(self, observations: Sequence[str], deterministic: bool) -> list[str]:
+        """One completion per prompt with the training sampling settings (greedy, top_k=1, when `deterministic`)."""
+        seed = int(self.rng.integers(2**63 - 1))  # drawn either way, so `deterministic` does not shift the rng stream
+        sampling = replace(self.config.sampling, top_k=1) if deterministic else self.config.sampling
+        return self.policy.sample(list(observations), sampling, seed=seed).completions
 
-    def learn(self, total_steps: int, callback: Callback | None = None) -> OnPolicyAgent:
+    def get_env(self) -> VectorEnv:
+        """The batched prompt environment the agent trains on."""
+        return self.env
+
+    def learn(self, total_steps: int, callback: CallbackLike = None) -> OnPolicyAgent:
         """Train until `total_steps` completions have been generated in total (across resumes)."""
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
-        while self.num_timesteps < total_steps:
-            self.train_iteration()
-            if self.config.checkpoint_every and self.iteration % self.config.checkpoint_every == 0:
-                self.save(self.checkpoint_dir / "checkpoint")
-            if callback is not None and callback(self, self.num_timesteps) is False:
-                break
+        with self._training_callback(callback, total_steps) as cb:
+            while self.num_timesteps < total_steps:
+                self.train_iteration()
+                if self.config.checkpoint_every and self.iteration % self.config.checkpoint_every == 0:
+                    self.save(self.checkpoint_dir / "checkpoint")
+                if not cb.on_step():
+                    break
         return self
 
     # ------------------------------------------------------------------ one iteration
@@ -497,8 +508,7 @@ class OnPolicyAgent(Agent):
 
     def _write(self, path: Path) -> None:
         with write_checkpoint(path) as tmp:
-            self.policy.save_pretrained(tmp / "policy")
-            self.reference.save_pretrained(tmp / "reference")
+            models = save_policy_and_reference(self.policy, self.reference, tmp)
             for stem, module in self._modules_to_save().items():
                 save_file(module.state_dict(), str(tmp / f"{stem}.safetensors"))
             torch.save({"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
@@ -512,6 +522,7 @@ class OnPolicyAgent(Agent):
                 "rng": self.rng.bit_generator.state,
                 "score_moments": vars(self.score_moments),
                 **self.monitor.state_dict(),
+                **models,
             }
             (tmp / _STATE_FILE).write_text(json.dumps(state, indent=2, default=_json_default))
 
@@ -574,8 +585,7 @@ class OnPolicyAgent(Agent):
             config = cls.config_class.from_dict(state["config"])
         if device is None and distributed is not None:
             device = distributed.device
-        policy = load_policy(path / "policy", device=device, fix=fix)
-        reference = load_policy(path / "reference", device=policy.device, fix=fix)
+        policy, reference = load_policy_and_reference(path, state, device=device, fix=fix)
         module_states = {}
         for stem in cls._saved_module_stems():
             file = path / f"{stem}.safetensors"

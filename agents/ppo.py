@@ -101,7 +101,7 @@ class ValueHead(torch.nn.Module):
 class PPO(OnPolicyAgent):
     """PPO with a KL penalty to a frozen reference policy, optional adaptive KL and the ptx term.
 
-    Arguments as `OnPolicyAgent` (policy, env, config, rng, reference, ptx_texts, logger,
+    Arguments as `OnPolicyAgent` (policy, env, config, rng or seed=, reference, ptx_texts, logger,
     checkpoint_dir, distributed).
 
     Example:

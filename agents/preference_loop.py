@@ -31,6 +31,7 @@ queries), which keeps every rng stream in step across processes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -38,11 +39,11 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from llm_gym.agents.base import Agent, Callback
+from llm_gym.agents.base import Agent, CallbackLike, resolve_rng
 from llm_gym.infra.configio import check_finite
 from llm_gym.infra.distributed import Distributed
 from llm_gym.infra.logger import Logger
-from llm_gym.feedback.oracles import PreferenceOracle, collect
+from llm_gym.feedback.oracles import NoAnswersError, PreferenceOracle, collect
 from llm_gym.core.preferences import Comparison, Query
 from llm_gym.feedback.store import PreferenceStore
 
@@ -55,6 +56,8 @@ __all__ = [
     "RandomSelector",
     "RewardLearner",
 ]
+
+_log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -123,6 +126,11 @@ class PreferenceLoopConfig:
     mode: Literal["online", "rounds"] = "online"
     """online: warm-start the reward model each round (Christiano); rounds: retrain it from its
     initial weights on all labels each round and train the policy against it frozen (Stiennon)."""
+    on_no_answers: Literal["raise", "wait"] = "raise"
+    """What a round does when the oracle answered none of its queries (or only with ties) and the store holds no
+    earlier preference to train on, so the reward model would stay untrained: "raise" stops `learn` with a
+    `NoAnswersError` (the queries stay in the store, pending); "wait" trains the agent on regardless and logs a
+    warning each such round, for a slow human labeller whose answers arrive later."""
 
     def __post_init__(self) -> None:
         check_finite(self)
@@ -136,6 +144,8 @@ class PreferenceLoopConfig:
             )
         if self.mode not in ("online", "rounds"):
             raise ValueError(f"PreferenceLoopConfig.mode must be 'online' or 'rounds', got {self.mode!r}")
+        if self.on_no_answers not in ("raise", "wait"):
+            raise ValueError(f"PreferenceLoopConfig.on_no_answers must be 'raise' or 'wait', got {self.on_no_answers!r}")
 
 
 class PreferenceLoop(Agent):
@@ -150,8 +160,10 @@ class PreferenceLoop(Agent):
         learner: the reward model's trainer.
         store: the durable preference store; labels already in it count toward the budget
             and are trained on before anything else (resume after a crash).
-        config: the label schedule.
+        config: the label schedule (and `on_no_answers`: what a round that got nothing to train on does).
         rng: the loop's randomness (selection).
+        seed: instead of `rng`, an int as in Stable-Baselines3: `seed=s` is `rng=np.random.default_rng(s)` (pass one
+            of the two, not both). It seeds the loop's selection only; the parts keep their own generators.
         logger: receives `oracle/*` and `reward_model/*`.
         distributed: the process group; None = a single process. Only the main process uses
             `oracle` and `store` (the others may pass the same objects; they stay untouched there).
@@ -166,12 +178,13 @@ class PreferenceLoop(Agent):
         learner: RewardLearner,
         store: PreferenceStore,
         config: PreferenceLoopConfig,
-        rng: np.random.Generator,
+        rng: np.random.Generator | None = None,
         logger: Logger | None = None,
         distributed: Distributed | None = None,
+        *,
+        seed: int | None = None,
     ) -> None:
-        if not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+        rng = resolve_rng(rng, seed, "PreferenceLoop")
         self.inner, self.source, self.selector, self.oracle = inner, source, selector, oracle
         self.learner, self.store, self.config, self.rng = learner, store, config, rng
         self.logger = logger if logger is not None else Logger(None)
@@ -189,8 +202,11 @@ class PreferenceLoop(Agent):
         """The store's counts, read by the main process and broadcast."""
         return self.dist.broadcast_object(self.store.counts() if self.dist.is_main else None)
 
-    def _ask(self, n: int) -> None:
-        """Pose up to `n` new queries (within the budget) and re-ask pending ones; store every answer."""
+    def _ask(self, n: int) -> int:
+        """Pose up to `n` new queries (within the budget) and re-ask pending ones; store every answer.
+
+        Returns how many queries were posed (pending and new), the same number on every process.
+        """
         n = min(n, self.config.total_labels - self.labels_asked)
         pending = self.dist.broadcast_object(self.store.pending() if self.dist.is_main else None)
         new: list[Query] = []
@@ -205,45 +221,93 @@ class PreferenceLoop(Agent):
         self.logger.record("oracle/labels_total", counts["answers"])
         self.logger.record("oracle/queries_total", counts["queries"])
         self.logger.record("oracle/answered_fraction", counts["answers"] / max(counts["queries"], 1))
+        return len(pending) + len(new)
 
-    def _retrain(self) -> dict[str, float]:
+    def _retrain(self) -> bool:
+        """Train the reward model on every comparison in the store; False when none holds a preference (nothing to learn)."""
         comparisons = self.dist.broadcast_object(self.store.comparisons(include_ties=True) if self.dist.is_main else None)
         if not any(not c.is_tie for c in comparisons):
-            return {}  # nothing answered yet (a slow human): keep the reward model we have
+            return False  # nothing answered yet (a slow human): keep the reward model we have
         metrics = self.learner.fit(comparisons, fresh=self.config.mode == "rounds")
         for key in ("heldout_accuracy", "train_accuracy", "gold_agreement"):
             if key in metrics:
                 name = "accuracy" if key == "heldout_accuracy" else key
                 self.logger.record(f"reward_model/{name}", metrics[key])
-        return metrics
+        return True
+
+    def _round(self, n: int) -> None:
+        """Ask for labels (up to `n` new queries, and the pending ones) and retrain the reward model on them all.
+
+        Raises:
+            NoAnswersError: with `on_no_answers="raise"`, when the queries posed got no answer holding a
+                preference and the store has none from before: training on would optimise an untrained
+                reward model. Every query and answer is already in the store.
+        """
+        answers_before = self._counts()["answers"]
+        posed = self._ask(n)
+        if self._retrain() or not posed:
+            return
+        counts = self._counts()
+        answered = counts["answers"] - answers_before
+        where = f"round {self.rounds}" if self.rounds else "the initial round"
+        oracle = getattr(self.oracle, "name", type(self.oracle).__name__)
+        if answered == 0:
+            what = f"the oracle {oracle!r} answered none of the {posed} queries of {where}"
+        else:
+            what = f"the oracle {oracle!r} answered {answered} of the {posed} queries of {where}, all with ties"
+        if self.config.on_no_answers == "wait":
+            if self.dist.is_main:  # one warning per round, not one per process
+                _log.warning("%s and the store holds no preference yet: the agent trains on against the untrained reward "
+                             "model while the labeller catches up (on_no_answers='wait'); %d queries are pending",
+                             what, counts["pending"])
+            return
+        raise NoAnswersError(
+            f"{what}, and the store holds no earlier preference, so the reward model is untrained and the agent "
+            "would be optimised against noise. The queries are kept in the store "
+            f"({counts['queries']} queries, {counts['pending']} pending, {counts['answers']} answers): answer them "
+            f"(`llm-gym label {self.store.path}`, or its --web page) and rerun, check that the "
+            "oracle can answer (stdin, the web page, a recorded file that matches these queries), or set "
+            "PreferenceLoopConfig(on_no_answers='wait') to keep training while a slow labeller catches up"
+        )
 
     # ------------------------------------------------------------------ agent interface
-    def learn(self, total_steps: int, callback: Callback | None = None) -> PreferenceLoop:
-        """Train the inner agent for `total_steps` environment steps in total, asking for labels on schedule."""
+    def learn(self, total_steps: int, callback: CallbackLike = None) -> PreferenceLoop:
+        """Train the inner agent for `total_steps` environment steps in total, asking for labels on schedule.
+
+        The callback (a plain `callback(loop, step)`, an SB3 `BaseCallback` or a list of them,
+        `agents/base.py`) is told after each round; returning False stops.
+
+        Raises:
+            NoAnswersError: a round's queries got no answer to train on and the store holds none from
+                before (see `PreferenceLoopConfig.on_no_answers`); the store keeps every query.
+        """
         if not isinstance(total_steps, int) or total_steps < 1:
             raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
         cfg = self.config
-        if self.rounds == 0:
-            self._ask(cfg.initial_labels - self.labels_asked)
-            self._retrain()
-            self.logger.dump(self.num_timesteps)
-        while self.num_timesteps < total_steps:
-            target = min(total_steps, self.num_timesteps + cfg.steps_per_round)
-            self.inner.learn(target)
-            self.num_timesteps = target
-            self.rounds += 1
-            counts = self._counts()
-            if counts["queries"] < cfg.total_labels or counts["pending"]:
-                self._ask(cfg.labels_per_round)
-                self._retrain()
-            self.logger.dump(self.num_timesteps)
-            if callback is not None and callback(self, self.num_timesteps) is False:
-                break
+        with self._training_callback(callback, total_steps) as cb:
+            if self.rounds == 0:
+                self._round(cfg.initial_labels - self.labels_asked)
+                self.logger.dump(self.num_timesteps)
+            while self.num_timesteps < total_steps:
+                target = min(total_steps, self.num_timesteps + cfg.steps_per_round)
+                self.inner.learn(target)
+                self.num_timesteps = target
+                self.rounds += 1
+                counts = self._counts()
+                if counts["queries"] < cfg.total_labels or counts["pending"]:
+                    self._round(cfg.labels_per_round)
+                self.logger.dump(self.num_timesteps)
+                if not cb.on_step():
+                    break
         return self
 
-    def act(self, observations: Sequence[Any]) -> list[Any]:
+    def _act(self, observations: Sequence[Any], deterministic: bool) -> list[Any]:
         """The inner agent's actions."""
-        return self.inner.act(observations)
+        return self.inner.act(observations, deterministic=deterministic)
+
+    def get_env(self) -> Any:
+        """The inner agent's environment."""
+        return self.inner.get_env()
 
     def save(self, path: str | PathLike[str]) -> None:
         """Save the inner agent; labels are already durable in the store."""

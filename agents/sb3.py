@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from llm_gym.agents.base import Agent, Callback
+from llm_gym.agents.base import Agent, CallbackLike, check_batch, as_callback
 from llm_gym.agents.mlp_reward import MLPRewardLearner, MLPRewardLearnerConfig, RewardNet
 from llm_gym.agents.segments import Segment, SegmentBuffer, SegmentSource, action_features, segment_oracle
 from llm_gym.envs.wrappers import LearnedRewardWrapper, StepRewardFn
@@ -64,6 +64,26 @@ class SB3Agent(Agent):
     SB3 schedules (learning rate, clip range) run on the progress of one `model.learn` call;
     in chunks they would restart every chunk. With `planned_steps` (the run's total) they run
     over the whole run instead: progress is ``1 - num_timesteps / planned_steps``.
+
+    Callbacks: an SB3 `BaseCallback` (or a list of them) passed to `learn` goes to the SB3 model's
+    own `learn` unchanged, so it behaves exactly as in SB3 (its `self.model` is the SB3 algorithm,
+    `on_step` follows every vectorised env step, `self.locals` holds SB3's rollout variables,
+    built-ins such as `StopTrainingOnMaxEpisodes` work). A plain `callback(agent, step)` is
+    called with this `SB3Agent` at every env step, as before.
+
+    `predict` is the SB3 model's own (`(actions, state)`, recurrent state included); `act` is
+    `predict` without the state, stochastic unless `deterministic=True`, as SB3's default.
+
+    Args:
+        model: the SB3 algorithm, built on its (wrapped) env.
+        logger: receives the returns logged after each `learn`.
+        relabel: the learned reward, to recompute an off-policy replay buffer's rewards (above).
+        planned_steps: the run's total env steps, for schedules over the whole run (above).
+        seed: as SB3's `seed=`: passed to `model.set_random_seed(seed)`, which seeds Python's, numpy's
+            and torch's global generators, the action space and the env's next reset. The network's
+            initial weights were drawn when the model was built: build it with `seed=` too for a run
+            that repeats from the start. None = leave the model's seeding as it is. (There is no `rng=`:
+            SB3 draws from the global generators.)
     """
 
     def __init__(
@@ -72,7 +92,13 @@ class SB3Agent(Agent):
         logger: Logger | None = None,
         relabel: StepRewardFn | None = None,
         planned_steps: int | None = None,
+        *,
+        seed: int | None = None,
     ) -> None:
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+                raise TypeError(f"SB3Agent: seed must be an int, got {type(seed).__name__}")
+            model.set_random_seed(int(seed))
         self.model = model
         self.logger = logger if logger is not None else Logger(None)
         self.relabel = relabel
@@ -82,24 +108,20 @@ class SB3Agent(Agent):
     def num_timesteps(self) -> int:
         return int(self.model.num_timesteps)
 
-    def learn(self, total_steps: int, callback: Callback | None = None) -> SB3Agent:
+    def get_env(self) -> Any:
+        """The SB3 model's (vectorised) environment."""
+        return self.model.get_env()
+
+    def learn(self, total_steps: int, callback: CallbackLike = None) -> SB3Agent:
+        """Train the SB3 model up to `total_steps` env steps in all (cumulative); the callback goes to SB3 (see the class)."""
         if not isinstance(total_steps, int) or total_steps < 1:
             raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
         remaining = total_steps - self.num_timesteps
         if remaining > 0:
             if self.relabel is not None:
                 self._relabel()
-            sb3_callback = None
-            if callback is not None:
-                from stable_baselines3.common.callbacks import BaseCallback
-
-                agent = self
-
-                class _Stop(BaseCallback):
-                    def _on_step(self) -> bool:
-                        return callback(agent, agent.num_timesteps) is not False
-
-                sb3_callback = _Stop()
+            # SB3's learn runs the callback protocol itself (init_callback with the SB3 model, one on_step per env step)
+            sb3_callback = as_callback(callback, self)
             if self.planned_steps is not None:
                 planned, model = self.planned_steps, self.model
 
@@ -143,10 +165,21 @@ class SB3Agent(Agent):
             self.logger.record("rollout/learned_return", float(np.mean(learned)))
             self.logger.record("rollout/episodes", len(true))
 
-    def act(self, observations: Sequence[Any]) -> list[Any]:
-        """Deterministic actions for a batch of observations."""
-        actions, _ = self.model.predict(np.asarray(observations), deterministic=True)
+    def _act(self, observations: Sequence[Any], deterministic: bool) -> list[Any]:
+        """The SB3 policy's actions for a batch of observations (its mode when `deterministic`)."""
+        actions, _ = self.model.predict(np.asarray(observations), deterministic=deterministic)
         return list(actions)
+
+    def predict(
+        self,
+        observation: Any,
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = False,
+    ) -> tuple[Any, Any]:
+        """The SB3 model's `predict`, unchanged: `(actions, next state)` (the state is None for non-recurrent policies)."""
+        check_batch(observation)
+        return self.model.predict(observation, state=state, episode_start=episode_start, deterministic=deterministic)
 
     def save(self, path: str | PathLike[str]) -> None:
         """Save the SB3 model as ``path/model.zip`` (SB3's own format)."""

@@ -46,13 +46,15 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, create_shared_memory
 
+from llm_gym.core.chat import ChatTokenizer
 from llm_gym.core.data import PromptDataset, load_prompts
 from llm_gym.core.reward import RewardFn, resolve_reward_fn, score_batch
 from llm_gym.core.task import PromptTask, Task
 
 __all__ = ["PromptBanditEnv", "PromptBanditVecEnv", "PromptText"]
 
-DatasetLike = PromptDataset | Sequence[str] | str | PathLike[str]
+DatasetLike = PromptDataset | Sequence[str] | str | PathLike[str] | Any
+"""What `load_prompts` reads: a `PromptDataset`, a list, a path, a `datasets.Dataset`, a pandas DataFrame..."""
 
 
 class PromptText(spaces.Text):
@@ -90,9 +92,10 @@ class _PromptSource:
     its prompts and gold judge here; subclasses over richer tasks (the built-in review task) give more."""
 
     def _setup(
-        self, dataset: DatasetLike, reward_fn: RewardFn | str, gold_fn: RewardFn | str | None, max_completion_chars: int
+        self, dataset: DatasetLike, reward_fn: RewardFn | str, gold_fn: RewardFn | str | None, max_completion_chars: int,
+        prompt_field: str = "prompt", tokenizer: ChatTokenizer | None = None,
     ) -> tuple[spaces.Text, spaces.Text]:
-        self.dataset = load_prompts(dataset)
+        self.dataset = load_prompts(dataset, prompt_field=prompt_field, tokenizer=tokenizer)
         self.reward_fn = resolve_reward_fn(reward_fn, "reward_fn")
         self.gold_fn = resolve_reward_fn(gold_fn, "gold_fn") if gold_fn is not None else None
         self.task = PromptTask(prompts=self.dataset.prompts, gold=self.gold_fn)
@@ -113,12 +116,16 @@ class PromptBanditEnv(_PromptSource, gym.Env[str, str]):
     """One prompt per episode; the completion is scored by `reward_fn` and the episode ends.
 
     Args:
-        dataset: prompts: a `PromptDataset`, a list of strings, or a `.jsonl`/`.csv`/`.txt` path.
+        dataset: prompts: a `PromptDataset`, a list of strings or records, a `.jsonl`/`.json`/`.csv`/`.parquet`/
+            `.txt` path, a `datasets.Dataset` or a pandas DataFrame (anything `load_prompts` reads).
         reward_fn: `reward_fn(prompts, completions) -> array of floats` (a gold scorer, a reward model...),
             or its import path `"package.module:name"` (how a config file names it).
         gold_fn: optional true objective (or its import path), reported as `info["gold"]` but not paid.
         max_completion_chars: `max_length` of the action space.
         render_mode: `"ansi"` returns the last prompt and completion as text.
+        prompt_field: the field or column of the dataset's records that holds the prompt.
+        tokenizer: the policy's tokenizer, when the prompts are chat messages: its chat template renders
+            them (with the generation prompt) into the prompt strings the environment hands out.
 
     Example:
         >>> import gymnasium, llm_gym
@@ -138,8 +145,12 @@ class PromptBanditEnv(_PromptSource, gym.Env[str, str]):
         gold_fn: RewardFn | str | None = None,
         max_completion_chars: int = 1024,
         render_mode: str | None = None,
+        prompt_field: str = "prompt",
+        tokenizer: ChatTokenizer | None = None,
     ) -> None:
-        self.observation_space, self.action_space = self._setup(dataset, reward_fn, gold_fn, max_completion_chars)
+        self.observation_space, self.action_space = self._setup(
+            dataset, reward_fn, gold_fn, max_completion_chars, prompt_field, tokenizer
+        )
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.render_mode = render_mode
@@ -199,7 +210,8 @@ class PromptBanditVecEnv(_PromptSource, VectorEnv):
     algorithms need: RLOO's leave-one-out baseline and GRPO's group-normalised advantage compare
     the `G` completions of one prompt. `info["group"]` gives each slot's group number.
 
-    Made by `gymnasium.make_vec("llm_gym/PromptBandit-v0", num_envs=16, dataset=..., reward_fn=...)`.
+    Made by `gymnasium.make_vec("llm_gym/PromptBandit-v0", num_envs=16, dataset=..., reward_fn=...)`; `dataset`,
+    `prompt_field` and `tokenizer` are read as `PromptBanditEnv` reads them.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP}
@@ -212,6 +224,8 @@ class PromptBanditVecEnv(_PromptSource, VectorEnv):
         gold_fn: RewardFn | str | None = None,
         max_completion_chars: int = 1024,
         group_size: int = 1,
+        prompt_field: str = "prompt",
+        tokenizer: ChatTokenizer | None = None,
     ) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
@@ -224,7 +238,9 @@ class PromptBanditVecEnv(_PromptSource, VectorEnv):
             )
         self.num_envs = num_envs
         self.group_size = group_size
-        self.single_observation_space, self.single_action_space = self._setup(dataset, reward_fn, gold_fn, max_completion_chars)
+        self.single_observation_space, self.single_action_space = self._setup(
+            dataset, reward_fn, gold_fn, max_completion_chars, prompt_field, tokenizer
+        )
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._indices: np.ndarray | None = None

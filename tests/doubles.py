@@ -75,3 +75,23 @@ def word_count_reward(prompts: Sequence[str], completions: Sequence[str]) -> lis
     "doubles:word_count_reward", since tests/ is on sys.path)."""
     REWARD_CALLS.append(len(completions))
     return [float(len(c.split())) for c in completions]
+
+
+def tiny_llama(tokenizer, seed: int = 0, attention_dropout: float = 0.0):
+    """A random-init Llama-style causal LM (2 layers, width 32) over `tokenizer`'s vocabulary, built locally with no download."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         attention_dropout=attention_dropout, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def tiny_llama_folder(folder, tokenizer, seed: int = 0):
+    """Save `tiny_llama(tokenizer, seed)` and the tokenizer to `folder` (a base model `from_pretrained` can load); returns it."""
+    tiny_llama(tokenizer, seed).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -44,6 +44,12 @@ RUN_EXAMPLES = """examples:
 
 Rerun the same command after an interruption: finished stages are reused, a PPO run
 continues from its last checkpoint, and labels already in labels.sqlite are kept.
+
+Paths: the files an experiment reads (task.prompts, task.eval_prompts, task.demonstrations,
+oracle.path, a model.name_or_path folder) are found beside the experiment file, wherever you
+run the command; given with --set they are relative to the current folder. Where it writes
+(out, --out, model.cache_dir, --cache-dir) is relative to the current folder. Reward
+functions and environments named "module:name" are imported from the current folder.
 """
 
 
@@ -61,14 +67,15 @@ def _cmd_build_model(args: argparse.Namespace) -> int:
 
 
 def _load_experiment(config_path: str | None, overrides: Sequence[str], cache_dir: str | None):
-    """The experiment of `config_path` (or the default InstructGPT study) with `--set` overrides applied."""
-    from llm_gym.infra.configio import apply_overrides, from_dict, load_config, to_dict
-    from llm_gym.app.config import ExperimentConfig
+    """The experiment of `config_path` (or the default InstructGPT study) with `--set` overrides applied.
+
+    Input files named in the file are found beside it; those named in `--set` from the current folder
+    (`llm_gym.app.config.load_experiment`).
+    """
+    from llm_gym.app.config import load_experiment
 
     extra = [f"model.cache_dir={json.dumps(cache_dir)}"] if cache_dir else []
-    if config_path is None:  # the defaults written out in full, so --set changes one value of a run, not the set of runs
-        return from_dict(ExperimentConfig, apply_overrides(to_dict(ExperimentConfig()), [*extra, *overrides]))
-    return load_config(ExperimentConfig, config_path, [*extra, *overrides])
+    return load_experiment(config_path, [*extra, *overrides])
 
 
 def _run_pipeline(config, out: str, progress: bool = True) -> dict:
@@ -109,7 +116,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from llm_gym.infra.configio import apply_overrides, from_dict
-    from llm_gym.app.config import ExperimentConfig
+    from llm_gym.app.config import ExperimentConfig, resolve_input_paths
     from llm_gym.app.pipeline import Pipeline
     from llm_gym.app.summary import format_summary
 
@@ -124,18 +131,52 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     written = read_json(resolved, "the resolved config `llm-gym run` wrote",
                         "rerun `llm-gym run CONFIG --out RUN_DIR` with the run's config to write it again "
                         "(finished stages are reused)")
-    config = from_dict(ExperimentConfig, apply_overrides(written, args.set))
-    check_writable_folder(run_dir)  # summary.json is rewritten
+    # --set paths, like the run's own relative ones (before paths were resolved), are relative to this folder
+    config = from_dict(ExperimentConfig, resolve_input_paths(apply_overrides(written, args.set), Path.cwd()))
+    check_writable_folder(run_dir)  # summary.json, or the new evaluation file, is written
     pipeline = Pipeline(config, run_dir, on_event=lambda line: print(line, flush=True))
     missing = [stage for stage in ("pretrain", "sft") if stage not in pipeline.state]
     if missing:
         raise RunFolderError(f"{run_dir}: nothing to evaluate yet, stage(s) {missing} have not finished there; "
                              "run `llm-gym run` into it first")
-    summary = pipeline.evaluate(force=True)
+    if not args.set:
+        summary = pipeline.evaluate(force=True)
+        print()
+        print(format_summary(summary))
+        return 0
+    # settings that differ from config.json's: the run's own results (summary.json, state.json) stay as they are,
+    # so they keep describing the run config.json describes; this evaluation goes to a file of its own
+    target = _evaluation_file(run_dir, args.set)
+    summary = pipeline.evaluate(into=target)
     print()
     print(format_summary(summary))
+    print(f"\nevaluation with {' '.join(args.set)}: {target}  ({run_dir / 'summary.json'} is unchanged)")
     return 0
 
+
+def _evaluation_file(run_dir: Path, overrides: Sequence[str]) -> Path:
+    """A new file `RUN_DIR/evaluations/<time>-<hash of the overrides>.json` for an evaluation under other settings
+    (never one that exists: two in the same second get `_1`, `_2`...)."""
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:8]
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{digest}"
+    folder = run_dir / "evaluations"
+    k = 0
+    while (folder / f"{base}{f'_{k}' if k else ''}.json").exists():
+        k += 1
+    return folder / f"{base}{f'_{k}' if k else ''}.json"
+
+
+EVAL_EXAMPLES = """examples:
+  llm-gym eval runs/instructgpt
+  llm-gym eval runs/instructgpt --set evaluation.prompts=50
+
+Without --set the run's summary.json (and its state.json's evaluation) are rewritten. With
+--set the run's own files are left as they are: the evaluation goes to a new file
+RUN_DIR/evaluations/<time>-<hash>.json (the summary and the config it ran under), named in
+the output.
+"""
 
 LABEL_EXAMPLES = """examples:
   llm-gym label runs/instructgpt/labels.sqlite
@@ -301,8 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("eval", help="re-evaluate a finished run: gold, RM score, KL and win rate vs SFT, perplexity",
-                       epilog="examples:\n  llm-gym eval runs/instructgpt\n  llm-gym eval runs/instructgpt --set evaluation.prompts=50",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="the folder `llm-gym run` wrote (it holds config.json and state.json)")
     overrides(p)
     p.set_defaults(func=_cmd_eval)

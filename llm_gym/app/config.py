@@ -9,20 +9,25 @@ when the config is built, so a bad value fails before anything runs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from llm_gym.agents.ppo import PPOConfig
 from llm_gym.agents.preference_loop import PreferenceLoopConfig
 from llm_gym.agents.sft import SFTConfig
-from llm_gym.infra.configio import check_finite, from_dict
+from llm_gym.infra.configio import ConfigError, apply_overrides, check_finite, from_dict, read_config_file, to_dict
 from llm_gym.models.policy import SamplingConfig
 from llm_gym.models.reward_trainer import RewardTrainerConfig
 from llm_gym.tasks.tiny_lm import TinyLMConfig
 
 __all__ = [
     "BUILTIN_ENV",
+    "INPUT_PATHS",
+    "REWARDS",
     "EvaluationSpec",
     "ExperimentConfig",
     "LoopStage",
@@ -32,7 +37,21 @@ __all__ = [
     "RewardModelStage",
     "STAGES",
     "TaskSpec",
+    "load_experiment",
+    "resolve_input_paths",
 ]
+
+REWARDS = ("reward_model", "gold", "env")
+"""What an RL run can be paid by name; any other `reward` is an import path "module:name" of a reward function."""
+
+
+def check_reward(owner: str, reward: object) -> None:
+    """Refuse a `reward` that is neither one of `REWARDS` nor an import path "module:name" (`owner`: "PPOStage")."""
+    module, sep, name = reward.partition(":") if isinstance(reward, str) else ("", "", "")
+    if reward not in REWARDS and not (sep and module and name):
+        raise ValueError(f'{owner}.reward must be "reward_model", "gold", "env" or the import path "module:name" of a '
+                         f"reward function(prompts, completions) -> floats, got {reward!r}")
+
 
 STAGES = ("pretrain", "sft", "reward_model", "ppo", "agent", "preference_loop", "evaluation")
 """The pipeline's stages, in order."""
@@ -43,10 +62,13 @@ class ModelSpec:
     """Which causal language model the pipeline starts from."""
 
     name_or_path: str = ""
-    """A Hugging Face model name or local folder (loaded with `from_pretrained`); "" = the built-in tiny
-    GPT-2, built (and cached) by the `pretrain` stage from `ExperimentConfig.pretrain`."""
+    """A Hugging Face model name or local folder written by `save_pretrained` (in an experiment file, a folder is
+    found relative to the file's folder); "" = the built-in tiny GPT-2, built (and cached) by the `pretrain` stage
+    from `ExperimentConfig.pretrain`. A given model is the run's pretrained policy: nothing is pretrained, and
+    `stages` need not list "pretrain"."""
     cache_dir: str = ""
-    """Where the built-in model is cached ("" = $LLM_GYM_CACHE or ~/.cache/llm_gym)."""
+    """Where the built-in model is cached ("" = $LLM_GYM_CACHE or ~/.cache/llm_gym); written to, so a relative path is
+    relative to the folder the command runs in, like `--cache-dir`."""
 
     def __post_init__(self) -> None:
         check_finite(self)
@@ -67,9 +89,11 @@ class TaskSpec:
     `task` (prompts, and whichever of held-out prompts, demonstrations, pretraining text and gold
     judge it has; see `llm_gym.core.task`) and its own reward function; any prompt-bandit
     environment has both (`llm_gym/PromptBandit-v0` over your prompts and reward, or your own
-    registration of it). Files given here replace the matching part of the task. Gold, win-rate and
-    RM-vs-gold figures appear only when the task has a gold judge, perplexity only when it has
-    held-out text.
+    registration of it). Files given here replace the matching part of the task; in an experiment
+    file, a relative path is found beside the file (`--set` values: relative to the folder the
+    command runs in). Each file is part of the fingerprint of the stages that read it by its
+    content: edit it and they run again. Gold, win-rate and RM-vs-gold figures appear only when
+    the task has a gold judge, perplexity only when it has held-out text.
     """
 
     env: str = BUILTIN_ENV
@@ -118,7 +142,10 @@ class OracleSpec:
     tie_margin: float = 0.0
     """Synthetic oracle: pairwise gold differences up to this are answered as ties."""
     path: str = ""
-    """Recorded oracle: the JSONL file (see `RecordedOracle.from_jsonl` for the layouts)."""
+    """Recorded oracle: the JSONL file (see `RecordedOracle.from_jsonl` for the layouts); in an experiment file, a
+    relative path is found beside the file. Its content is part of the labelling stages' fingerprints: edit the
+    file (reverse a label, add some) and a rerun imports its answers into a fresh store, the old store moved
+    aside, never deleted."""
 
     def __post_init__(self) -> None:
         check_finite(self)
@@ -172,9 +199,11 @@ class RewardModelStage:
 class PPOStage:
     """One PPO run from the SFT policy (InstructGPT stage 3); set `config.ptx_coef` > 0 for PPO-ptx."""
 
-    reward: Literal["reward_model", "gold", "env"] = "reward_model"
-    """What the agent is paid: the trained reward model, the task's gold judge itself (an upper bound), or
-    the environment's own reward function (`env`: a verifiable reward, say)."""
+    reward: str = "reward_model"
+    """What the agent is paid: "reward_model" (the trained reward model), "gold" (the task's gold judge itself, an
+    upper bound), "env" (the environment's own reward function: a verifiable reward, say), or the import path
+    "module:name" of your reward function(prompts, completions) -> one float per completion (imported once, from
+    the folder the command runs in, and tried on a first batch before anything trains)."""
     iterations: int = 40
     """PPO iterations (each samples `num_envs` prompts and updates on them)."""
     num_envs: int = 64
@@ -186,8 +215,7 @@ class PPOStage:
 
     def __post_init__(self) -> None:
         check_finite(self)
-        if self.reward not in ("reward_model", "gold", "env"):
-            raise ValueError(f"PPOStage.reward must be 'reward_model', 'gold' or 'env', got {self.reward!r}")
+        check_reward("PPOStage", self.reward)
         for name in ("iterations", "num_envs"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -243,9 +271,9 @@ class AgentStage:
     """The algorithm: "ppo", "rloo", "grpo" (Dr. GRPO: config scale_rewards = false, loss_type = "dr_grpo"),
     "best_of_n" (no training: sample N, keep the best by `reward`) or "dpo" (no reward model: it learns from
     the reward-model stage's labels)."""
-    reward: Literal["reward_model", "gold", "env"] = "reward_model"
-    """What the agent is paid (best-of-N: what it selects by): the trained reward model, the task's gold judge,
-    or the environment's own reward function. DPO ignores it."""
+    reward: str = "reward_model"
+    """What the agent is paid (best-of-N: what it selects by): "reward_model", "gold", "env" (as for `PPOStage.reward`)
+    or the import path "module:name" of your reward function. DPO ignores it."""
     iterations: int = 40
     """On-policy algorithms: iterations, each sampling `num_envs` completions and updating on them."""
     num_envs: int = 64
@@ -260,8 +288,7 @@ class AgentStage:
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"AgentStage.algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
-        if self.reward not in ("reward_model", "gold", "env"):
-            raise ValueError(f"AgentStage.reward must be 'reward_model', 'gold' or 'env', got {self.reward!r}")
+        check_reward("AgentStage", self.reward)
         for name in ("iterations", "num_envs"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -374,7 +401,8 @@ class ExperimentConfig:
     seed: int = 0
     """Seed of every stage's randomness (sampling, label noise, minibatch order, head initialisation)."""
     out: str = "runs/instructgpt"
-    """Output folder (the command line's `--out` overrides it)."""
+    """Output folder (the command line's `--out` overrides it). Written to, so a relative path is relative to the folder
+    the command runs in, as `--out` is (the files an experiment reads are found beside its file instead)."""
     stages: tuple[str, ...] = STAGES
     """Stages to run, a subset of pretrain, sft, reward_model, ppo, agent, preference_loop, evaluation (their inputs
     must exist: run earlier, or in this list)."""
@@ -422,3 +450,59 @@ class ExperimentConfig:
                                  "(a run's name is its row in the summary)")
 
 
+
+
+INPUT_PATHS: tuple[tuple[str, str], ...] = (
+    ("task", "prompts"), ("task", "eval_prompts"), ("task", "demonstrations"), ("oracle", "path"), ("model", "name_or_path"))
+"""The fields that name files or folders an experiment reads (table, key). In an experiment file a relative path is
+found beside the file, wherever the command runs; what the command writes (`out`, `model.cache_dir`) is relative to
+the folder it runs in, like `--out` and `--cache-dir`."""
+
+
+def _is_local_model(name_or_path: str, base: Path) -> bool:
+    """Whether a relative `model.name_or_path` means a folder (beside `base`), not a Hugging Face model name."""
+    return name_or_path.startswith(("./", "../", ".\\", "..\\")) or name_or_path in (".", "..") or (base / name_or_path).exists()
+
+
+def resolve_input_paths(data: Mapping[str, Any], base: str | os.PathLike[str]) -> dict[str, Any]:
+    """A copy of the experiment table `data` (a parsed file) whose relative input paths (`INPUT_PATHS`) are made absolute
+    against the folder `base`; so the run's config.json names the same files from anywhere (`llm-gym eval`).
+
+    `model.name_or_path` is a path when it starts with "./" or "../" or names something that exists under `base`;
+    otherwise it is left as a Hugging Face model name ("gpt2", "owner/name"). "~" is expanded. Values of the wrong
+    type are left for `from_dict` to report.
+    """
+    out = copy.deepcopy(dict(data))
+    base = Path(os.path.abspath(base))
+    for table, key in INPUT_PATHS:
+        section = out.get(table)
+        value = section.get(key) if isinstance(section, Mapping) else None
+        if not isinstance(value, str) or not value:
+            continue
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            section[key] = str(path)
+        elif key != "name_or_path" or _is_local_model(value, base):
+            section[key] = os.path.normpath(base / path)
+    return out
+
+
+def load_experiment(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """The experiment of the file `path` (TOML or JSON; None = the defaults) with `--set` overrides, paths resolved.
+
+    Relative input paths written in the file are found beside the file; relative input paths given as
+    overrides are found from the current folder, as a shell user expects (`resolve_input_paths`).
+
+    Raises:
+        ConfigError: the file cannot be read or parsed, or its content or an override does not map onto
+            `ExperimentConfig` (the message names the file and the key).
+    """
+    if path is None:
+        data: dict[str, Any] = to_dict(ExperimentConfig())  # in full: --set changes one value of a run, not the set of runs
+    else:
+        data = resolve_input_paths(read_config_file(path), Path(path).parent)
+    data = resolve_input_paths(apply_overrides(data, overrides), Path.cwd())
+    try:
+        return from_dict(ExperimentConfig, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from err

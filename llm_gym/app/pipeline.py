@@ -13,15 +13,23 @@ everything under `out`:
                                 under other inputs are moved aside to labels.<fingerprint>.sqlite)
     out/reward_model/           the reward model or ensemble (safetensors + JSON)
     out/ppo/<run>/checkpoint/   PPO checkpoints (atomic), out/ppo/<run>/policy/ the result
-    out/tb/<stage>/             TensorBoard event files
+    out/tb/<stage>/             TensorBoard event files (a stage run again draws its curve afresh: no duplicate steps)
     out/summary.json            the table: one row per policy and per stage
+    out/evaluations/*.json      evaluations under other settings (`llm-gym eval RUN --set ...`), the run's own untouched
 
-Resuming: a stage whose fingerprint (its own config, the seed, the data it reads, and the
-fingerprints of the stages it reads) matches the one in `state.json` is not run again; its
-stored result is reused. A PPO run interrupted mid-way restarts from its last checkpoint
-(the TensorBoard curve continues without duplicate steps). Labels already in the store are
-never asked again. Change a hyperparameter and rerun into the same folder: only the stages
+Files and folders are written with the user's umask (0644 / 0755 under umask 022), so a run on a
+shared server is readable by those the umask lets read it.
+
+Resuming: a stage whose fingerprint (its own config, the seed, the data it reads -- input files and a
+recorded oracle's file by their content -- and the fingerprints of the stages it reads) matches the
+one in `state.json` is not run again; its stored result is reused. A PPO run interrupted mid-way
+restarts from its last checkpoint (the TensorBoard curve continues without duplicate steps).
+Labels already in the store are never asked again (an edited recorded file's answers go into a
+fresh store; the old one is moved aside). Change a hyperparameter and rerun into the same folder: only the stages
 it affects (and those downstream) run again.
+
+A model given by `model.name_or_path` is the pretrained policy: nothing is pretrained, and `stages`
+need not list "pretrain" (its entry in state.json records the model, for the later stages).
 
 What a task lacks, the pipeline does without: no demonstrations -> SFT is skipped (the SFT
 policy is the pretrained one) and the reward is not normalised; no held-out prompts -> the
@@ -60,11 +68,12 @@ from llm_gym.agents.preference_loop import DisagreementSelector, PreferenceLoop,
 from llm_gym.agents.sft import SFTTrainer
 from llm_gym.app.config import STAGES, AgentStage, ExperimentConfig, LoopStage, PPOStage
 from llm_gym.app.evaluation import evaluate_policy
-from llm_gym.app.stages import (LoadedTask, check_inputs, check_task, load_task, make_env, make_oracle, read_state,
-                                sample_queries, store_for)
+from llm_gym.app.stages import (LoadedTask, check_inputs, check_task, load_task, make_env, make_oracle, oracle_fingerprint,
+                                read_state, resolve_reward, sample_queries, store_for)
 from llm_gym.app.summary import build_summary
 from llm_gym.core.data import DatasetError
 from llm_gym.core.preferences import Comparison
+from llm_gym.core.reward import RewardFn
 from llm_gym.core.task import Demonstration, Task
 from llm_gym.feedback.oracles import NoAnswersError, SyntheticOracle, collect
 from llm_gym.feedback.store import PreferenceStore
@@ -132,6 +141,7 @@ class Pipeline:
         self.input_fn = input_fn
         self.state_file = self.out / "state.json"
         self._verified: set[Path] = set()  # policy folders checked against their manifests in this run
+        self._reward_fns: dict[str, RewardFn] = {}  # reward functions named by import path, imported and tried once
         # the main process's view of what is done is everyone's (nodes need not share a disk); a damaged
         # state.json stops every process with the same error (one alone would leave the others waiting)
         state: dict[str, Any] | str = {}
@@ -151,6 +161,12 @@ class Pipeline:
     def loaded(self) -> LoadedTask:
         """The task of `config.task` with its environment's reward and its data fingerprints (`stages.load_task`)."""
         return load_task(self.config.task, self.config.pretrain.task)
+
+    @cached_property
+    def oracle_fingerprint(self) -> dict[str, Any]:
+        """The labeller's settings as the labelling stages' fingerprints see them: a recorded file by its content
+        (`stages.oracle_fingerprint`), read once per Pipeline like the task's files."""
+        return oracle_fingerprint(self.config.oracle)
 
     @property
     def task(self) -> Task:
@@ -253,16 +269,32 @@ class Pipeline:
             raise DatasetError(f"oracle.path: the comparison file {cfg.oracle.path} does not exist (cwd is {Path.cwd()})")
         check_inputs(cfg, self.state, self.out)  # files, earlier stages' results and the folder: now, not after pretraining
         check_task(cfg, self.task)  # a stage that needs a part the task lacks fails now, not after pretraining
+        for what, reward in self._rewards_by_import_path():  # imported and tried on a first batch now, not mid-run
+            self._reward(reward, what)
         self.out.mkdir(parents=True, exist_ok=True)
         self._write(self.out / "config.json", to_dict(cfg))
         t0 = time.perf_counter()
-        for stage in STAGES:
-            if stage in cfg.stages:
-                getattr(self, f"_stage_{stage}")()
+        for stage in self._stages():
+            getattr(self, f"_stage_{stage}")()
         summary = self.summary()
         summary["wall_seconds_this_invocation"] = time.perf_counter() - t0
         self._write(self.out / "summary.json", summary)
         return summary
+
+    def _stages(self) -> list[str]:
+        """The stages to run, in order: `config.stages`, with "pretrain" added when `model.name_or_path` gives the model
+        (a given model is the pretrained policy: its stage only records it, and every later stage reads it)."""
+        given = {"pretrain"} if self.config.model.name_or_path else set()
+        return [stage for stage in STAGES if stage in self.config.stages or stage in given]
+
+    def _rewards_by_import_path(self) -> list[tuple[str, str]]:
+        """(config key, import path) of every reward function a selected stage will call by import path: the RL runs'
+        and, for the evaluation, the best-of-N runs' (DPO's `reward` is unused)."""
+        cfg, stages = self.config, self._stages()
+        named = [(f"ppo.{name}.reward", run.reward) for name, run in cfg.ppo.items() if "ppo" in stages]
+        named += [(f"agent.{name}.reward", run.reward) for name, run in cfg.agent.items() if run.algorithm != "dpo" and (
+            "agent" in stages or ("evaluation" in stages and run.algorithm == "best_of_n"))]
+        return [(what, reward) for what, reward in named if ":" in reward]
 
     def _timed(self, key: str, fingerprint: str, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         done = self._done(key, fingerprint)
@@ -270,6 +302,10 @@ class Pipeline:
             self.on_event(f"[{key}] done earlier (same inputs): reusing it")
             return done
         self.on_event(f"[{key}] running")
+        return self._finish(key, fingerprint, self._measured(key, body))
+
+    def _measured(self, key: str, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run a stage's `body` and return its result with its wall time and peak memory."""
         # torch's global generator (dropout, head initialisation) seeded per stage, so a stage run alone or resumed
         # gives what it gives in a full run
         torch.manual_seed(int(_fingerprint(self.config.seed, key), 16) % 2**63)
@@ -279,7 +315,7 @@ class Pipeline:
         result["seconds"] = time.perf_counter() - t
         result.update(memory.as_dict())
         self.on_event(f"[{key}] finished in {result['seconds']:.0f}s")
-        return self._finish(key, fingerprint, result)
+        return result
 
     def _stage_pretrain(self) -> dict[str, Any]:
         cfg = self.config
@@ -308,7 +344,7 @@ class Pipeline:
 
         def body() -> dict[str, Any]:
             policy = Policy.from_pretrained(base["result"]["path"], device=self.device)
-            with self._logger("sft") as logger:
+            with self._logger("sft", purge_step=0) as logger:  # a rerun's curve replaces the last one, no duplicate steps
                 trainer = SFTTrainer(cfg.sft, rng=np.random.default_rng(cfg.seed), logger=logger, distributed=self.dist)
                 metrics = trainer.fit(policy, self.demonstrations)
 
@@ -321,7 +357,7 @@ class Pipeline:
         cfg, rm_cfg = self.config, self.config.reward_model
         sft = self._need("sft")
         upstream = [self._need("pretrain")["fingerprint"], sft["fingerprint"]]
-        fp = _fingerprint(upstream, to_dict(rm_cfg), to_dict(cfg.oracle), cfg.seed, self._data_fingerprint("prompts"))
+        fp = _fingerprint(upstream, to_dict(rm_cfg), self.oracle_fingerprint, cfg.seed, self._data_fingerprint("prompts"))
         path = self.out / "reward_model"
         gold = self.task.gold
 
@@ -331,8 +367,9 @@ class Pipeline:
             queries = sample_queries(cfg, oracle, self.prompts, sources, self.device)
             # labels persist across runs: the store is append-only and never deleted, and a
             # query already answered there is not asked again (a resumed run keeps every answer)
-            labels_fp = _fingerprint(upstream, to_dict(cfg.oracle), rm_cfg.queries, rm_cfg.k, list(rm_cfg.sources), cfg.seed,
-                                     self._data_fingerprint("prompts"))
+            # a recorded file by its content: edited, its answers go into a fresh store (the old one is moved aside)
+            labels_fp = _fingerprint(upstream, self.oracle_fingerprint, rm_cfg.queries, rm_cfg.k, list(rm_cfg.sources),
+                                     cfg.seed, self._data_fingerprint("prompts"))
             with PreferenceStore(store_for(self.out / "labels.sqlite", labels_fp)) as store:
                 answered = {a.query_id for a in store.answers()}
                 todo = [q for q in queries if q.query_id not in answered]
@@ -354,7 +391,8 @@ class Pipeline:
                     f"and are not asked again: add strict preferences with `llm-gym label {store}` on new queries "
                     "(raise reward_model.queries) and rerun")
             trainer_rng = np.random.default_rng(cfg.seed + 1)
-            with self._logger("reward_model") as logger:
+            # the trainer counts steps from 0 again: purge the last run's curve rather than draw a second one over it
+            with self._logger("reward_model", purge_step=0) as logger:
                 trainer = RewardTrainer(rm_cfg.trainer, logger=logger, rng=trainer_rng, distributed=self.dist)
                 rm = reward_model_from_pretrained(self._sft_path(), rm_cfg.members, seed=cfg.seed,
                                                   pooling=rm_cfg.pooling, device=self.device)
@@ -435,7 +473,7 @@ class Pipeline:
                                   self._data_fingerprint("prompts")], "no-length")
 
         def body() -> dict[str, Any]:
-            reward_fn = self._reward(run.reward)
+            reward_fn = self._reward(run.reward, f"{key}.reward")
             env = self._env(reward_fn, run.num_envs, run.config.group_size)
             agent_config = run.config
             ptx = list(self.task.pretrain_texts) if agent_config.ptx_coef > 0 else None
@@ -482,11 +520,18 @@ class Pipeline:
 
         return self._timed(key, fp, body)
 
-    def _reward(self, kind: str) -> Any:
-        """What a run is paid (or selects by): the trained reward model, the task's gold judge, or the env's reward."""
+    def _reward(self, kind: str, what: str = "reward") -> Any:
+        """What a run is paid (or selects by): the trained reward model, the task's gold judge, the env's reward, or a
+        reward function by import path (imported and tried on a first batch once per Pipeline; `what` names its key)."""
         if kind == "reward_model":
             return self._load_rm()
-        return self.task.gold if kind == "gold" else self.loaded.env_reward
+        if kind == "gold":
+            return self.task.gold
+        if kind == "env":
+            return self.loaded.env_reward
+        if kind not in self._reward_fns:
+            self._reward_fns[kind] = resolve_reward(kind, what, self.task)
+        return self._reward_fns[kind]
 
     # ---------------------------------------------------------------- runs of any algorithm ([agent.<run>])
     def _stage_agent(self) -> None:
@@ -540,7 +585,7 @@ class Pipeline:
 
     def _loop_fingerprint(self, loop: LoopStage) -> str:
         upstream = [self._need("sft")["fingerprint"]]
-        return _fingerprint(upstream, to_dict(loop), to_dict(self.config.oracle), self.config.seed,
+        return _fingerprint(upstream, to_dict(loop), self.oracle_fingerprint, self.config.seed,
                             self._data_fingerprint("prompts"))
 
     def _loop_run(self, name: str, loop: LoopStage) -> dict[str, Any]:
@@ -588,6 +633,12 @@ class Pipeline:
         return self._timed(f"preference_loop.{name}", self._loop_fingerprint(loop), body)
 
     def _stage_evaluation(self) -> dict[str, Any]:
+        fp, body = self._evaluation()
+        # evaluation samples a few hundred completions: the main process does it, the others get its table
+        return self._timed("evaluation", fp, self.dist.main_process_only(body))
+
+    def _evaluation(self) -> tuple[str, Callable[[], dict[str, Any]]]:
+        """The evaluation's fingerprint and the body that evaluates every policy of the run whose result is current."""
         cfg = self.config
         policies = {"pretrained": self._need("pretrain"), "sft": self._need("sft")}
         for name, run in cfg.ppo.items():
@@ -624,8 +675,8 @@ class Pipeline:
                     policy = sft
                 elif entry["result"].get("algorithm") == "best_of_n":  # N samples of the SFT policy, the best kept
                     run = cfg.agent[name]
-                    policy = BestOfN(sft, rm if run.reward == "reward_model" else self._reward(run.reward),
-                                     run.config, rng=np.random.default_rng(cfg.seed))
+                    select_by = rm if run.reward == "reward_model" else self._reward(run.reward, f"agent.{name}.reward")
+                    policy = BestOfN(sft, select_by, run.config, rng=np.random.default_rng(cfg.seed))
                 else:
                     policy = Policy.from_pretrained(self._policy_path(name, entry), device=self.device)
                 t = time.perf_counter()
@@ -639,12 +690,24 @@ class Pipeline:
                     self.on_event(f"[evaluation] {name}: gold {report.gold:+.3f}")
             return {"rows": rows, "prompts": len(prompts)}
 
-        # evaluation samples a few hundred completions: the main process does it, the others get its table
-        return self._timed("evaluation", fp, self.dist.main_process_only(body))
+        return fp, body
 
-    def evaluate(self, force: bool = False) -> dict[str, Any]:
-        """Evaluate the run's policies (again, when `force`), rewrite summary.json and return the summary."""
+    def evaluate(self, force: bool = False, into: str | PathLike[str] | None = None) -> dict[str, Any]:
+        """Evaluate the run's policies (again, when `force`), rewrite summary.json and return the summary.
+
+        With `into`, the policies are evaluated afresh into that file alone (the summary with the evaluation, plus the
+        config it ran under), and the run's own state.json and summary.json are left as they are: they go on
+        describing the run its config.json describes (`llm-gym eval RUN --set evaluation.prompts=50`).
+        """
         self._use_threads()
+        if into is not None:
+            fp, body = self._evaluation()
+            self.on_event("[evaluation] running")
+            result = self._measured("evaluation", self.dist.main_process_only(body))
+            state = {**self.state, "evaluation": {"fingerprint": fp, "result": result}}
+            summary = {**self.summary(state), "config": to_dict(self.config)}
+            self._write(Path(into), summary)
+            return summary
         if force:
             self.state.pop("evaluation", None)
         self._stage_evaluation()
@@ -653,9 +716,10 @@ class Pipeline:
         return summary
 
     # -------------------------------------------------------------------------------- summary
-    def summary(self) -> dict[str, Any]:
-        """Per stage: gold, RM score, KL to SFT, win rate vs SFT, perplexity, labels used, wall time (what is known)."""
-        return build_summary(self.config, self.state, self.out)
+    def summary(self, state: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Per stage: gold, RM score, KL to SFT, win rate vs SFT, perplexity, labels used, wall time (what is known),
+        from the run's state (or `state`)."""
+        return build_summary(self.config, self.state if state is None else state, self.out)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

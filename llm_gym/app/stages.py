@@ -23,20 +23,20 @@ from llm_gym.agents.lm_preferences import CompletionSource
 from llm_gym.app.config import BUILTIN_ENV, STAGES, ExperimentConfig, OracleSpec, TaskSpec
 from llm_gym.core.data import DatasetError, load_demonstrations, load_prompts
 from llm_gym.core.preferences import Query
-from llm_gym.core.reward import RewardFn, _name, resolve_reward_fn
+from llm_gym.core.reward import RewardFn, _name, check_reward_fn, resolve_reward_fn
 from llm_gym.core.task import PromptTask, Task
 from llm_gym.envs.prompt_bandit import PromptBanditVecEnv
 from llm_gym.feedback.oracles import PreferenceOracle, RecordedOracle, SyntheticOracle, TerminalOracle
 from llm_gym.feedback.store import PreferenceStore, move_store, store_files
 from llm_gym.infra.atomic import write_text
-from llm_gym.infra.configio import ConfigError
+from llm_gym.infra.configio import ConfigError, to_dict
 from llm_gym.infra.distributed import Distributed
 from llm_gym.infra.runfolder import RunFolderError, check_writable_folder, read_json
 from llm_gym.models.policy import Policy
 from llm_gym.tasks.review import ReviewTaskConfig
 
-__all__ = ["LoadedTask", "check_inputs", "check_task", "load_task", "make_env", "make_oracle", "read_state",
-           "sample_queries", "store_for"]
+__all__ = ["LoadedTask", "check_inputs", "check_task", "load_task", "make_env", "make_oracle", "oracle_fingerprint",
+           "read_state", "resolve_reward", "sample_queries", "store_for"]
 
 _DATA_PARTS = ("prompts", "eval_prompts", "demonstrations")
 
@@ -102,7 +102,7 @@ def load_task(spec: TaskSpec, builtin: ReviewTaskConfig) -> LoadedTask:
             f"task.env: {spec.env!r} makes a {type(base).__name__}, which has no `task` and `reward_fn`; the pipeline "
             "runs prompt-bandit environments (llm_gym/PromptBandit-v0, or a registration of PromptBanditEnv or a "
             "subclass of it with your dataset and reward)")
-    gold = resolve_reward_fn(spec.gold, "task.gold") if spec.gold else task.gold
+    gold = _import_reward(spec.gold, "task.gold") if spec.gold else task.gold
     merged = PromptTask(
         prompts=list(load_prompts(spec.prompts)) if spec.prompts else list(task.prompts),
         eval_prompts=list(load_prompts(spec.eval_prompts)) if spec.eval_prompts else list(task.eval_prompts),
@@ -111,6 +111,8 @@ def load_task(spec: TaskSpec, builtin: ReviewTaskConfig) -> LoadedTask:
         heldout_texts=task.heldout_texts,
         gold=gold,
     )
+    if spec.gold:  # user code, met for the first time: tried now, not at the first labelled comparison
+        _try_reward(gold, "task.gold", spec.gold, merged)
     builtin_data = spec.env == BUILTIN_ENV and not spec.env_kwargs and not spec.gold
     source = json.dumps([spec.env, _describe(spec.env_kwargs), spec.gold, _describe(reward), _describe(gold)])
     fingerprints = {}
@@ -127,6 +129,58 @@ def load_task(spec: TaskSpec, builtin: ReviewTaskConfig) -> LoadedTask:
     if spec.prompts or spec.gold:  # the environment would hand out its own prompts and report its own gold
         vector_spec = None
     return LoadedTask(merged, reward, fingerprints, vector_spec)
+
+
+def _import_reward(import_path: str, what: str) -> RewardFn:
+    """The reward function at `import_path` ("module:name"), or a ConfigError naming the config key `what`."""
+    try:
+        return resolve_reward_fn(import_path, what)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(str(err)) from err
+
+
+def _try_reward(fn: RewardFn, what: str, import_path: str, task: Task) -> None:
+    """Call a reward function named in the config on two (prompt, completion) pairs of the task (its first prompts, with
+    its demonstrations' completions where it has them) and refuse it, saying what it returned, unless it gives one
+    finite float per completion."""
+    prompts = list(task.prompts[:2]) or ["the film was"]
+    demos = [d.completion for d in task.demonstrations[: len(prompts)]]
+    completions = demos if len(demos) == len(prompts) else [" good .", " not what I expected at all ."][: len(prompts)]
+    try:
+        check_reward_fn(fn, prompts, completions, what=f"{what} = {import_path!r}")
+    except (ValueError, TypeError) as err:
+        raise ConfigError(str(err)) from err
+
+
+def resolve_reward(import_path: str, what: str, task: Task) -> RewardFn:
+    """The reward function a run names by import path ("module:name", found from the folder the command runs in),
+    imported and tried on a first batch of `task` (see `_try_reward`).
+
+    Raises:
+        ConfigError: it cannot be imported, is not callable, raises, or does not return one finite float per
+            completion; the message names the config key `what` and says what it returned.
+    """
+    fn = _import_reward(import_path, what)
+    _try_reward(fn, what, import_path, task)
+    return fn
+
+
+def oracle_fingerprint(spec: OracleSpec) -> dict[str, Any]:
+    """The labeller's settings as a fingerprint sees them: a recorded file by the sha256 of its content, not its path.
+
+    Editing the file (every label reversed, say) reruns the stages it labels and sends its answers into a fresh
+    store; moving it unchanged reruns nothing. Other oracles' settings are as written, as before.
+
+    Raises:
+        DatasetError: the recorded file cannot be read.
+    """
+    settings = to_dict(spec)
+    if spec.kind == "recorded":
+        try:
+            settings["path"] = "sha256:" + _hash_bytes(Path(spec.path).read_bytes())
+        except OSError as err:
+            raise DatasetError(f"oracle.path: cannot read the comparison file {spec.path}: {err.strerror or err}") from err
+    return settings
 
 
 def check_task(config: ExperimentConfig, task: Task) -> None:
@@ -199,7 +253,9 @@ def check_inputs(config: ExperimentConfig, state: Mapping[str, Any], out: Path) 
     check_writable_folder(out, "the run folder")
     problems = []
     inputs = _stage_inputs(config)
-    missing = {stage: [n for n in inputs[stage] if n not in config.stages and n not in state]
+    # a given model is the pretrained policy: the pipeline records it whether or not `stages` lists "pretrain"
+    selected = {*config.stages, *(["pretrain"] if config.model.name_or_path else [])}
+    missing = {stage: [n for n in inputs[stage] if n not in selected and n not in state]
                for stage in STAGES if stage in config.stages}
     missing = {stage: needs for stage, needs in missing.items() if needs}
     if missing:

@@ -289,7 +289,7 @@ def metric_columns(config: Any) -> list[str]:
     """
     from llm_gym.app.evaluation import PolicyReport
 
-    stages = set(config.stages)
+    stages = set(config.stages) | ({"pretrain"} if config.model.name_or_path else set())  # a given model: always a row
     evaluated = [*(f.name for f in dataclasses.fields(PolicyReport)), "eval_seconds", "eval_peak_rss_mb",
                  "eval_cuda_peak_mb"] if "evaluation" in stages else []
     own = [k for k in _POLICY_EXTRA_KEYS if k not in ("eval_seconds", "eval_peak_rss_mb", "eval_cuda_peak_mb")]
@@ -380,7 +380,8 @@ def run_sweep(
     if parallel > 1:
         _warm_model_cache(config_path, points, cache_dir, emit)
 
-    base_cmd = [sys.executable, "-m", "llm_gym", "run", str(Path(config_path).resolve()), "--no-progress"]
+    # absolute as the user sees it (symlinks kept): the paths in the file are found beside it, as `llm-gym run` finds them
+    base_cmd = [sys.executable, "-m", "llm_gym", "run", os.path.abspath(config_path), "--no-progress"]
     if cache_dir is not None:
         base_cmd += ["--cache-dir", os.fspath(cache_dir)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # run.log fills as the point runs

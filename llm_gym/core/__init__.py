@@ -3,5 +3,7 @@
     preferences.py   Query, Answer, Comparison: one data model for pairwise choices, K-way rankings and ties
     reward.py        RewardFn (`fn(prompts, completions) -> floats`) and the check every reward passes through
     task.py          Task (prompts, held-out prompts, demonstrations, pretraining text, a gold judge), PromptTask
-    data.py          prompt datasets and demonstrations from lists and files, with errors that name file and line
+    chat.py          chat messages (TRL's conversational layout) to prompt and completion text via the chat template
+    data.py          prompts and demonstrations from JSONL/JSON/CSV/Parquet/txt files, Datasets, DataFrames and lists,
+                     with errors that name the file, line or row, and the columns found
 """

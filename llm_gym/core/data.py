@@ -1,11 +1,38 @@
-"""Prompt datasets (the prompts a `PromptBanditEnv` hands out, from a list, JSONL or CSV) and SFT demonstrations (JSONL).
+"""Prompt datasets (the prompts a `PromptBanditEnv` hands out) and SFT demonstrations, from whatever users keep data in.
 
-Every loader reports bad input with the file and line at fault and says how to fix it:
-a missing file, a line that is not UTF-8, a malformed JSON line, a missing field, an
+A *source* is a path or data in memory:
+
+| source | records | where an error points |
+|---|---|---|
+| ``.jsonl`` | one JSON value per line (blank lines skipped) | ``file line N`` (1-based) |
+| ``.json`` | a top-level list, an object holding one list (``{"data": [...]}``), or an object of equal-length column lists | ``file row i`` (0-based) |
+| ``.csv`` | one row per record, the header names the columns | ``file line N`` (1-based) |
+| ``.parquet`` | one row per record (needs pyarrow: ``pip install llm-gym[data]``) | ``file row i`` |
+| ``.txt`` | one prompt per non-blank line (prompts only) | ``file line N`` |
+| a ``datasets.Dataset``, a pandas DataFrame | one row per record | ``Dataset row i``, ``DataFrame row i`` |
+| a pandas Series, a numpy array, a list or tuple, a dict of column lists | one item per record | ``list row i``... |
+
+A record is a string (a prompt), a mapping (a row: the prompt under `prompt_field`, a
+demonstration's answer under `completion_field`) or a list of chat messages. Chat messages
+(TRL's conversational layout, a list of ``{"role", "content"}`` dicts, see `llm_gym.core.chat`)
+become text through the policy's chat template, so a `tokenizer=` is needed for them:
+
+* a prompt: ``{"prompt": [messages]}`` or the messages alone, rendered with the generation prompt;
+* a demonstration: ``{"prompt": [messages], "completion": [assistant messages]}`` (TRL's
+  conversational prompt-completion layout), or one conversation ``{"messages": [...]}`` whose
+  last turn, the assistant's, is the completion. The completion is the text the answer adds
+  after the rendered prompt (`llm_gym.core.chat.render_completion`).
+
+Every loader reports bad input with the file and line or row at fault, and the columns it
+found, and says how to fix it: a missing file, a line that is not UTF-8, malformed JSON, a
+missing field (``no 'prompt' column; found ['text', 'label']; pass prompt_field="text"``), an
 empty prompt, text no tokenizer can encode (a lone UTF-16 surrogate such as JSON's
-``"\\ud800"``), an empty dataset or one that a filter emptied. Nothing is dropped
-silently: `filter` records how many prompts it removed, and an all-removing filter is an
-error.
+``"\\ud800"``), chat messages without a tokenizer, an empty dataset or one that a filter
+emptied. Nothing is dropped silently: `filter` records how many prompts it removed, and an
+all-removing filter is an error.
+
+>>> load_prompts([{"text": "the film was"}, {"text": "the hotel was"}], prompt_field="text").prompts
+('the film was', 'the hotel was')
 """
 
 from __future__ import annotations
@@ -13,14 +40,21 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
+from typing import Any, NamedTuple
 
+from llm_gym.core.chat import ChatError, ChatTokenizer, check_messages, looks_like_messages, render_completion, render_prompt
 from llm_gym.core.task import Demonstration
 
-__all__ = ["PromptDataset", "DatasetError", "check_text", "load_demonstrations", "load_prompts"]
+__all__ = ["PromptDataset", "DatasetError", "Records", "check_text", "completion_text", "load_demonstrations", "load_prompts",
+           "prompt_text", "read_records", "suggest_field"]
+
+FILE_TYPES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+"""The file suffixes a path source may have."""
 
 
 class DatasetError(ValueError):
@@ -83,22 +117,15 @@ class PromptDataset(Sequence[str]):
         return cls(tuple(prompts), source=source)
 
     @classmethod
-    def from_file(cls, path: str | PathLike[str], field: str = "prompt") -> PromptDataset:
-        """Load prompts from a `.jsonl` (one object per line, key `field`) or `.csv` (column `field`) file.
+    def from_file(cls, path: str | PathLike[str], field: str = "prompt", *,
+                  tokenizer: ChatTokenizer | None = None) -> PromptDataset:
+        """Load prompts from a ``.jsonl``, ``.json``, ``.csv``, ``.parquet`` or ``.txt`` file.
 
-        A `.txt` file holds one prompt per line.
+        Records are read as the module docstring says: the prompt is under `field` (a string,
+        or chat messages rendered with `tokenizer`'s chat template); a ``.txt`` file holds one
+        prompt per line.
         """
-        p, lines = _read_lines(path, "prompt")
-        suffix = p.suffix.lower()
-        if suffix == ".jsonl":
-            prompts = list(_parse_jsonl(lines, p, field))
-        elif suffix == ".csv":
-            prompts = list(_parse_csv(lines, p, field))
-        elif suffix == ".txt":
-            prompts = [line.rstrip("\r\n") for line in lines if line.strip()]
-        else:
-            raise DatasetError(f"{p}: unknown prompt file type {suffix!r}; use .jsonl, .csv or .txt")
-        return cls(tuple(prompts), source=str(p))
+        return _prompts_from_records(read_records(path, "prompt"), field, tokenizer)
 
     def filter(self, keep: Callable[[str], bool], reason: str = "filter") -> PromptDataset:
         """Keep the prompts for which `keep(prompt)` is true; the count removed is recorded."""
@@ -116,18 +143,393 @@ class PromptDataset(Sequence[str]):
         return iter(self.prompts)
 
 
-def load_prompts(dataset: PromptDataset | Sequence[str] | str | PathLike[str]) -> PromptDataset:
-    """Accept what users naturally pass as a dataset: a `PromptDataset`, a list of strings, or a file path."""
-    if isinstance(dataset, PromptDataset):
-        return dataset
-    if isinstance(dataset, (str, PathLike)):
-        return PromptDataset.from_file(dataset)
-    if isinstance(dataset, Sequence):
-        return PromptDataset.from_list(dataset)
+def load_prompts(source: Any, *, prompt_field: str = "prompt", tokenizer: ChatTokenizer | None = None) -> PromptDataset:
+    """Prompts from what users naturally pass: a `PromptDataset`, a path, or data in memory.
+
+    Args:
+        source: a `PromptDataset` (returned as it is), a path (``.jsonl``, ``.json``, ``.csv``,
+            ``.parquet``, ``.txt``), a list of strings, of records or of conversations, a
+            ``datasets.Dataset``, a pandas DataFrame or Series, a numpy array of strings (see the
+            module docstring).
+        prompt_field: the field or column holding the prompt in records.
+        tokenizer: the policy's tokenizer, needed when prompts are chat messages (its chat
+            template renders them).
+
+    Raises:
+        DatasetError: naming the file and line or row, for anything that is not a usable prompt.
+        TypeError: `source` is none of the above.
+    """
+    if isinstance(source, PromptDataset):
+        return source
+    if isinstance(source, (list, tuple)) and all(isinstance(x, str) for x in source):
+        return PromptDataset.from_list(source)
+    return _prompts_from_records(read_records(source, "prompt"), prompt_field, tokenizer)
+
+
+def load_demonstrations(
+    source: Any,
+    *,
+    prompt_field: str = "prompt",
+    completion_field: str = "completion",
+    messages_field: str = "messages",
+    tokenizer: ChatTokenizer | None = None,
+) -> list[Demonstration]:
+    """Demonstrations for SFT: (prompt, completion) pairs from a path or data in memory.
+
+    Each record is one of:
+
+    * ``{"prompt": str, "completion": str}`` (the completion carries its own leading space);
+    * ``{"prompt": [messages], "completion": [assistant messages]}``: TRL's conversational
+      layout, rendered with `tokenizer`'s chat template;
+    * ``{"messages": [...]}`` or the message list alone: one conversation whose last turn, the
+      assistant's, is the completion and whose earlier turns are the prompt.
+
+    A list of `Demonstration` objects is returned as a list. Sources are those of `load_prompts`
+    except ``.txt``.
+
+    Raises:
+        DatasetError: naming the file and line or row, for a missing file, text that is not
+            UTF-8, invalid JSON, a missing or mistyped field (with the fields found), chat
+            messages without a tokenizer, or no demonstrations at all.
+    """
+    if isinstance(source, (list, tuple)) and source and all(isinstance(d, Demonstration) for d in source):
+        return list(source)
+    if isinstance(source, (str, PathLike)) and Path(source).suffix.lower() == ".txt":
+        raise DatasetError(f"{source}: a .txt file holds prompts only; demonstrations need a prompt and a completion "
+                           "each: use .jsonl lines like {\"prompt\": ..., \"completion\": ...}")
+    records = read_records(source, "demonstration")
+    if records.columns is not None and messages_field not in records.columns:
+        for name, kwarg in ((prompt_field, "prompt_field"), (completion_field, "completion_field")):
+            if name not in records.columns:
+                raise _missing(records.header, name, records.columns, "column", kwarg)
+    demos = [_demonstration(value, where, records.noun, prompt_field, completion_field, messages_field, tokenizer)
+             for where, value in records.rows]
+    if not demos:
+        raise DatasetError(f"{records.source} holds no demonstrations; add records like "
+                           "{\"prompt\": \"the film was\", \"completion\": \" great .\"}")
+    return demos
+
+
+# --------------------------------------------------------------------------------------
+# Records: every source as (where, value) rows
+# --------------------------------------------------------------------------------------
+
+
+class Records(NamedTuple):
+    """A source read into rows, each with the place an error about it should name."""
+
+    source: str
+    """What the rows came from: the path as given, or "list", "Dataset", "DataFrame"..."""
+    rows: list[tuple[str, Any]]
+    """``(where, value)``: ``where`` is like ``"data.jsonl line 3"`` or ``"data.parquet row 2"``; ``value`` is a
+    string, a dict (a row) or a list (chat messages), with numpy arrays made plain lists."""
+    columns: list[str] | None
+    """The columns every row has (CSV, Parquet, a Dataset or DataFrame); None where each record has its own keys."""
+    header: str
+    """Where to point for a column missing from all rows (a CSV header is line 1)."""
+    noun: str
+    """``"column"`` for tables, ``"field"`` for JSON objects: the word errors use."""
+
+
+def read_records(source: Any, what: str = "record") -> Records:
+    """Read `source` (a path or data in memory, see the module docstring) into rows; `what` names it in errors.
+
+    Raises:
+        DatasetError: a missing or unreadable file, an unknown suffix, bad UTF-8, invalid JSON,
+            Parquet without pyarrow.
+        TypeError: `source` is not a path or a kind of data llm_gym reads.
+    """
+    if isinstance(source, (str, PathLike)):
+        return _file_records(Path(source), what)
+    return _memory_records(source, what)
+
+
+def _file_records(p: Path, what: str) -> Records:
+    if not p.exists():
+        raise DatasetError(f"{what} file {p} does not exist; check the path (cwd is {Path.cwd()})")
+    if not p.is_file():
+        raise DatasetError(f"{what} file {p} is not a regular file")
+    suffix = p.suffix.lower()
+    if suffix not in FILE_TYPES:
+        raise DatasetError(f"{p}: unknown {what} file type {suffix!r}; use {', '.join(FILE_TYPES)}")
+    if suffix == ".parquet":
+        return _parquet_records(p)
+    _, lines = _read_lines(p, what)
+    if suffix == ".jsonl":
+        rows = []
+        for lineno, line in enumerate(lines, start=1):
+            if line.strip():
+                rows.append((f"{p} line {lineno}", _json(line, f"{p} line {lineno}")))
+        return Records(str(p), rows, None, f"{p}", "field")
+    if suffix == ".json":
+        return _json_file_records(p, "".join(lines))
+    if suffix == ".csv":
+        return _csv_records(p, lines)
+    rows = [(f"{p} line {n}", line.rstrip("\r\n")) for n, line in enumerate(lines, start=1) if line.strip()]
+    return Records(str(p), rows, None, f"{p}", "field")
+
+
+def _json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
+
+
+def _json_file_records(p: Path, text: str) -> Records:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        hint = "; a file of one JSON object per line is JSON Lines: name it .jsonl" if exc.msg == "Extra data" else ""
+        raise DatasetError(f"{p} line {exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno}){hint}") from exc
+    if isinstance(obj, list):
+        return Records(str(p), [(f"{p} row {i}", v) for i, v in enumerate(obj)], None, f"{p}", "field")
+    if isinstance(obj, dict):
+        lists = [k for k, v in obj.items() if isinstance(v, list)]
+        if len(lists) == 1:  # {"data": [...]}: the one list is the records
+            key = lists[0]
+            return Records(str(p), [(f"{p} row {i} of {key!r}", v) for i, v in enumerate(obj[key])], None, f"{p}", "field")
+        if lists and len(lists) == len(obj) and len({len(obj[k]) for k in lists}) == 1:
+            return _column_records(obj, str(p), f"{p} row")
+    found = f"an object with keys {list(obj)}" if isinstance(obj, dict) else type(obj).__name__
+    raise DatasetError(f"{p}: expected a JSON list of records (or an object holding one list, like "
+                       f"{{\"data\": [...]}}), found {found}")
+
+
+def _csv_records(p: Path, lines: list[str]) -> Records:
+    reader = csv.DictReader(io.StringIO("".join(lines)))
+    columns = list(reader.fieldnames or [])
+    rows = []
+    for row in reader:
+        where = f"{p} line {reader.line_num}"
+        if None in row:  # DictReader files extra cells under the key None
+            raise DatasetError(f"{where}: row has more columns than the header {columns}; quote cells that hold commas")
+        if any(v is None for v in row.values()):
+            raise DatasetError(f"{where}: row has fewer columns than the header {columns}")
+        rows.append((where, row))
+    return Records(str(p), rows, columns, f"{p} line 1", "column")
+
+
+def _parquet_records(p: Path) -> Records:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise DatasetError(f"{p}: reading Parquet needs pyarrow, which is not installed; pip install pyarrow "
+                           "(or pip install llm-gym[data])") from exc
+    try:
+        table = pq.read_table(p)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError...: all mean the same to the user
+        raise DatasetError(f"{p}: not a readable Parquet file ({exc}); check that it was written as Parquet") from exc
+    columns = list(table.column_names)
+    rows = [(f"{p} row {i}", row) for i, row in enumerate(table.to_pylist())]
+    return Records(str(p), rows, columns, f"{p} row 0", "column")
+
+
+def _memory_records(source: Any, what: str) -> Records:
+    """Rows of data in memory, recognised by what it has (no pandas or datasets import is needed)."""
+    if isinstance(source, bytes):
+        raise TypeError(f"a {what} dataset must be text, not bytes; decode it first (data.decode('utf-8'))")
+    columns = getattr(source, "column_names", None)
+    if columns is not None:  # a datasets.Dataset (a DataFrame has no column_names)
+        if isinstance(columns, Mapping):
+            raise TypeError(f"got a DatasetDict with splits {list(columns)}; pass one split, e.g. dataset['train']")
+        name = type(source).__name__
+        rows = [(f"{name} row {i}", _plain(r)) for i, r in enumerate(source)]
+        return Records(name, rows, list(columns), f"{name} row 0", "column")
+    if hasattr(source, "columns") and hasattr(source, "to_dict") and hasattr(source, "iloc"):  # a pandas DataFrame
+        columns = [str(c) for c in source.columns]
+        rows = [(f"DataFrame row {i}", _plain(r)) for i, r in enumerate(source.to_dict(orient="records"))]
+        return Records("DataFrame", rows, columns, "DataFrame row 0", "column")
+    if hasattr(source, "tolist") and hasattr(source, "dtype"):  # a pandas Series or a numpy array
+        name = type(source).__name__
+        if getattr(source, "ndim", 1) != 1:
+            raise DatasetError(f"a {what} array must be one-dimensional (one {what} per item), got shape {source.shape}")
+        return Records(name, [(f"{name} row {i}", _plain(v)) for i, v in enumerate(source.tolist())], None,
+                       f"{name} row 0", "field")
+    if isinstance(source, Mapping):
+        lengths = {len(v) for v in source.values() if isinstance(v, (list, tuple))}
+        if source and len(lengths) == 1 and all(isinstance(v, (list, tuple)) for v in source.values()):
+            return _column_records(source, "dict", "dict row")
+        raise TypeError(f"a {what} dataset given as a dict must map column names to equal-length lists "
+                        f"(like {{'prompt': [...]}}), got keys {list(source)}; or give a list of records")
+    if isinstance(source, Iterable):
+        name = "list" if isinstance(source, (list, tuple)) else type(source).__name__
+        return Records(name, [(f"{name} row {i}", _plain(v)) for i, v in enumerate(source)], None, f"{name} row 0", "field")
     raise TypeError(
-        f"dataset must be a PromptDataset, a list of prompt strings or a path to a .jsonl/.csv/.txt file, "
-        f"got {type(dataset).__name__}"
+        f"a {what} dataset must be a path to a {'/'.join(FILE_TYPES)} file, a list of strings or of records, a "
+        f"datasets.Dataset, or a pandas DataFrame/Series, got {type(source).__name__}"
     )
+
+
+def _column_records(columns: Mapping[str, Sequence[Any]], source: str, where: str) -> Records:
+    names = list(columns)
+    n = len(columns[names[0]])
+    rows = [(f"{where} {i}", {k: _plain(columns[k][i]) for k in names}) for i in range(n)]
+    return Records(source, rows, names, f"{where} 0", "column")
+
+
+def _plain(value: Any) -> Any:
+    """`value` with numpy arrays as lists and float NaN (pandas' empty cell) as None, so records read alike."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if not isinstance(value, (str, bytes)) and hasattr(value, "tolist"):
+        return _plain(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------
+# Records to prompts and demonstrations
+# --------------------------------------------------------------------------------------
+
+_ALTERNATIVES = {
+    "prompt_field": ("text", "question", "instruction", "input", "query", "content", "messages"),
+    "completion_field": ("response", "answer", "output", "target", "text"),
+    "chosen_field": ("response_j", "chosen_response", "better", "preferred"),
+    "rejected_field": ("response_k", "rejected_response", "worse", "dispreferred"),
+}
+"""Column names people use instead of ours, for the "pass prompt_field=..." hint."""
+
+
+def suggest_field(found: Sequence[str], kwarg: str, name: str | None = None) -> str | None:
+    """Which of the `found` field names probably means `kwarg` (e.g. ``"text"`` for ``prompt_field``), or None.
+
+    >>> suggest_field(["text", "label"], "prompt_field")
+    'text'
+    """
+    return next((c for c in _ALTERNATIVES.get(kwarg, ()) if c in found and c != name), None)
+
+
+def _missing(where: str, name: str, found: Sequence[str], noun: str, kwarg: str) -> DatasetError:
+    """The error for a record or table without the field `name`, with the fields found and which to pass instead."""
+    if noun == "column":
+        message = f"{where}: no {name!r} column; found {list(found)}"
+    else:
+        message = f"{where}: expected an object with a {name!r} field, found {list(found)}"
+    guess = suggest_field(found, kwarg, name)
+    if {"role", "content"} <= set(found):
+        message += "; this is a chat message: give a list of conversations (each a list of messages), not one conversation"
+    elif guess is not None:
+        message += f'; pass {kwarg}="{guess}"'
+    else:
+        message += f"; rename the {noun} or pass {kwarg}= naming the {noun} that holds it"
+    return DatasetError(message)
+
+
+def _prompts_from_records(records: Records, field: str, tokenizer: ChatTokenizer | None) -> PromptDataset:
+    if records.columns is not None and field not in records.columns:
+        raise _missing(records.header, field, records.columns, "column", "prompt_field")
+    prompts = []
+    for where, value in records.rows:
+        if isinstance(value, Mapping):
+            if field not in value:
+                raise _missing(where, field, list(value), records.noun, "prompt_field")
+            text = prompt_text(value[field], f"{where}: {field!r}", tokenizer)
+        elif isinstance(value, str) or looks_like_messages(value):
+            text = prompt_text(value, where, tokenizer)
+        else:
+            raise DatasetError(f"{where}: expected a prompt string, a record with a {field!r} {records.noun} or a list "
+                               f"of chat messages, got {type(value).__name__}")
+        if not text.strip():
+            raise DatasetError(f"{where}: the prompt is empty or whitespace; remove the line or fill it in")
+        prompts.append(text)
+    return PromptDataset(tuple(prompts), source=records.source)
+
+
+def prompt_text(value: Any, label: str, tokenizer: ChatTokenizer | None) -> str:
+    """A prompt as text: a string as it is, chat messages rendered with the generation prompt; errors name `label`.
+
+    Raises:
+        DatasetError: `value` is neither, is null, holds a lone surrogate, or is messages without a tokenizer.
+    """
+    if isinstance(value, str):
+        check_text(value, label)
+        return value
+    messages = _messages(value, label, tokenizer)
+    try:
+        return render_prompt(tokenizer, messages)  # type: ignore[arg-type]  # _messages checked the tokenizer
+    except ChatError as exc:
+        raise DatasetError(f"{label}: {exc}") from exc
+
+
+def completion_text(prompt: Any, completion: Any, label: str, tokenizer: ChatTokenizer | None) -> str:
+    """A completion as text: a string as it is (the prompt must be a string too), or the text assistant messages add
+    after the rendered prompt messages; errors name `label` (for example ``"data.jsonl line 3: 'chosen'"``).
+
+    Raises:
+        DatasetError: the two are not both text or both messages, or messages without a tokenizer.
+    """
+    if isinstance(prompt, str):
+        if isinstance(completion, str):
+            check_text(completion, label)
+            return completion
+        kind = "chat messages" if looks_like_messages(completion) else type(completion).__name__
+        raise DatasetError(f"{label} must be a string like its prompt, got {kind}; give both as text or both as "
+                           "chat messages")
+    if not looks_like_messages(completion):
+        kind = "null" if completion is None else type(completion).__name__
+        raise DatasetError(f"{label} must be a list of assistant messages like its prompt, got {kind}; give both as "
+                           "text or both as chat messages")
+    prompt_messages = _messages(prompt, f"{label} (its prompt)", tokenizer)
+    completion_messages = _messages(completion, label, tokenizer)
+    try:
+        return render_completion(tokenizer, prompt_messages, completion_messages)  # type: ignore[arg-type]
+    except ChatError as exc:
+        raise DatasetError(f"{label}: {exc}") from exc
+
+
+def _messages(value: Any, label: str, tokenizer: ChatTokenizer | None) -> list[dict[str, Any]]:
+    """`value` checked as chat messages (each content checked as text), and the tokenizer that will render them."""
+    if value is None:
+        raise DatasetError(f"{label} is empty (null); fill it in or drop the record")
+    if not looks_like_messages(value):
+        raise DatasetError(f"{label} must be a string or a list of chat messages, got {type(value).__name__}")
+    try:
+        messages = check_messages(value, label)
+    except ChatError as exc:
+        raise DatasetError(str(exc)) from exc
+    for i, m in enumerate(messages):
+        check_text(m["content"], f"{label} message {i}")
+    if tokenizer is None:
+        raise DatasetError(
+            f"{label} holds chat messages, which become text through the model's chat template; pass the policy's "
+            "tokenizer: tokenizer=policy.tokenizer (or give the text as plain strings)"
+        )
+    return messages
+
+
+def _demonstration(value: Any, where: str, noun: str, prompt_field: str, completion_field: str, messages_field: str,
+                   tokenizer: ChatTokenizer | None) -> Demonstration:
+    if isinstance(value, Mapping):
+        if prompt_field in value:
+            if completion_field not in value:
+                raise _missing(where, completion_field, list(value), noun, "completion_field")
+            prompt, completion = value[prompt_field], value[completion_field]
+            return Demonstration(prompt_text(prompt, f"{where}: {prompt_field!r}", tokenizer),
+                                 completion_text(prompt, completion, f"{where}: {completion_field!r}", tokenizer))
+        if messages_field not in value:
+            raise _missing(where, prompt_field, list(value), noun, "prompt_field")
+        conversation, label = value[messages_field], f"{where}: {messages_field!r}"
+    elif looks_like_messages(value):
+        conversation, label = value, where
+    else:
+        raise DatasetError(f"{where}: expected an object with {prompt_field!r} and {completion_field!r} fields or a "
+                           f"conversation, got {type(value).__name__}")
+    messages = _messages(conversation, label, tokenizer)
+    if len(messages) < 2 or messages[-1]["role"] != "assistant":
+        roles = [m["role"] for m in messages]
+        raise DatasetError(f"{label}: a demonstration conversation ends with the assistant's answer after at least one "
+                           f"prompt turn; its roles are {roles}")
+    return Demonstration(prompt_text(messages[:-1], label, tokenizer),
+                         completion_text(messages[:-1], messages[-1:], label, tokenizer))
+
+
+# --------------------------------------------------------------------------------------
+# Reading text files
+# --------------------------------------------------------------------------------------
 
 
 def _decode_lines(raw: bytes, path: Path) -> list[str]:
@@ -136,43 +538,14 @@ def _decode_lines(raw: bytes, path: Path) -> list[str]:
         try:
             out.append(line.decode("utf-8"))
         except UnicodeDecodeError as exc:
+            hint = "; it looks like a Parquet file: name it .parquet" if raw.startswith(b"PAR1") else ""
             raise DatasetError(
                 f"{path} line {lineno}: not valid UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1}); "
-                "re-encode the file as UTF-8 (for example `iconv -f latin1 -t utf-8`)"
+                f"re-encode the file as UTF-8 (for example `iconv -f latin1 -t utf-8`){hint}"
             ) from exc
     if out and out[0].startswith("\ufeff"):  # a UTF-8 byte-order mark is not part of the first prompt
         out[0] = out[0][1:]
     return out
-
-
-def _jsonl_records(lines: list[str], path: Path, keys: Sequence[str]) -> Iterator[tuple[int, dict]]:
-    """The objects of a JSONL file and their line numbers, each checked to have text under `keys` (errors name the line)."""
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path} line {lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
-        for key in keys:
-            if not isinstance(obj, dict) or key not in obj:
-                found = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-                raise DatasetError(f"{path} line {lineno}: expected an object with a {key!r} field, found {found}")
-            if not isinstance(obj[key], str):
-                raise DatasetError(f"{path} line {lineno}: {key!r} must be a string, got {type(obj[key]).__name__}")
-            check_text(obj[key], f"{path} line {lineno}: {key!r}")
-        yield lineno, obj
-
-
-def _parse_jsonl(lines: list[str], path: Path, key: str) -> Iterator[str]:
-    for lineno, obj in _jsonl_records(lines, path, (key,)):
-        _check_prompt(obj[key], f"{path} line {lineno}")
-        yield obj[key]
-
-
-def _check_prompt(prompt: str, where: str) -> None:
-    if not prompt.strip():
-        raise DatasetError(f"{where}: the prompt is empty or whitespace; remove the line or fill it in")
 
 
 def _read_lines(path: str | PathLike[str], what: str) -> tuple[Path, list[str]]:
@@ -186,31 +559,3 @@ def _read_lines(path: str | PathLike[str], what: str) -> tuple[Path, list[str]]:
     except OSError as exc:
         raise DatasetError(f"cannot read {what} file {p}: {exc.strerror}; check its permissions") from exc
     return p, _decode_lines(raw, p)
-
-
-def load_demonstrations(path: str | PathLike[str]) -> list[Demonstration]:
-    """Demonstrations for SFT from a JSONL file: one ``{"prompt": str, "completion": str}`` object per line.
-
-    Raises:
-        DatasetError: naming the file and line, for a missing file, text that is not UTF-8,
-            invalid JSON, a missing or non-string field, or a file with no demonstrations.
-    """
-    p, lines = _read_lines(path, "demonstration")
-    if p.suffix.lower() != ".jsonl":
-        raise DatasetError(f"{p}: demonstrations must be a .jsonl file of {{\"prompt\": ..., \"completion\": ...}} lines")
-    demos = [Demonstration(obj["prompt"], obj["completion"]) for _, obj in _jsonl_records(lines, p, ("prompt", "completion"))]
-    if not demos:
-        raise DatasetError(f"{p} holds no demonstrations; add lines like {{\"prompt\": \"the film was\", \"completion\": \" great .\"}}")
-    return demos
-
-
-def _parse_csv(lines: list[str], path: Path, key: str) -> Iterator[str]:
-    reader = csv.DictReader(io.StringIO("".join(lines)))
-    if reader.fieldnames is None or key not in reader.fieldnames:
-        raise DatasetError(f"{path} line 1: no {key!r} column in the header {reader.fieldnames}; add one or pass field=")
-    for row in reader:
-        value = row.get(key)
-        if value is None:
-            raise DatasetError(f"{path} line {reader.line_num}: row has fewer columns than the header")
-        _check_prompt(value, f"{path} line {reader.line_num}")
-        yield value

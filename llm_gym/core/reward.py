@@ -10,12 +10,13 @@ the step that produced it rather than silently poisoning a training run.
 from __future__ import annotations
 
 import importlib
+import reprlib
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["RewardFn", "resolve_reward_fn", "score_batch", "validate_rewards"]
+__all__ = ["RewardFn", "check_reward_fn", "resolve_reward_fn", "score_batch", "validate_rewards"]
 
 
 @runtime_checkable
@@ -103,3 +104,28 @@ def resolve_reward_fn(reward_fn: RewardFn | str, what: str = "reward_fn") -> Rew
     if not callable(reward_fn):
         raise TypeError(f"{what} must be callable as {what}(prompts, completions) -> array of floats, got {type(reward_fn).__name__}")
     return reward_fn
+
+
+def check_reward_fn(reward_fn: RewardFn, prompts: Sequence[str], completions: Sequence[str], what: str = "reward_fn") -> np.ndarray:
+    """Try `reward_fn` on a first batch, before anything trains on it, and return its scores.
+
+    A reward named in a config file is user code met for the first time: one that returns a
+    single number, strings or NaN should stop the run before pretraining, not at its first PPO step.
+
+    Raises:
+        ValueError: it raised an exception (chained), or returned numbers of the wrong shape or non-finite ones.
+        TypeError: it returned something that is not numbers.
+        Each message says what it returned.
+    """
+    n = len(prompts)
+    try:
+        values = reward_fn(list(prompts), list(completions))
+    except Exception as exc:
+        raise ValueError(f"{what} raised {type(exc).__name__}: {exc} when tried on a first batch of {n} (prompt, "
+                         f"completion) pairs, e.g. {prompts[0]!r} -> {completions[0]!r}; fix it and rerun") from exc
+    shown = reprlib.repr(values.tolist() if hasattr(values, "tolist") else values)
+    try:
+        return validate_rewards(values, n, source=what)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{what} returned {shown} ({type(values).__name__}) for a first batch of {n} (prompt, completion) "
+                        f"pairs; it must return one finite float per completion, e.g. a list of {n} floats ({exc})") from exc

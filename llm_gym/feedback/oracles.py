@@ -11,8 +11,9 @@ Oracles here:
 
 * `SyntheticOracle`: a gold scorer plays the human, with calibrated noise (Bradley-Terry
   temperature, random flips as in Christiano et al. 2017, ties).
-* `RecordedOracle`: replays labelled comparisons (for example a JSONL dataset in the
-  common ``prompt/chosen/rejected`` layout).
+* `RecordedOracle`: replays labelled comparisons from a file or records in memory, in the
+  common layouts (``prompt/chosen/rejected``, HH-RLHF's implicit prompt, TRL's conversational
+  records, K-way ranks; see `llm_gym.feedback.recorded`).
 * `TerminalOracle`: a person at the keyboard.
 
 >>> from llm_gym.core.preferences import Query
@@ -27,23 +28,24 @@ Oracles here:
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from os import PathLike
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
-from llm_gym.core.data import DatasetError, _read_lines
-from llm_gym.core.preferences import PAIRWISE_CHOICES, Answer, Comparison, Query, ranks_from_choice
+from llm_gym.core.chat import ChatTokenizer
+from llm_gym.core.preferences import PAIRWISE_CHOICES, Answer, Comparison, Query
 from llm_gym.core.reward import RewardFn, score_batch
+from llm_gym.feedback.recorded import implicit_prompt, load_comparisons, self_comparison
 from llm_gym.feedback.store import PreferenceStore
 
-__all__ = ["NoAnswersError", "PreferenceOracle", "SyntheticOracle", "RecordedOracle", "TerminalOracle", "collect"]
+__all__ = ["NoAnswersError", "PreferenceOracle", "SyntheticOracle", "RecordedOracle", "TerminalOracle", "collect",
+           "implicit_prompt", "load_comparisons"]
 
 
 class NoAnswersError(ValueError):
@@ -311,7 +313,7 @@ class RecordedOracle(PreferenceOracle):
         for i, c in enumerate(comparisons):
             if not isinstance(c, Comparison):
                 raise TypeError(f"RecordedOracle takes Comparison objects, got {type(c).__name__}")
-            problem = _self_comparison(c)
+            problem = self_comparison(c)
             if problem:
                 raise ValueError(f"comparison {i}: {problem}")
         if not comparisons:
@@ -324,34 +326,61 @@ class RecordedOracle(PreferenceOracle):
             self._index.setdefault(_content_key(c.prompt, c.completions), []).append((i, c))
 
     @classmethod
-    def from_jsonl(
-        cls, path: str | PathLike[str], name: str = "recorded", *, clock: Callable[[], float] = time.time
+    def from_file(
+        cls,
+        path: str | PathLike[str],
+        name: str = "recorded",
+        *,
+        clock: Callable[[], float] = time.time,
+        tokenizer: ChatTokenizer | None = None,
+        **fields: str,
     ) -> RecordedOracle:
-        """Load recorded comparisons from a JSONL file, one JSON object per line (blank lines skipped).
+        """Load recorded comparisons from a ``.jsonl``, ``.json``, ``.csv`` or ``.parquet`` file.
 
-        Each line is one of these layouts (extra keys are ignored):
+        Each record is one comparison in any of the layouts of `llm_gym.feedback.recorded`:
+        ``prompt/chosen/rejected``; ``chosen/rejected`` full texts whose common start is the
+        prompt (HH-RLHF); TRL's conversational records (chat messages, rendered with
+        `tokenizer`'s chat template); ``completions`` with ``preference`` or K-way ``ranks``.
+        Any may add ``"labeller": str``; without it the labeller is `name`.
 
-        * ``{"prompt": str, "chosen": str, "rejected": str}``: the common pairwise layout;
-          replayed as the query ``(chosen, rejected)`` with ranks ``(0, 1)``.
-        * ``{"prompt": str, "completions": [str, str], "preference": "first" | "second" | "tie"}``
-        * ``{"prompt": str, "completions": [str, ...], "ranks": [int, ...]}``: a K-way
-          ranking (2 to 9 completions), one rank per completion, 0 = best, equal = tie.
-
-        Any of them may add ``"labeller": str``; without it the labeller is `name`.
+        Args:
+            path: the file.
+            name: the labeller id for records without one.
+            clock: time source for ``answered_at``.
+            tokenizer: the policy's tokenizer, for records that hold chat messages.
+            **fields: other names for the fields: ``prompt_field``, ``chosen_field``,
+                ``rejected_field``, ``completions_field``, ``preference_field``, ``ranks_field``,
+                ``labeller_field`` (e.g. ``chosen_field="response_j"``).
 
         Raises:
-            DatasetError: naming the file and line, for a missing file, text that is not
-                UTF-8, invalid JSON, a missing or mistyped field, an unknown preference
-                value, invalid ranks, or a file with no comparisons.
+            DatasetError: naming the file and line (JSONL, CSV) or row (JSON, Parquet), for a
+                missing file, text that is not UTF-8, invalid JSON, a missing or mistyped field
+                (with the fields found), an unknown preference value, invalid ranks, or a file
+                with no comparisons.
         """
-        p, lines = _read_lines(path, "comparison")
-        comparisons = []
-        for lineno, line in enumerate(lines, start=1):
-            if line.strip():
-                comparisons.append(_parse_record(line, f"{p} line {lineno}", name))
-        if not comparisons:
-            raise DatasetError(f"{p}: no comparisons in the file; add one JSON object per line (see RecordedOracle.from_jsonl)")
-        return cls(comparisons, name, clock=clock)
+        if not isinstance(path, (str, PathLike)):
+            raise TypeError(f"from_file takes a path, got {type(path).__name__}; use RecordedOracle.from_records for "
+                            "records in memory")
+        return cls(load_comparisons(path, name=name, tokenizer=tokenizer, **fields), name, clock=clock)
+
+    from_jsonl = from_file
+    """The name `from_file` had when it read JSONL only; kept so existing code and configs work."""
+
+    @classmethod
+    def from_records(
+        cls,
+        records: Any,
+        name: str = "recorded",
+        *,
+        clock: Callable[[], float] = time.time,
+        tokenizer: ChatTokenizer | None = None,
+        **fields: str,
+    ) -> RecordedOracle:
+        """Recorded comparisons from records in memory: a list of dicts, a ``datasets.Dataset``, a pandas DataFrame.
+
+        The layouts, field names and errors are those of `from_file` (rows are named by index).
+        """
+        return cls(load_comparisons(records, name=name, tokenizer=tokenizer, **fields), name, clock=clock)
 
     def queries(self) -> list[Query]:
         """The recorded queries, in file order, each comparison once (in the order its first record shows it)."""
@@ -373,17 +402,6 @@ class RecordedOracle(PreferenceOracle):
                 yield Answer(q.query_id, ranks, labeller, answered_at=self.clock())
 
 
-def _self_comparison(c: Comparison) -> str | None:
-    """What is wrong with a record that ranks a text above itself (e.g. chosen == rejected), or None."""
-    for i, j in sorted(tuple(sorted(pair)) for pair in c.pairs()):
-        if c.completions[i] == c.completions[j]:
-            return (
-                f"completions {i + 1} and {j + 1} are the same text {c.completions[i]!r} but ranked apart; "
-                "a text cannot be better than itself: fix the record (or drop it)"
-            )
-    return None
-
-
 def _content_key(prompt: str, completions: Sequence[str]) -> tuple[str, tuple[str, ...]]:
     return prompt, tuple(sorted(completions))
 
@@ -394,73 +412,6 @@ def _permute_ranks(recorded: Sequence[str], ranks: Sequence[int], shown: Sequenc
     for i, text in enumerate(recorded):
         slots.setdefault(text, []).append(i)
     return tuple(ranks[slots[text].pop(0)] for text in shown)
-
-
-def _parse_record(line: str, where: str, default_labeller: str) -> Comparison:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
-    if not isinstance(obj, dict):
-        raise DatasetError(f"{where}: expected a JSON object, found {type(obj).__name__}")
-
-    def text(key: str) -> str:
-        if key not in obj:
-            raise DatasetError(f"{where}: missing field {key!r} (found {sorted(obj)})")
-        if not isinstance(obj[key], str):
-            raise DatasetError(f"{where}: {key!r} must be a string, got {type(obj[key]).__name__}")
-        return obj[key]
-
-    prompt = text("prompt")
-    labeller = obj.get("labeller", default_labeller)
-    if not isinstance(labeller, str) or not labeller:
-        raise DatasetError(f"{where}: 'labeller' must be a non-empty string, got {labeller!r}")
-    if "chosen" in obj or "rejected" in obj:
-        if "completions" in obj:
-            raise DatasetError(f"{where}: give either 'chosen'/'rejected' or 'completions', not both")
-        completions: tuple[str, ...] = (text("chosen"), text("rejected"))
-        ranks: tuple[int, ...] = (0, 1)
-        if completions[0] == completions[1]:
-            raise DatasetError(
-                f"{where}: 'chosen' and 'rejected' are the same text {completions[0]!r}; a text cannot be better "
-                "than itself: fix the record (or drop it)"
-            )
-    elif "completions" in obj:
-        raw = obj["completions"]
-        if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
-            raise DatasetError(f"{where}: 'completions' must be a list of strings")
-        completions = tuple(raw)
-        if ("ranks" in obj) == ("preference" in obj):
-            raise DatasetError(
-                f"{where}: with 'completions' give exactly one of 'ranks' (list, 0 = best) "
-                "or 'preference' ('first', 'second' or 'tie')"
-            )
-        if "preference" in obj:
-            if len(completions) != 2:
-                raise DatasetError(
-                    f"{where}: 'preference' is for 2 completions, got {len(completions)}; use 'ranks' for K-way rankings"
-                )
-            try:
-                ranks = ranks_from_choice(obj["preference"])
-            except ValueError as exc:
-                raise DatasetError(f"{where}: {exc}") from exc
-        else:
-            if not isinstance(obj["ranks"], list):
-                raise DatasetError(f"{where}: 'ranks' must be a list of ints (0 = best), got {obj['ranks']!r}")
-            ranks = tuple(obj["ranks"])
-    else:
-        raise DatasetError(
-            f"{where}: no completions; give 'chosen' and 'rejected', or 'completions' with 'ranks' or 'preference' "
-            f"(found {sorted(obj)})"
-        )
-    try:
-        comparison = Comparison(prompt, completions, ranks, labeller)
-    except (ValueError, TypeError) as exc:
-        raise DatasetError(f"{where}: {exc}") from exc
-    problem = _self_comparison(comparison)
-    if problem:
-        raise DatasetError(f"{where}: {problem}")
-    return comparison
 
 
 # --------------------------------------------------------------------------------------

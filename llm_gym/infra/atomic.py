@@ -32,6 +32,12 @@ platforms without `fcntl` (Windows) there is no lock, and recovery only restores
 folder, leaving temporaries in place.
 
 The lock file is deleted when the lock is released, so a folder at rest has no companion file.
+
+Permissions: what is written here comes out as a plain `open`/`mkdir` would make it under the
+process's umask (files 0644 and folders 0755 under umask 022, 0640 / 0750 under 027), so a
+run folder on a shared server is readable by whoever the user's umask lets read it. Writers
+that make owner-only files themselves (`tempfile.mkstemp`, safetensors' own temporary file)
+are brought to that mode before a folder is put in place.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,6 +208,43 @@ def recover_dir(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux: /proc/self/status)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # elsewhere: set and restore it, through the strictest mask, so that a file another thread creates
+    # meanwhile is at worst private, never more open than the user asked
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give `folder` and everything under it the modes a plain `mkdir` / `open` would under the umask.
+
+    Libraries that write through owner-only temporary files (mkstemp, safetensors) would
+    otherwise leave 0600 files in a checkpoint that the user's teammates cannot read.
+    Executable files stay executable (for whom the umask allows); links are left alone.
+    """
+    mask = _umask()
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            p = os.path.join(root, name)
+            if not os.path.islink(p):
+                os.chmod(p, 0o777 & ~mask)
+        for name in files:
+            p = os.path.join(root, name)
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode):
+                os.chmod(p, (0o777 if st.st_mode & 0o111 else 0o666) & ~mask)
+    os.chmod(folder, 0o777 & ~mask)
+
+
 def _new_temporary(path: Path, kind: str) -> Path:
     """Make an empty folder `.<name><kind>XXXXXXXX` beside `path` (kind: ".tmp-" or "-old-")."""
     while True:
@@ -236,6 +279,7 @@ def replace_dir(tmp: Path, path: Path) -> None:
     tmp, path = Path(tmp), Path(path)
     with _folder_lock(path, wait=True):
         _recover_locked(path)
+        _apply_umask(tmp)
         _swap(tmp, path)
 
 
@@ -246,6 +290,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     The folder's lock is held from the start of the block to the end of the replacement (a
     second writer of the same folder waits), and a crash of an earlier writer is repaired
     first (`recover_dir`). On an error the temporary folder is removed and `path` is untouched.
+    The new folder's files and folders get the modes the umask gives (see the module docstring).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -256,6 +301,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         tmp = _new_temporary(path, ".tmp-")
         try:
             yield tmp
+            _apply_umask(tmp)
             _swap(tmp, path)
         finally:
             if tmp.exists():
@@ -263,10 +309,20 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write `text` to `path` atomically (a temporary file beside it, then a rename): a kill leaves the old or the new."""
+    """Write `text` to `path` atomically (a temporary file beside it, then a rename): a kill leaves the old or the new.
+
+    The file gets the mode a plain `open` gives under the umask (0644 under umask 022), not the
+    0600 of `tempfile.mkstemp`: a run's state and summary are for its readers too.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as in open()
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

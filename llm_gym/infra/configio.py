@@ -67,6 +67,7 @@ __all__ = [
     "from_dict",
     "load_config",
     "parse_override",
+    "read_config_file",
     "to_dict",
 ]
 
@@ -425,13 +426,12 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 # --------------------------------------------------------------------------- files
 
 
-def load_config(cls: type[T], path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> T:
-    """Read a TOML (or ``.json``) file, apply ``--set`` overrides and build `cls` from it.
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The table a TOML (or ``.json``) config file holds, before it is mapped onto a config class.
 
     Raises:
-        ConfigError: The file is missing or unreadable, is not valid TOML/JSON (the message
-            names the file and, for syntax errors, the line and column), or its contents do
-            not map onto `cls` (see `from_dict`; the message names the file and key path).
+        ConfigError: The file is missing or unreadable, or is not valid TOML/JSON (the message
+            names the file and, for syntax errors, the line and column).
     """
     file = Path(path)
     if not file.is_file():
@@ -452,12 +452,27 @@ def load_config(cls: type[T], path: str | os.PathLike[str], overrides: Sequence[
             raise ConfigError(f"{file}: JSON syntax error: {err}") from err
         if not isinstance(data, dict):
             raise ConfigError(f"{file}: the top level of a JSON config must be an object {{...}}, got {_show(data)}")
-    else:
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{file}: TOML syntax error: {err}") from err
-    data = apply_overrides(data, overrides)
+        return data
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{file}: TOML syntax error: {err}") from err
+
+
+def load_config(cls: type[T], path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> T:
+    """Read a TOML (or ``.json``) file, apply ``--set`` overrides and build `cls` from it.
+
+    Paths in the file are taken as they are written (an application that wants them relative
+    to the file resolves them between `read_config_file` and `from_dict`, as
+    `llm_gym.app.config.load_experiment` does).
+
+    Raises:
+        ConfigError: The file is missing or unreadable, is not valid TOML/JSON (the message
+            names the file and, for syntax errors, the line and column), or its contents do
+            not map onto `cls` (see `from_dict`; the message names the file and key path).
+    """
+    file = Path(path)
+    data = apply_overrides(read_config_file(file), overrides)
     try:
         return from_dict(cls, data)
     except ConfigError as err:

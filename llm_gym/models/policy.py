@@ -13,15 +13,25 @@ Layout of a batch: prompts are left-padded (`prompt_mask` 0 on the left), comple
 right-padded (`completion_mask` 1 for every generated token up to and including EOS).
 Position ids count real tokens only, so a left-padded prompt is seen exactly as an
 unpadded one (`llm_gym.models.text` tokenises, cuts and pads for every model here).
+
+LoRA and the other PEFT adapters (the optional `peft` package) are first class: pass
+`peft_config=` to `Policy` or `Policy.from_pretrained` to train an adapter on a frozen base, and
+`from_pretrained` on a folder that `save_pretrained` wrote (the adapter only) loads base +
+adapter. The KL reference of such a policy is the same module with its adapter switched off
+(`llm_gym.agents.reference.frozen_copy`), so the base weights are held once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Sequence
+import re
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
-from typing import Literal, NamedTuple
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -29,7 +39,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from llm_gym.infra.configio import check_finite
 from llm_gym.models.text import append_eos, encode, pad_left, pad_right, position_ids, truncate_left, truncate_left_all
 
-__all__ = ["Evaluation", "Policy", "Rollout", "SamplingConfig", "process_logits", "default_device"]
+if TYPE_CHECKING:
+    from peft import PeftConfig
+
+__all__ = ["Evaluation", "Policy", "Rollout", "SamplingConfig", "process_logits", "default_device", "add_peft_adapter",
+           "base_state_dict", "is_adapter_param", "is_peft_model", "require_peft", "to_peft_config"]
 
 _log = logging.getLogger(__name__)
 
@@ -37,6 +51,99 @@ _log = logging.getLogger(__name__)
 def default_device() -> torch.device:
     """CUDA when present, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def require_peft() -> Any:
+    """The `peft` module, imported on first use (it is an optional extra); `ImportError` with the install line if absent."""
+    try:
+        import peft
+    except ImportError as exc:
+        raise ImportError("LoRA/PEFT adapters need the peft package: pip install peft (or pip install llm-gym[peft])") from exc
+    return peft
+
+
+def is_peft_model(model: object) -> bool:
+    """Whether `model` is a `peft.PeftModel` (a base model with an adapter); False without importing peft."""
+    peft = sys.modules.get("peft")  # a model cannot be a PeftModel unless peft was imported to make it
+    return peft is not None and isinstance(model, peft.PeftModel)
+
+
+def to_peft_config(config: PeftConfig | Mapping[str, Any], task_type: str | None = "CAUSAL_LM") -> PeftConfig:
+    """A `peft.PeftConfig` from a config (returned as is) or a plain dict of LoRA fields (`LoraConfig(task_type=..., **fields)`).
+
+    A dict is what a TOML config holds: `{"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}`.
+    `task_type` is the PEFT task a dict is built for ("CAUSAL_LM" for a policy; None for a bare
+    backbone such as the reward model's), unless the dict names one itself.
+    """
+    peft = require_peft()
+    if isinstance(config, peft.PeftConfig):
+        return config
+    if not isinstance(config, Mapping):
+        raise TypeError(f"peft_config must be a peft.PeftConfig (e.g. peft.LoraConfig(r=8, ...)) or a dict of LoraConfig "
+                        f"fields, got {type(config).__name__}")
+    fields = dict(config)
+    if task_type is not None:
+        fields.setdefault("task_type", task_type)
+    try:
+        return peft.LoraConfig(**fields)
+    except TypeError as exc:
+        raise ValueError(f"peft_config {fields!r} is not a valid LoraConfig ({exc}); use the fields of peft.LoraConfig, "
+                         "e.g. {'r': 8, 'lora_alpha': 16, 'target_modules': ['q_proj', 'v_proj']}") from exc
+
+
+def add_peft_adapter(model: PreTrainedModel, peft_config: PeftConfig | Mapping[str, Any], task_type: str | None) -> Any:
+    """`model` wrapped by `peft.get_peft_model`: the adapter trains, the base weights are frozen (and changed in place)."""
+    peft = require_peft()
+    if is_peft_model(model):
+        raise ValueError("the model already carries a PEFT adapter; pass peft_config only with a plain model")
+    return peft.get_peft_model(model, to_peft_config(peft_config, task_type))
+
+
+def is_adapter_param(peft_model: Any, name: str) -> bool:
+    """Whether parameter `name` of a PEFT model belongs to an adapter (its tuner's prefix, e.g. `lora_`, or a trained copy)."""
+    prefix = getattr(peft_model.base_model, "prefix", "lora_")
+    return prefix in name or ".modules_to_save." in name
+
+
+def base_state_dict(peft_model: Any, *, merged: bool = False) -> dict[str, torch.Tensor]:
+    """The base model's state dict under its own names: adapter tensors dropped, peft's wrapper names undone.
+
+    `merged=True` adds each adapter layer's weight delta to its base weight (LoRA: `W + (alpha / r) B A`,
+    Hu et al. 2021, eq. 3), giving the weights of a plain model that computes what the adapted
+    one does; the live model is left as it is (nothing is merged in place and unmerged again,
+    which would round the base weights).
+    """
+    base = peft_model.get_base_model()
+    deltas: dict[str, torch.Tensor] = {}
+    if merged:
+        for name, module in base.named_modules():
+            if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer") and not getattr(module, "merged", False):
+                with torch.no_grad():
+                    for adapter in module.active_adapters:
+                        if adapter in getattr(module, "lora_A", {}):
+                            delta = module.get_delta_weight(adapter)
+                            key = f"{name}.base_layer.weight"
+                            deltas[key] = deltas[key] + delta if key in deltas else delta
+    state = {}
+    for name, tensor in base.state_dict().items():
+        if is_adapter_param(peft_model, name):
+            continue
+        if name in deltas:
+            tensor = (tensor + deltas[name].to(tensor.dtype)).contiguous()
+        state[re.sub(r"\.(base_layer|original_module)\.", ".", name)] = tensor
+    return state
+
+
+def _cache_from(out: Any) -> tuple[str, Any]:
+    """(keyword, cache) of a forward pass's KV cache: transformers' current name `cache`, or the older `past_key_values`.
+
+    The output's own fields say which API the model speaks, so the cache goes back under the
+    name the model reads (a name it does not know would be swallowed by `**kwargs`, silently
+    dropping the cache) and the deprecated alias is never touched where `cache` exists.
+    """
+    if any(f.name == "cache" for f in dataclasses.fields(out)):
+        return "cache", out.cache
+    return "past_key_values", out.past_key_values
 
 
 @dataclass(frozen=True)
@@ -129,6 +236,10 @@ class Policy:
         overflow: what to do with a prompt longer than the context leaves room for
             (`context - max_new_tokens` tokens): `"truncate_left"` keeps its end (and a
             leading BOS) and counts it, `"reject"` raises `ValueError`.
+        peft_config: train a PEFT adapter instead of the whole model: a `peft.LoraConfig` (or
+            any `PeftConfig`), or a dict of LoRA fields (`{"r": 8, "lora_alpha": 16,
+            "target_modules": [...]}`). The model is wrapped by `peft.get_peft_model` (in place:
+            its own weights are frozen) and `is_peft` is True. Needs `pip install llm-gym[peft]`.
 
     Example:
         >>> policy = Policy.from_pretrained("gpt2")  # doctest: +SKIP
@@ -141,6 +252,7 @@ class Policy:
         tokenizer: PreTrainedTokenizerBase,
         device: torch.device | str | None = None,
         overflow: Literal["truncate_left", "reject"] = "truncate_left",
+        peft_config: PeftConfig | Mapping[str, Any] | None = None,
     ) -> None:
         if overflow not in ("truncate_left", "reject"):
             raise ValueError(f"overflow must be 'truncate_left' or 'reject', got {overflow!r}")
@@ -148,6 +260,13 @@ class Policy:
             raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token so completions can stop")
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token  # GPT-2 convention; pads are always masked out
+        if getattr(model, "_hf_peft_config_loaded", False) and not is_peft_model(model):
+            # transformers' own adapter loading leaves the adapter frozen and the base trainable: the wrong way round
+            raise ValueError("this model carries an adapter loaded by transformers (AutoModelForCausalLM.from_pretrained on "
+                             "an adapter folder); load the folder with Policy.from_pretrained(path), which trains the adapter "
+                             "and freezes the base")
+        if peft_config is not None:
+            model = add_peft_adapter(model, peft_config, "CAUSAL_LM")
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device)
         self.tokenizer = tokenizer
@@ -167,19 +286,51 @@ class Policy:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         overflow: Literal["truncate_left", "reject"] = "truncate_left",
+        peft_config: PeftConfig | Mapping[str, Any] | None = None,
+        is_trainable: bool = True,
         **model_kwargs: object,
     ) -> Policy:
-        """Load model and tokenizer by Hub name or local path, exactly as `AutoModelForCausalLM` does."""
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        """Load model and tokenizer by Hub name or local path, exactly as `AutoModelForCausalLM` does.
+
+        A folder holding a saved adapter (`adapter_config.json`, as `save_pretrained` writes for
+        a PEFT policy) loads the base model its config names, then the adapter on top
+        (`peft.PeftModel.from_pretrained`), trainable unless `is_trainable=False`: a policy is
+        loaded to be trained or resumed, where peft's own default freezes it. `peft_config`
+        puts a new adapter on a plain model (see `Policy`).
+        """
         if dtype is not None:
             model_kwargs["dtype"] = dtype
+        folder = Path(name_or_path)
+        if (folder / "adapter_config.json").is_file():
+            if peft_config is not None:
+                raise ValueError(f"{folder} already holds an adapter; load it without peft_config, or pass peft_config with "
+                                 "the base model's path to start a new one")
+            model, tokenizer_source = _load_with_adapter(folder, is_trainable, model_kwargs)
+            return cls(model, AutoTokenizer.from_pretrained(tokenizer_source), device=device, overflow=overflow)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **model_kwargs)
-        return cls(model, tokenizer, device=device, overflow=overflow)
+        return cls(model, tokenizer, device=device, overflow=overflow, peft_config=peft_config)
 
-    def save_pretrained(self, path: str | PathLike[str]) -> None:
-        """Save model and tokenizer so that `Policy.from_pretrained(path)` restores them."""
-        self.model.save_pretrained(path)
+    def save_pretrained(self, path: str | PathLike[str], *, merged: bool = False) -> None:
+        """Save model and tokenizer so that `Policy.from_pretrained(path)` restores them.
+
+        A PEFT policy saves its adapter only (peft's `save_pretrained`: `adapter_config.json`,
+        which names the base model, and `adapter_model.safetensors`), not the base weights;
+        with `merged=True` it saves a plain model instead, the adapter merged into the base
+        weights (a folder that loads without peft or the base, as the pipeline's stages hand
+        their policies on). A plain policy ignores `merged`.
+        """
+        if merged and self.is_peft:
+            base = self.model.get_base_model()
+            base.save_pretrained(path, state_dict=base_state_dict(self.model, merged=True))
+        else:
+            self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
+
+    @property
+    def is_peft(self) -> bool:
+        """Whether the model is a PEFT model (a frozen base with a trainable adapter)."""
+        return is_peft_model(self.model)
 
     # ------------------------------------------------------------------ encoding
     def encode_prompts(self, prompts: Sequence[str], max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -293,7 +444,7 @@ class Policy:
         out = self.model(
             input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1
         )
-        past, logits = out.past_key_values, out.logits[:, -1, :]
+        (cache_arg, cache), logits = _cache_from(out), out.logits[:, -1, :]
         next_pos = positions[:, -1:] + 1
         attn = prompt_mask
         alive = torch.ones(batch, dtype=torch.bool, device=self.device)
@@ -314,9 +465,9 @@ class Policy:
                 break
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
             out = self.model(
-                input_ids=tokens[-1][:, None], attention_mask=attn, position_ids=next_pos, past_key_values=past, use_cache=True
+                input_ids=tokens[-1][:, None], attention_mask=attn, position_ids=next_pos, use_cache=True, **{cache_arg: cache}
             )
-            past, logits = out.past_key_values, out.logits[:, -1, :]
+            (cache_arg, cache), logits = _cache_from(out), out.logits[:, -1, :]
             next_pos = next_pos + 1
         self.model.train(was_training)
 
@@ -411,6 +562,21 @@ class Policy:
                             "completion_mask) that Policy.encode_pairs returns")
         config = config if config is not None else SamplingConfig()
         return self.evaluate(prompt_ids, prompt_mask, completion_ids, completion_mask, config).logprobs
+
+
+def _load_with_adapter(folder: Path, is_trainable: bool, model_kwargs: dict[str, object]) -> tuple[Any, str | Path]:
+    """(base + adapter, where the tokenizer is) for an adapter folder: the base named in its config, then the adapter."""
+    peft = require_peft()
+    config = peft.PeftConfig.from_pretrained(folder)
+    base_name = config.base_model_name_or_path
+    if not base_name:
+        raise ValueError(f"the adapter in {folder} does not name its base model (base_model_name_or_path is empty in "
+                         "adapter_config.json); set it there to the base model's Hub name or folder")
+    base = AutoModelForCausalLM.from_pretrained(base_name, **model_kwargs)
+    model = peft.PeftModel.from_pretrained(base, folder, is_trainable=is_trainable)
+    model.train(base.training)  # in eval mode, as from_pretrained leaves any model (peft leaves a trainable one in train)
+    # the tokenizer saved beside the adapter, else the base's
+    return model, folder if (folder / "tokenizer_config.json").is_file() else base_name
 
 
 def as_generator(seed: int | torch.Generator | None, device: torch.device | str, name: str = "seed") -> torch.Generator | None:

@@ -3,8 +3,9 @@
 A model's folder (`RewardModel.save`):
 
     reward_model.json    format version, backbone class, config and dtype, head shape, max length,
-                         pooling, offset, and the sha256 of the weights file
-    model.safetensors    backbone, head and offset (no pickle anywhere)
+                         pooling, offset, the sha256 of the weights file, and the PEFT adapter's
+                         config when the backbone carries one (LoRA)
+    model.safetensors    backbone (with its adapter), head and offset (no pickle anywhere)
     tokenizer files      as the tokenizer's `save_pretrained` writes them
 
 An ensemble's folder (`RewardEnsemble.save`) holds `member_0/`, `member_1/`, ... (each a model
@@ -21,7 +22,7 @@ import json
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import safetensors.torch
 import torch
@@ -29,6 +30,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_gym.infra.atomic import atomic_dir, file_sha256, recover_dir
+from llm_gym.models.policy import is_peft_model, require_peft
 
 if TYPE_CHECKING:
     from llm_gym.models.reward_model import RewardModel
@@ -52,6 +54,8 @@ class SavedModel(NamedTuple):
     pooling: str
     head_in: int
     """The head's input width, which must be the backbone's hidden size."""
+    peft_config: Any = None
+    """The backbone's PEFT adapter config (a `peft.PeftConfig`), or None for a backbone trained in full."""
 
 
 # ------------------------------------------------------------------ writing
@@ -79,19 +83,30 @@ def save_ensemble(members: Sequence[RewardModel], path: str | PathLike[str]) -> 
 def _write_model(folder: Path, rm: RewardModel) -> None:
     weights = folder / WEIGHTS
     safetensors.torch.save_model(rm.net, str(weights), metadata={"format": "pt", "llm_gym": "reward_model"})
+    backbone, adapter = rm.net.backbone, None
+    if is_peft_model(backbone):
+        adapter = _adapter_config_dict(backbone)
+        backbone = backbone.get_base_model()
     meta = {
         "format_version": FORMAT_VERSION,
-        "backbone_class": type(rm.net.backbone).__name__,
-        "backbone_config": rm.net.backbone.config.to_dict(),
+        "backbone_class": type(backbone).__name__,
+        "backbone_config": backbone.config.to_dict(),
         "backbone_dtype": str(next(rm.net.backbone.parameters()).dtype).removeprefix("torch."),
         "head": {"in_features": rm.net.head.in_features, "out_features": rm.net.head.out_features},
         "max_length": rm.max_length,
         "pooling": rm.net.pooling,
         "offset": rm.offset,
         "sha256": file_sha256(weights),
+        **({"peft_config": adapter} if adapter is not None else {}),
     }
     (folder / MODEL_META).write_text(json.dumps(meta, indent=2, default=str))
     rm.tokenizer.save_pretrained(folder)
+
+
+def _adapter_config_dict(peft_model: Any) -> dict[str, Any]:
+    """The active adapter's config as JSON-ready values (peft keeps target modules as a set; JSON needs a list)."""
+    config = peft_model.peft_config[peft_model.active_adapter].to_dict()
+    return {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in config.items()}
 
 
 def _check_replaceable(path: Path, marker: str) -> None:
@@ -135,11 +150,13 @@ def read_model(path: str | PathLike[str]) -> SavedModel:
         dtype = getattr(torch, str(meta.get("backbone_dtype", "float32")))
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"unknown backbone_dtype {meta.get('backbone_dtype')!r}")
+        adapter = meta.get("peft_config")
+        peft_config = require_peft().PeftConfig.from_peft_type(**adapter) if adapter is not None else None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"mismatched checkpoint {path}: {MODEL_META} is incomplete or invalid ({exc!r}); re-save the model") from exc
     backbone = AutoModel.from_config(config).to(dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    return SavedModel(backbone, tokenizer, max_length, meta.get("pooling", "last"), head_in)
+    return SavedModel(backbone, tokenizer, max_length, meta.get("pooling", "last"), head_in, peft_config)
 
 
 def load_weights(net: nn.Module, path: str | PathLike[str]) -> None:

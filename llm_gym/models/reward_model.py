@@ -24,6 +24,10 @@ the end of the completion is always seen; such cuts are counted in `RewardModel.
 Batches are left-padded with position ids that count real tokens only (as in
 `llm_gym.models.policy`), so the last real token is always at index -1 and padding does not
 change a score.
+
+LoRA (`peft_config=`, the optional `peft` package) puts an adapter on the backbone only: the
+scalar head sits outside the PEFT wrapper, so it is always trained in full, and the checkpoint
+holds base, adapter and head together with the adapter's config.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import math
 from collections.abc import Iterator, Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -41,7 +45,10 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_gym.models import reward_checkpoint
-from llm_gym.models.policy import as_generator, default_device
+from llm_gym.models.policy import add_peft_adapter, as_generator, default_device, is_peft_model
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
 from llm_gym.models.text import append_eos, encode, pad_left, position_ids, truncate_left_all
 
 __all__ = ["LearnedReward", "Pooling", "RewardModel"]
@@ -130,6 +137,10 @@ class RewardModel:
             members differ by it); None uses torch's global generator.
         pooling: `"last"` (the appended EOS's hidden state) or `"mean"` (the average over
             all real tokens: a reward additive over tokens, which learns from fewer labels).
+        peft_config: train a PEFT adapter on the backbone instead of all its weights: a
+            `peft.LoraConfig` (any `PeftConfig`) or a dict of LoRA fields (`{"r": 8,
+            "target_modules": ["q_proj", "v_proj"]}`). The backbone's own weights are frozen;
+            the head always trains. Needs `pip install llm-gym[peft]`.
 
     Example:
         >>> rm = RewardModel.from_pretrained("path/to/sft_model")  # doctest: +SKIP
@@ -145,6 +156,7 @@ class RewardModel:
         max_length: int | None = None,
         head_seed: int | torch.Generator | None = None,
         pooling: Pooling = "last",
+        peft_config: PeftConfig | dict[str, Any] | None = None,
     ) -> None:
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token (the reward is read at the appended EOS)")
@@ -157,6 +169,9 @@ class RewardModel:
             raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
         if max_length > context:
             raise ValueError(f"max_length={max_length} exceeds the backbone's context of {context} tokens; pass max_length<={context}")
+        if peft_config is not None:
+            # a bare backbone (no LM head): no task type, so the PEFT model passes every argument through
+            backbone = add_peft_adapter(backbone, peft_config, task_type=None)
         self.device = torch.device(device) if device is not None else default_device()
         self.net = _RewardNet(backbone, as_generator(head_seed, "cpu", "head_seed"), pooling).to(self.device)
         self.net.eval()
@@ -175,6 +190,7 @@ class RewardModel:
         dtype: torch.dtype | None = None,
         head_seed: int | torch.Generator | None = None,
         pooling: Pooling = "last",
+        peft_config: PeftConfig | dict[str, Any] | None = None,
         **model_kwargs: object,
     ) -> RewardModel:
         """A new reward model on a pretrained backbone (Hub name or local path) with a fresh head.
@@ -182,16 +198,18 @@ class RewardModel:
         This is how InstructGPT initialises the RM from the SFT model: pass the SFT (or
         pretrained) policy's folder. The backbone is loaded with `AutoModel`, which takes
         the base transformer out of a causal-LM checkpoint (the LM head is dropped).
+        `peft_config` trains a LoRA adapter on it instead of all its weights (see `RewardModel`).
         """
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         if dtype is not None:
             model_kwargs["dtype"] = dtype
         backbone = AutoModel.from_pretrained(name_or_path, **model_kwargs)
-        return cls(backbone, tokenizer, device=device, max_length=max_length, head_seed=head_seed, pooling=pooling)
+        return cls(backbone, tokenizer, device=device, max_length=max_length, head_seed=head_seed, pooling=pooling,
+                   peft_config=peft_config)
 
     # ------------------------------------------------------------------ nn.Module-like delegation
     def parameters(self) -> Iterator[nn.Parameter]:
-        """The trainable parameters (backbone and head)."""
+        """The parameters (backbone and head); with an adapter, the backbone's own weights are frozen (no gradient)."""
         return self.net.parameters()
 
     def train(self, mode: bool = True) -> RewardModel:
@@ -209,6 +227,11 @@ class RewardModel:
         self.device = torch.device(device)
         self.net.to(self.device)
         return self
+
+    @property
+    def is_peft(self) -> bool:
+        """Whether the backbone carries a PEFT adapter (frozen base weights, trainable adapter and head)."""
+        return is_peft_model(self.net.backbone)
 
     @property
     def members(self) -> list[RewardModel]:
@@ -327,7 +350,8 @@ class RewardModel:
                 f"mismatched checkpoint {path}: the backbone config has hidden size {_hidden_size(saved.backbone)} "
                 f"but the head takes {saved.head_in}; the config and the weights come from different models"
             )
-        rm = cls(saved.backbone, saved.tokenizer, device="cpu", max_length=saved.max_length, pooling=saved.pooling)  # type: ignore[arg-type]
+        rm = cls(saved.backbone, saved.tokenizer, device="cpu", max_length=saved.max_length, pooling=saved.pooling,  # type: ignore[arg-type]
+                 peft_config=saved.peft_config)
         reward_checkpoint.load_weights(rm.net, path)
         return rm.to(device if device is not None else default_device())
 

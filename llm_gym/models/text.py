@@ -13,7 +13,8 @@ differs between them is what each model needs:
 An SFT answer is encoded apart from its prompt and without special tokens, so training sees the
 token boundary the policy sees when it continues a prompt. Left padding puts every sequence's
 last real token at index -1; with `position_ids`, which count real tokens only, a left-padded
-sequence is computed exactly as an unpadded one.
+sequence is computed exactly as an unpadded one. A text that begins with the BOS string itself (a
+rendered chat template) keeps a single BOS (`encode`).
 """
 
 from __future__ import annotations
@@ -45,8 +46,21 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *, special_
     `special_tokens=True` reads each text as the start of a sequence (the tokenizer adds its
     BOS, if its convention has one); `False` reads a continuation, such as an answer that
     follows its prompt, with nothing added.
+
+    A text that already begins with the BOS string (a prompt rendered by a chat template that
+    writes ``{{ bos_token }}``, as Llama's and Zephyr's do) would get a second BOS from a
+    tokenizer that prepends one; such a sequence keeps one. A model trained with one BOS reads
+    two as a different, unseen context.
     """
-    return tokenizer(list(texts), add_special_tokens=special_tokens)["input_ids"]
+    texts = list(texts)
+    ids = tokenizer(texts, add_special_tokens=special_tokens)["input_ids"]
+    bos = tokenizer.bos_token_id
+    bos_text = tokenizer.bos_token if bos is not None else None  # transformers 4 logs an error reading an unset token
+    if special_tokens and bos_text:
+        # only where the text itself spelt the BOS: the tokenizer's added one is ids[0], the text's is ids[1]
+        ids = [seq[1:] if len(seq) > 1 and seq[0] == seq[1] == bos and text.startswith(bos_text) else seq
+               for seq, text in zip(ids, texts)]
+    return ids
 
 
 def append_eos(seqs: list[list[int]], eos: int, *, unless_present: bool = False) -> list[list[int]]:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 import numpy as np
 import pytest
 import torch
 
 from llm_gym import (
+    Answer,
     GoldScorer,
     Logger,
     Policy,
     PreferenceStore,
+    Query,
     RewardEnsemble,
     RewardModel,
     RewardTrainer,
@@ -27,8 +31,40 @@ from llm_gym.agents.preference_loop import (
     RandomSelector,
 )
 from llm_gym.envs import PromptBanditVecEnv
+from llm_gym.feedback.oracles import NoAnswersError, PreferenceOracle
 
 from doubles import SlowOracle
+
+
+class AbsentOracle(PreferenceOracle):
+    """A labeller who never answers (stdin closed, nobody at the web page)."""
+
+    name = "absent"
+
+    def answer(self, queries: Sequence[Query]) -> Iterator[Answer]:
+        return iter(())
+
+
+class TieOracle(PreferenceOracle):
+    """Answers every query with a tie (nothing a reward model can learn from)."""
+
+    name = "shrug"
+
+    def answer(self, queries: Sequence[Query]) -> Iterator[Answer]:
+        return (Answer(q.query_id, (0,) * q.k, self.name) for q in queries)
+
+
+class FirstRoundOracle(PreferenceOracle):
+    """Answers the first round, then goes away."""
+
+    name = "first-round-only"
+
+    def __init__(self, inner: PreferenceOracle) -> None:
+        self.inner, self.calls = inner, 0
+
+    def answer(self, queries: Sequence[Query]) -> Iterator[Answer]:
+        self.calls += 1
+        return self.inner.answer(queries) if self.calls == 1 else iter(())
 
 PROMPTS = ["the film was", "review of the blender :", "i bought this laptop and", "the hotel is", "this novel"]
 SAMPLING = SamplingConfig(max_new_tokens=8)
@@ -86,17 +122,58 @@ def test_offline_asks_everything_up_front(tiny_model, tmp_path) -> None:
     assert [v for _, v in logger.history["oracle/labels_total"]] == [24] * len(logger.history["oracle/labels_total"])
 
 
-def test_partial_and_late_answers_are_folded_in(tiny_model, tmp_path) -> None:
+def test_partial_and_late_answers_are_folded_in(tiny_model, tmp_path, caplog) -> None:
     loop, store, _ = build(tiny_model, tmp_path / "labels.sqlite", oracle_wrapper=SlowOracle, total_labels=24,
-                           initial_labels=8, labels_per_round=8)
-    loop.learn(total_steps=8)
+                           initial_labels=8, labels_per_round=8, on_no_answers="wait")
+    with caplog.at_level("WARNING", logger="llm_gym.agents.preference_loop"):
+        loop.learn(total_steps=8)
     first = store.counts()
     assert first["answers"] < first["queries"], "the slow labeller left queries pending; training went on"
+    assert "answered none of the 8 queries of the initial round" in caplog.text, "waiting is said, not silent"
     loop.learn(total_steps=48)
     final = store.counts()
     assert final["queries"] == 24, "the budget counts queries posed"
     assert final["answers"] > first["answers"] and final["pending"] < final["queries"] / 2
     assert loop.oracle.calls >= 4
+
+
+def test_an_oracle_that_answers_nothing_stops_the_loop_and_keeps_the_queries(tiny_model, tmp_path) -> None:
+    """No answer and no earlier label: training would optimise an untrained reward model, so `learn` says so."""
+    path = tmp_path / "labels.sqlite"
+    loop, store, _ = build(tiny_model, path, oracle_wrapper=lambda _: AbsentOracle())
+    with pytest.raises(NoAnswersError, match=r"'absent' answered none of the 16 queries of the initial round.*"
+                                             r"16 pending.*llm-gym label .*on_no_answers='wait'"):
+        loop.learn(total_steps=16)
+    assert loop.inner.num_timesteps == 0, "the agent never trained against the untrained reward model"
+    store.close()
+    with PreferenceStore(path) as reopened:  # the queries were written before the raise
+        assert reopened.counts() == {"queries": 16, "answers": 0, "pending": 16}
+
+
+def test_an_oracle_that_answers_only_ties_stops_the_loop(tiny_model, tmp_path) -> None:
+    loop, store, _ = build(tiny_model, tmp_path / "labels.sqlite", oracle_wrapper=lambda _: TieOracle())
+    with pytest.raises(NoAnswersError, match="answered 16 of the 16 queries of the initial round, all with ties"):
+        loop.learn(total_steps=16)
+    assert store.counts()["answers"] == 16, "the ties stay in the store"
+
+
+def test_on_no_answers_wait_trains_on_and_warns_each_round(tiny_model, tmp_path, caplog) -> None:
+    loop, store, _ = build(tiny_model, tmp_path / "labels.sqlite", oracle_wrapper=lambda _: AbsentOracle(),
+                           on_no_answers="wait")
+    with caplog.at_level("WARNING", logger="llm_gym.agents.preference_loop"):
+        loop.learn(total_steps=16)
+    assert loop.inner.num_timesteps == 16, "a slow labeller: training goes on"
+    warned = [r.getMessage() for r in caplog.records if "on_no_answers='wait'" in r.getMessage()]
+    assert len(warned) == 3, "the initial round and both later rounds"
+    assert "initial round" in warned[0] and "round 2" in warned[-1]
+    assert store.counts() == {"queries": 32, "answers": 0, "pending": 32}
+
+
+def test_a_round_without_answers_after_earlier_labels_goes_on(tiny_model, tmp_path) -> None:
+    """The reward model already learned from the first round: a silent round keeps it, as before."""
+    loop, store, _ = build(tiny_model, tmp_path / "labels.sqlite", oracle_wrapper=FirstRoundOracle)
+    loop.learn(total_steps=16)
+    assert loop.num_timesteps == 16 and store.counts()["answers"] == 16 and loop.oracle.calls == 3
 
 
 def test_a_stopped_run_resumes_with_all_its_labels(tiny_model, tmp_path) -> None:
@@ -156,3 +233,5 @@ def test_config_validation() -> None:
         PreferenceLoopConfig(mode="continuous")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="labels_per_round"):
         PreferenceLoopConfig(labels_per_round=0)
+    with pytest.raises(ValueError, match="on_no_answers must be 'raise' or 'wait'"):
+        PreferenceLoopConfig(on_no_answers="ignore")  # type: ignore[arg-type]

@@ -1,7 +1,11 @@
-"""The frozen reference on its own: a copy without gradients, in eval mode, equal to the policy at the start."""
+"""The frozen reference on its own: a copy without gradients, in eval mode, equal to the policy at the start; for a
+LoRA policy, the same model with its adapter off."""
 
 from __future__ import annotations
 
+import warnings
+
+import pytest
 import torch
 
 from llm_gym import Policy, SamplingConfig
@@ -21,3 +25,31 @@ def test_a_frozen_copy_scores_as_the_policy_did_and_does_not_move(policy: Policy
         for p in policy.model.parameters():
             p.add_(0.01)  # training the policy leaves the reference where it was
     assert torch.allclose(reference_log_probs(ref, rollout, sampling), logp)
+
+
+def test_the_reference_of_a_lora_policy_is_its_base_with_the_adapter_off(policy: Policy, tmp_path) -> None:
+    pytest.importorskip("peft")
+    from llm_gym.agents.reference import AdapterDisabledReference
+
+    sampling = SamplingConfig(max_new_tokens=6, top_k=20)
+    base = frozen_copy(policy)  # a plain policy: a deep copy, as before
+    assert type(base) is Policy and base.model is not policy.model
+    with warnings.catch_warnings():  # peft's own use of deprecated transformers names
+        warnings.simplefilter("ignore", FutureWarning)
+        lora = Policy(policy.model, policy.tokenizer, device="cpu", peft_config={"r": 4, "target_modules": ["c_attn"],
+                                                                                           "fan_in_fan_out": True})
+    ref = frozen_copy(lora)
+    assert isinstance(ref, AdapterDisabledReference) and ref.tokenizer is lora.tokenizer
+    assert not ref.model.training and not any(p.requires_grad for p in ref.model.parameters())
+    with torch.no_grad():
+        for name, p in lora.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05)  # a trained adapter (LoRA's B starts at zero)
+    rollout = lora.sample(["the film was", "the hotel is"], sampling, seed=0)
+    expected = reference_log_probs(base, rollout, sampling)
+    assert not torch.allclose(lora.log_probs(rollout, sampling), expected, atol=1e-3)
+    assert torch.allclose(reference_log_probs(ref, rollout, sampling), expected, atol=1e-6)
+    ref.save_pretrained(tmp_path / "reference")  # the base alone (GPT-2 ties its unembedding to the embedding)
+    loaded = Policy.from_pretrained(tmp_path / "reference", device="cpu")
+    assert not loaded.is_peft
+    assert torch.allclose(reference_log_probs(loaded, rollout, sampling), expected, atol=1e-6)

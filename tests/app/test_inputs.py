@@ -39,7 +39,7 @@ def test_bad_input_files_fail_before_pretraining_each_with_its_key_and_line(tmp_
     assert lines[0] == "the experiment's input files cannot be used:"
     assert lines[1].startswith(f"  task.prompts: {prompts} line 2: 'prompt': holds the lone surrogate '\\ud800'")
     assert lines[2].startswith("  task.eval_prompts: prompt file ") and "missing.txt does not exist" in lines[2]
-    assert lines[3] == f"  task.demonstrations: {demos} line 1: 'completion' must be a string, got int"
+    assert lines[3].startswith(f"  task.demonstrations: {demos} line 1: 'completion' must be a string like its prompt, got int")
     assert not out.exists(), "nothing ran: not even the run folder was made"
 
 
@@ -48,7 +48,7 @@ def test_a_recorded_oracle_file_is_read_in_full_before_any_stage(tmp_path, model
     recorded.write_text(json.dumps({"prompt": "the soup was", "chosen": " hot", "rejected": " cold"}) + "\n"
                         '{"prompt": "the soup was", "chosen": " good \\udc00", "rejected": " bad"}\n')
     config = tiny(model_cache, "oracle.kind=recorded", path_override("oracle.path", recorded))
-    with pytest.raises(DatasetError, match=rf"oracle\.path: {recorded} line 2: .*surrogates not allowed"):
+    with pytest.raises(DatasetError, match=rf"oracle\.path: {recorded} line 2: .*'chosen': holds the lone surrogate"):
         check_inputs(config, {}, tmp_path / "run")
     recorded.write_text('{"prompt": "the soup was", "chosen": " hot"}\n')
     with pytest.raises(DatasetError, match=r"oracle\.path: .*labels\.jsonl line 1"):

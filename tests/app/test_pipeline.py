@@ -172,7 +172,10 @@ def test_cli_run_eval_and_errors(finished_run, tmp_path, capsys) -> None:
     assert main(["eval", str(out), "--set", "evaluation.prompts=4"]) == 0
     text = capsys.readouterr().out
     assert "== tiny (seed 0) ==" in text and "[evaluation] running" in text
-    assert json.loads((out / "state.json").read_text())["evaluation"]["result"]["prompts"] == 4
+    # other settings than the run's: a file of their own, the run's state untouched (see test_rerun_traps.py)
+    assert json.loads((out / "state.json").read_text())["evaluation"]["result"]["prompts"] == 8
+    [written] = (out / "evaluations").glob("*.json")
+    assert json.loads(written.read_text())["config"]["evaluation"]["prompts"] == 4
     assert main(["eval", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
     bad = tmp_path / "bad.toml"

@@ -8,8 +8,13 @@ import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import datasets
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from chat_fixtures import llama_chat_tokenizer
 
 from llm_gym.core.data import DatasetError
 from llm_gym.feedback.oracles import PreferenceOracle, RecordedOracle, SyntheticOracle, TerminalOracle, collect
@@ -499,3 +504,137 @@ def test_recorded_oracle_bad_files(tmp_path: Path) -> None:
         RecordedOracle.from_jsonl(empty)
     with pytest.raises(DatasetError, match="does not exist"):
         RecordedOracle.from_jsonl(tmp_path / "missing.jsonl")
+
+
+# --------------------------------------------------------------------------------------
+# Recorded preferences in every common layout and format
+
+
+PAIRS = [
+    {"prompt": "the film was", "chosen": " great .", "rejected": " bad ."},
+    {"prompt": "the hotel was", "chosen": " clean .", "rejected": " dirty ."},
+]
+EXPECTED_PAIRS = [("the film was", (" great .", " bad ."), (0, 1)), ("the hotel was", (" clean .", " dirty ."), (0, 1))]
+
+
+def _as_tuples(oracle: RecordedOracle) -> list[tuple]:
+    return [(c.prompt, c.completions, c.ranks) for c in oracle.comparisons]
+
+
+def test_recorded_pairs_from_every_format(tmp_path: Path) -> None:
+    (tmp_path / "p.json").write_text(json.dumps(PAIRS))
+    pd.DataFrame(PAIRS).to_csv(tmp_path / "p.csv", index=False)
+    pq.write_table(pa.Table.from_pylist(PAIRS), tmp_path / "p.parquet")
+    files = [_write_jsonl(tmp_path / "p.jsonl", PAIRS), tmp_path / "p.json", tmp_path / "p.csv", tmp_path / "p.parquet"]
+    for path in files:
+        assert _as_tuples(RecordedOracle.from_file(path)) == EXPECTED_PAIRS, path
+    assert _as_tuples(RecordedOracle.from_jsonl(tmp_path / "p.parquet")) == EXPECTED_PAIRS  # the old name still works
+    for records in (PAIRS, datasets.Dataset.from_list(PAIRS), pd.DataFrame(PAIRS)):
+        oracle = RecordedOracle.from_records(records, name="import")
+        assert _as_tuples(oracle) == EXPECTED_PAIRS and {c.labeller for c in oracle.comparisons} == {"import"}
+    with pytest.raises(TypeError, match="use RecordedOracle.from_records"):
+        RecordedOracle.from_file(PAIRS)  # type: ignore[arg-type]
+
+
+def test_recorded_completions_preference_and_ranks_from_parquet(tmp_path: Path) -> None:
+    """List columns (completions, ranks) come back from Parquet and pandas as arrays; they read as lists."""
+    rows = [
+        {"prompt": "p1", "completions": ["x", "y"], "preference": "second", "ranks": None, "labeller": "carol"},
+        {"prompt": "p2", "completions": ["a", "b", "c"], "preference": None, "ranks": [2, 0, 1], "labeller": None},
+    ]
+    path = tmp_path / "k.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    expected = [("p1", ("x", "y"), (1, 0), "carol"), ("p2", ("a", "b", "c"), (2, 0, 1), "recorded")]
+    for oracle in (RecordedOracle.from_file(path), RecordedOracle.from_records(pd.read_parquet(path))):
+        assert [(c.prompt, c.completions, c.ranks, c.labeller) for c in oracle.comparisons] == expected
+
+
+def test_implicit_prompt_layout_hh_rlhf() -> None:
+    """HH-RLHF keeps only full `chosen`/`rejected` texts: the prompt is their common start, less a trailing space."""
+    record = {"chosen": "\n\nHuman: is tea hot?\n\nAssistant: Yes, usually.",
+              "rejected": "\n\nHuman: is tea hot?\n\nAssistant: No idea."}
+    (c,) = RecordedOracle.from_records([record]).comparisons
+    assert c.prompt == "\n\nHuman: is tea hot?\n\nAssistant:"
+    assert c.completions == (" Yes, usually.", " No idea.") and c.ranks == (0, 1)
+    assert c.prompt + c.completions[0] == record["chosen"] and c.prompt + c.completions[1] == record["rejected"]
+    with pytest.raises(DatasetError, match=r"list row 1: 'chosen' and 'rejected' are the same text"):
+        RecordedOracle.from_records([record, {"chosen": "same", "rejected": "same"}])
+    with pytest.raises(DatasetError, match=r"list row 0: missing field 'prompt' \(found \['chosen', 'rejected'\]\), and "
+                                           r"'chosen' and 'rejected' share no leading text"):
+        RecordedOracle.from_records([{"chosen": "yes", "rejected": "no"}])
+
+
+def test_field_mapping(tmp_path: Path) -> None:
+    """Stack-Exchange-style columns (question, response_j better than response_k) read with field names."""
+    rows = [{"question": "q?", "response_j": " good", "response_k": " bad", "who": "ann"}]
+    path = tmp_path / "se.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    with pytest.raises(DatasetError, match=r"se\.parquet row 0: no completions.*found \['question', 'response_j', "
+                                           r"'response_k', 'who'\]; pass prompt_field=\"question\", chosen_field=\"response_j\", "
+                                           r"rejected_field=\"response_k\""):
+        RecordedOracle.from_file(path)
+    oracle = RecordedOracle.from_file(path, prompt_field="question", chosen_field="response_j", rejected_field="response_k",
+                                      labeller_field="who")
+    assert [(c.prompt, c.completions, c.labeller) for c in oracle.comparisons] == [("q?", (" good", " bad"), "ann")]
+    ranked = [{"q": "p", "outs": ["a", "b", "c"], "order": [1, 0, 2]}]
+    (c,) = RecordedOracle.from_records(ranked, prompt_field="q", completions_field="outs", ranks_field="order").comparisons
+    assert c.ranks == (1, 0, 2)
+
+
+def test_conversational_preferences_are_rendered_with_the_tokenizer(tmp_path: Path) -> None:
+    tok = llama_chat_tokenizer()
+    prompt = [{"role": "user", "content": "hi"}]
+    good, bad = [{"role": "assistant", "content": "hello"}], [{"role": "assistant", "content": "go"}]
+    rendered = ("<s><|user|>\nhi</s>\n<|assistant|>\n", ("hello</s>\n", "go</s>\n"))
+    explicit = [{"prompt": prompt, "chosen": good, "rejected": bad}]
+    implicit = [{"chosen": prompt + good, "rejected": prompt + bad}]
+    ranked = [{"prompt": prompt, "completions": [bad, good], "ranks": [1, 0]}]
+    pq.write_table(pa.Table.from_pylist(explicit), tmp_path / "c.parquet")
+    for source in (explicit, implicit, _write_jsonl(tmp_path / "c.jsonl", implicit), tmp_path / "c.parquet",
+                   datasets.Dataset.from_list(implicit)):
+        load = RecordedOracle.from_file if isinstance(source, Path) else RecordedOracle.from_records
+        (c,) = load(source, tokenizer=tok).comparisons
+        assert (c.prompt, c.completions, c.ranks) == (*rendered, (0, 1)), source
+    (c,) = RecordedOracle.from_records(ranked, tokenizer=tok).comparisons
+    assert (c.prompt, c.completions, c.ranks) == (rendered[0], rendered[1][::-1], (1, 0))
+
+
+def test_conversational_preference_errors(tmp_path: Path) -> None:
+    prompt = [{"role": "user", "content": "hi"}]
+    good = [{"role": "assistant", "content": "hello"}]
+    path = _write_jsonl(tmp_path / "c.jsonl", [GOOD_LINE, {"prompt": prompt, "chosen": good, "rejected": good[:0]}])
+    with pytest.raises(DatasetError, match=r"c\.jsonl line 2: 'prompt' holds chat messages.*tokenizer=policy\.tokenizer"):
+        RecordedOracle.from_file(path)
+    tok = llama_chat_tokenizer()
+    with pytest.raises(DatasetError, match=r"c\.jsonl line 2: 'rejected': the list of chat messages is empty"):
+        RecordedOracle.from_file(path, tokenizer=tok)
+    with pytest.raises(DatasetError, match=r"list row 0: 'chosen' must be a list of assistant messages like its prompt"):
+        RecordedOracle.from_records([{"prompt": prompt, "chosen": "hello", "rejected": good}], tokenizer=tok)
+    with pytest.raises(DatasetError, match=r"list row 0: 'chosen' and 'rejected' must both be strings or both chat "
+                                           r"message lists, got str and messages"):
+        RecordedOracle.from_records([{"chosen": "hi", "rejected": prompt + good}], tokenizer=tok)
+    with pytest.raises(DatasetError, match=r"list row 0: missing field 'prompt'.*share no leading messages"):
+        RecordedOracle.from_records([{"chosen": good, "rejected": prompt}], tokenizer=tok)
+    with pytest.raises(DatasetError, match=r"list row 0: the conversations in 'chosen' and 'rejected' are the same"):
+        RecordedOracle.from_records([{"chosen": prompt + good, "rejected": prompt + good}], tokenizer=tok)
+    with pytest.raises(DatasetError, match=r"list row 0: 'prompt': the tokenizer .* has no chat template"):
+        RecordedOracle.from_records([{"prompt": prompt, "chosen": good, "rejected": prompt}],
+                                    tokenizer=llama_chat_tokenizer(template=None))
+
+
+def test_recorded_errors_name_row_line_and_columns(tmp_path: Path) -> None:
+    pq.write_table(pa.Table.from_pylist([*PAIRS, {"prompt": "p", "chosen": "a", "rejected": None}]), tmp_path / "n.parquet")
+    with pytest.raises(DatasetError, match=r"n\.parquet row 2: 'rejected' must be a string like its prompt, got NoneType"):
+        RecordedOracle.from_file(tmp_path / "n.parquet")
+    (tmp_path / "bad.csv").write_text("prompt,chosen,rejected\np,a,b\np,a\n")
+    with pytest.raises(DatasetError, match=r"bad\.csv line 3: row has fewer columns than the header"):
+        RecordedOracle.from_file(tmp_path / "bad.csv")
+    (tmp_path / "bad.json").write_text(json.dumps([GOOD_LINE, {"prompt": "p", "text": "a"}]))
+    with pytest.raises(DatasetError, match=r"bad\.json row 1: no completions.*found \['prompt', 'text'\]"):
+        RecordedOracle.from_file(tmp_path / "bad.json")
+    with pytest.raises(DatasetError, match=r"Dataset row 0: missing field 'prompt' \(found \['completions', 'ranks'\]\)"):
+        RecordedOracle.from_records(datasets.Dataset.from_list([{"completions": ["a", "b"], "ranks": [0, 1]}]))
+    with pytest.raises(DatasetError, match=r"list row 0: expected a record \(a dict of fields\), found str"):
+        RecordedOracle.from_records(["p, a, b"])
+    with pytest.raises(DatasetError, match=r"list: no comparisons"):
+        RecordedOracle.from_records([])

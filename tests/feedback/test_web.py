@@ -853,7 +853,8 @@ def test_a_training_loop_learns_from_answers_given_on_the_page(tiny_model, store
 
     web = WebOracle(store_path)
     loop, store, rm = build(tiny_model, store_path, oracle_wrapper=lambda synthetic: web, total_labels=24,
-                            initial_labels=8, labels_per_round=8, steps_per_round=8)
+                            initial_labels=8, labels_per_round=8, steps_per_round=8,
+                            on_no_answers="wait")  # the first round is asked before anyone has answered
     server = web.serve(labeller="web-labeller")
     gold, stop, answered = GoldScorer(), threading.Event(), []
 

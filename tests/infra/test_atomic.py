@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -154,3 +155,30 @@ def test_a_nested_write_of_the_same_folder_is_refused(tmp_path) -> None:
             with atomic_dir(tmp_path / "ckpt"):
                 pass
     assert (tmp_path / "ckpt" / "a.txt").read_text() == "one"
+
+
+# ------------------------------------------------------------------ permissions
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask022", "umask027"])
+def test_what_is_written_follows_the_umask_not_mkstemps_0600(tmp_path, umask) -> None:
+    """Teammates on a shared server read a run as the user's umask allows; mkstemp and mkdtemp would make it private."""
+    import os
+    import stat
+    import tempfile
+
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "state.json", {"a": 1})
+        with atomic_dir(tmp_path / "ckpt") as tmp:
+            fd, _ = tempfile.mkstemp(dir=tmp, suffix=".safetensors")  # what safetensors' own writer leaves: 0600
+            os.close(fd)
+            inner = Path(tempfile.mkdtemp(dir=tmp))  # 0700
+            (inner / "run.sh").write_text("#!/bin/sh\n")
+            os.chmod(inner / "run.sh", 0o700)
+    finally:
+        os.umask(old)
+    mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [tmp_path / "state.json", tmp_path / "ckpt",
+                                                             *(tmp_path / "ckpt").rglob("*")]}
+    ckpt_file = next(n for n in mode if n.endswith(".safetensors"))
+    assert mode["state.json"] == mode[ckpt_file] == 0o666 & ~umask
+    assert mode["ckpt"] == mode[inner.name] == 0o777 & ~umask
+    assert mode["run.sh"] == 0o777 & ~umask, "an executable stays executable"

@@ -218,3 +218,33 @@ def test_log_probs_accepts_a_rollout(policy: Policy) -> None:
         policy.log_probs(rollout, config, config=config)
     with pytest.raises(TypeError, match="four tensors"):
         policy.log_probs(rollout.prompt_ids, rollout.prompt_mask)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "llama-lora"])
+def test_sampling_uses_the_current_cache_api_without_deprecation_warnings(policy: Policy, arch: str, monkeypatch) -> None:
+    """The KV cache goes in and out under the name the model reads (`cache` in current transformers), so no
+    deprecation is raised, and the cache is really used: sampled log-probs match a cache-free recomputation."""
+    import warnings
+
+    from transformers.utils import generic
+
+    from doubles import tiny_llama
+
+    if arch != "gpt2":
+        if arch == "llama-lora":
+            pytest.importorskip("peft")
+        with warnings.catch_warnings():  # peft's own use of deprecated transformers names is not ours
+            warnings.simplefilter("ignore", FutureWarning)
+            policy = Policy(tiny_llama(policy.tokenizer), policy.tokenizer, device="cpu",
+                            peft_config={"r": 4, "target_modules": ["q_proj", "v_proj"]} if arch == "llama-lora" else None)
+    logged: list[str] = []
+    # transformers reports the deprecated `past_key_values` output field through its logger, once per process
+    monkeypatch.setattr(generic.logger, "warning_once", lambda msg, *a, **k: logged.append(str(msg)))
+    config = SamplingConfig(max_new_tokens=8, stop_at_eos=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        rollout = policy.sample(PROMPTS[:4], config, seed=0)
+    assert logged == []
+    assert rollout.completion_ids.shape == (4, 8)
+    assert torch.allclose(rollout.logprobs, policy.log_probs(rollout, config), atol=1e-5)

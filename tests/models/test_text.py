@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from chat_fixtures import USER_HI, llama_chat_policy, llama_chat_tokenizer
 
 from llm_gym import Demonstration, Policy
+from llm_gym.core.chat import render_completion, render_prompt
 from llm_gym.agents.sft import sft_batch
 from llm_gym.models.lm import document_batch
 from llm_gym.models.reward_model import RewardModel
 from llm_gym.models.text import (
     append_eos,
+    encode,
     pad_left,
     pad_right,
     position_ids,
@@ -138,3 +141,35 @@ def test_the_four_read_a_prompt_alike(policy: Policy, tiny_model: PretrainReport
     rm = RewardModel.from_pretrained(tiny_model.path, device="cpu", head_seed=0)
     rm_ids, rm_mask = rm.encode([prompt], [""])
     assert rm_ids[0][rm_mask[0].bool()].tolist()[:-1] == as_prompt
+
+
+# ----------------------------------------------------------------------------- one BOS for chat-rendered text
+def test_a_text_that_spells_the_bos_gets_one_bos() -> None:
+    """A chat template writing {{ bos_token }} and a tokenizer prepending <s> (Llama's add_bos_token) gave two."""
+    tok = llama_chat_tokenizer()
+    bos = tok.bos_token_id
+    rendered = render_prompt(tok, USER_HI)
+    assert rendered.startswith("<s>") and tok(rendered)["input_ids"][:2] == [bos, bos], "the tokenizer alone doubles it"
+    with_bos, plain = encode(tok, [rendered, "hi"])
+    continuation = encode(tok, [rendered], special_tokens=False)[0]
+    assert with_bos == tok(rendered)["input_ids"][1:] and with_bos[0] == bos and with_bos[1] != bos
+    assert plain == tok("hi")["input_ids"] and plain[0] == bos  # text without the BOS string: untouched
+    assert continuation == with_bos  # nothing added, the text's own BOS kept
+    no_auto_bos = llama_chat_tokenizer()
+    no_auto_bos.add_bos_token = False  # a tokenizer that adds nothing: the text's BOS is the only one, kept
+    assert encode(no_auto_bos, [rendered])[0] == no_auto_bos(rendered)["input_ids"] and encode(no_auto_bos, [rendered])[0][0] == bos
+
+
+def test_policy_and_sft_read_a_chat_prompt_with_one_bos() -> None:
+    policy = llama_chat_policy()
+    tok = policy.tokenizer
+    bos = tok.bos_token_id
+    prompt = render_prompt(tok, USER_HI)
+    completion = render_completion(tok, USER_HI, [{"role": "assistant", "content": "yo"}])
+    ids, mask, _ = policy.encode_prompts([prompt, "hi"], max_new_tokens=8)
+    rows = [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+    assert [r[:2].count(bos) for r in rows] == [1, 1] and rows[0] == tok(prompt)["input_ids"][1:]
+    pair_ids, pair_mask, _, _ = policy.encode_pairs([prompt], [completion])
+    assert pair_ids[0][pair_mask[0].bool()].tolist()[:2].count(bos) == 1
+    batch = sft_batch(policy, [Demonstration(prompt, completion)])
+    assert batch.input_ids[0, :2].tolist().count(bos) == 1 and batch.input_ids[0, 0] == bos
