@@ -45,6 +45,7 @@ from llm_gym.agents.preference_loop import (
     RandomSelector,
     RewardLearner,
 )
+from llm_gym.agents.reference import AdapterDisabledReference, make_reference
 from llm_gym.agents.rloo import RLOO, RLOOConfig, leave_one_out_advantages
 from llm_gym.agents.sb3 import SB3Agent
 from llm_gym.agents.segments import Segment, SegmentBuffer, SegmentSource, action_features, segment_oracle
@@ -68,7 +69,9 @@ __all__ = [
     "group_advantages",
     "kl_estimate",
     "leave_one_out_advantages",
+    "make_reference",
     "AdaptiveKLController",
+    "AdapterDisabledReference",
     "Agent",
     "Callback",
     "CompletionSource",

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from llm_gym.agents.base import Agent, CallbackLike, resolve_rng
+from llm_gym.agents.base import Agent, CallbackLike, StandInEnv, resolve_rng
 from llm_gym.agents.checkpoint import load_policy, open_checkpoint, read_json, write_checkpoint
 from llm_gym.core.reward import RewardFn, resolve_reward_fn, score_batch
 from llm_gym.infra.configio import ConfigError, check_finite, from_dict, to_dict
@@ -193,7 +193,10 @@ class BestOfN(Agent):
 
     @property
     def kl_to_base(self) -> float:
-        """KL(best-of-N || base) = `log N - (N - 1) / N` nats per completion: exact without reward ties, else an upper bound."""
+        """KL(best-of-N || base) in nats per completion, `log N - (N - 1) / N`.
+
+        Exact without reward ties, else an upper bound (see the module docstring).
+        """
         return best_of_n_kl(self.config.n)
 
     def log_probs(
@@ -239,7 +242,8 @@ class BestOfN(Agent):
         gen = as_generator(seed, self.base.device)
         chunks = [prompts[start : start + size] for start in range(0, len(prompts), size)]
         scores = np.empty((len(prompts), n), dtype=np.float64)
-        draws: list[list[Rollout]] = []  # draws[j][c]: candidate column j of chunk c (token ids are small next to a forward pass)
+        # draws[j][c]: candidate column j of chunk c (token ids are small next to a forward pass)
+        draws: list[list[Rollout]] = []
         for j in range(n):  # column j: the j-th candidate of every prompt
             draws.append([self.base.sample(chunk, config, seed=gen) for chunk in chunks])
             scores[:, j] = score_batch(self.reward_fn, prompts, [c for ro in draws[j] for c in ro.completions])
@@ -277,6 +281,11 @@ class BestOfN(Agent):
         seed = int(self.rng.integers(2**63 - 1))
         return self.sample(observations, self.config.sampling, seed=seed).completions
 
+    def get_env(self) -> StandInEnv:
+        """What SB3 callbacks see as `training_env`: best-of-N has no environment and never steps, so a stand-in
+        with `num_envs = 1` (callbacks that read it when they start, such as `StopTrainingOnMaxEpisodes`, work)."""
+        return StandInEnv(lambda: 1, "best-of-N trains nothing")
+
     def learn(self, total_steps: int, callback: CallbackLike = None) -> BestOfN:
         """Train nothing and return `self`.
 
@@ -284,7 +293,9 @@ class BestOfN(Agent):
         reward function and N, and there is nothing to update. `learn` exists so that a best-of-N
         run goes through the same loop as the trained agents (learn, then act or evaluate). A plain
         callback is never called, as no update happens; an SB3 `BaseCallback` sees `init_callback`,
-        `on_training_start` and `on_training_end` and no `on_step` (`num_timesteps` stays 0).
+        `on_training_start` and `on_training_end` only: no `on_rollout_start`/`on_rollout_end`,
+        `update_locals` or `on_step` (`num_timesteps` stays 0; a `ProgressBarCallback` opens and
+        closes at 0, and `StopTrainingOnMaxEpisodes` never stops anything).
         """
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 0:
             raise ValueError(f"total_steps must be an int >= 0, got {total_steps!r}")
@@ -297,12 +308,17 @@ class BestOfN(Agent):
 
         The base policy is copied (not referred to by path) so that the checkpoint stays whole when
         the folder the base came from is moved or rewritten (a pipeline rerun rewrites its SFT
-        folder). The reward function is not saved: it may be any callable (pass it to `load`).
+        folder). A LoRA base is saved merged, as the plain model it computes (best-of-N trains
+        nothing, so its adapter has no further use as one; see `Policy.save_pretrained`). The
+        reward function is not saved: it may be any callable (pass it to `load`).
         """
         state = {"format_version": _FORMAT_VERSION, "algorithm": self.algorithm, "config": self.config.to_dict(),
                  "rng": self.rng.bit_generator.state}
         with write_checkpoint(path) as tmp:
-            self.base.save_pretrained(tmp / "base")
+            if getattr(self.base, "is_peft", False):
+                self.base.save_pretrained(tmp / "base", merged=True)
+            else:
+                self.base.save_pretrained(tmp / "base")
             (tmp / _STATE).write_text(json.dumps(state, indent=2))
 
     @classmethod
@@ -315,6 +331,8 @@ class BestOfN(Agent):
     ) -> BestOfN:
         """Restore a best-of-N agent written by `save`; `act` then continues the saved rng's stream.
 
+        A base that was a LoRA policy comes back as the plain model it computed (saved merged).
+
         Args:
             path: the folder `save` wrote.
             reward_fn: the reward function (not saved: pass the same one).
@@ -325,8 +343,9 @@ class BestOfN(Agent):
         path = open_checkpoint(Path(path), marker=_STATE, kind=f"{cls.__name__} checkpoint", fix=fix)
         state = read_json(path / _STATE, fix=fix)
         if state.get("format_version") != _FORMAT_VERSION or state.get("algorithm") != cls.algorithm:
-            raise ValueError(f"{path} holds a {state.get('algorithm')!r} checkpoint of format {state.get('format_version')}; "
-                             f"{cls.__name__}.load reads {cls.algorithm!r} format {_FORMAT_VERSION}")
+            raise ValueError(f"{path} holds a {state.get('algorithm')!r} checkpoint of format "
+                             f"{state.get('format_version')}; {cls.__name__}.load reads {cls.algorithm!r} format "
+                             f"{_FORMAT_VERSION}")
         if reward_fn is None:
             raise ValueError(f"{cls.__name__}.load needs the reward function (it is not saved): "
                              f"{cls.__name__}.load(path, reward_fn=...)")

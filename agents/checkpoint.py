@@ -38,12 +38,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llm_gym.infra.runfolder import CheckpointError
+from llm_gym.agents.reference import is_base_reference
 from llm_gym.infra.atomic import atomic_dir, file_sha256, recover_dir
-from llm_gym.models.policy import Policy, require_peft
+from llm_gym.infra.runfolder import CheckpointError
+from llm_gym.models.policy import Policy, base_state_dict, require_peft
 
-__all__ = ["MANIFEST", "CheckpointError", "load_policy", "load_policy_and_reference", "save_policy_and_reference", "open_checkpoint", "read_json", "reading", "verify_manifest",
-           "write_checkpoint", "write_manifest"]
+__all__ = ["MANIFEST", "CheckpointError", "load_policy", "load_policy_and_reference", "save_policy_and_reference",
+           "open_checkpoint", "read_json", "reading", "verify_manifest", "write_checkpoint", "write_manifest"]
 
 _log = logging.getLogger(__name__)
 
@@ -111,8 +112,8 @@ def verify_manifest(folder: str | PathLike[str], *, fix: str) -> bool:
     for rel, (digest, size) in listed.items():
         file = present.get(rel)
         if file is None:
-            raise CheckpointError(f"checkpoint {folder} is incomplete: {rel} was saved with it but is missing; restore it "
-                                  f"from a copy, or {fix}")
+            raise CheckpointError(f"checkpoint {folder} is incomplete: {rel} was saved with it but is missing; "
+                                  f"restore it from a copy, or {fix}")
         if file.stat().st_size != size or file_sha256(file) != digest:
             raise CheckpointError(
                 f"checkpoint {folder} is damaged: {rel} is not the file that was saved (its sha256 differs from the "
@@ -129,7 +130,7 @@ def verify_manifest(folder: str | PathLike[str], *, fix: str) -> bool:
 
 @contextlib.contextmanager
 def write_checkpoint(path: str | PathLike[str]) -> Iterator[Path]:
-    """Yield an empty temporary folder; when the block ends without an error, seal it with a manifest and let it replace `path`.
+    """Yield an empty temporary folder; when the block ends without error, seal it with a manifest, replacing `path`.
 
     A crash at any point leaves the previous checkpoint (or, between the final renames, a state
     that `open_checkpoint` completes); an error in the block leaves `path` untouched.
@@ -190,7 +191,7 @@ def read_json(file: str | PathLike[str], *, fix: str) -> Any:
 
 def load_policy(folder: str | PathLike[str], *, device: torch.device | str | None, fix: str,
                 base: Policy | None = None) -> Policy:
-    """A checkpoint's policy folder, loaded as `Policy.from_pretrained` does, refusing weights that do not fit its config.
+    """A checkpoint's policy folder, loaded as `Policy.from_pretrained` does, refusing weights that misfit its config.
 
     Transformers builds the model from `config.json` and loads the weights that fit, leaving
     the rest newly initialised with a printed report; a checkpoint must instead load whole, so
@@ -198,9 +199,9 @@ def load_policy(folder: str | PathLike[str], *, device: torch.device | str | Non
     each by name (`fix` ends the message, as in `verify_manifest`).
 
     A folder holding a LoRA adapter (a PEFT policy saves its adapter alone) is put, trainable,
-    on `base`: the checkpoint's own `reference/` model, which is the base with the adapter off.
-    The checkpoint then resumes from its own files, whatever became of the base model it was
-    first loaded from, and memory holds that base once.
+    on `base`: the checkpoint's own copy of the base (its `reference/` model when that is the
+    base with the adapter off, else its `base/` folder). The checkpoint then resumes from its
+    own files, whatever became of the base model it was first loaded from.
     """
     folder = Path(folder)
     for file in sorted(folder.glob("*.safetensors")):  # a damaged header, named before transformers reads it
@@ -211,7 +212,8 @@ def load_policy(folder: str | PathLike[str], *, device: torch.device | str | Non
     with reading(folder, fix=fix):
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
-    misfits = {key: list(info[key])[:4] for key in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(key)}
+    misfits = {key: list(info[key])[:4] for key in ("missing_keys", "unexpected_keys", "mismatched_keys")
+               if info.get(key)}
     if misfits:
         raise CheckpointError(
             f"{folder / 'config.json'} does not describe the weights saved beside it ({misfits}): the config was "
@@ -233,18 +235,31 @@ def _load_adapter_policy(folder: Path, base: Policy | None, *, device: torch.dev
 REFERENCE_IS_BASE = "base_without_adapter"
 """The `"reference"` entry of a checkpoint's state when its reference is the policy's base with the adapter off."""
 
+POLICY_BASE = "base"
+"""The `"policy_base"` entry of a checkpoint's state, and its folder, when it holds a LoRA policy's base on its own."""
+
 
 def save_policy_and_reference(policy: Policy, reference: Policy, folder: Path) -> dict[str, str]:
-    """Write `policy/` and `reference/` into a checkpoint folder; returns the state entry `load_policy_and_reference` reads.
+    """Write `policy/` and `reference/` (and, when needed, `base/`) into a checkpoint folder.
 
-    A LoRA policy saves its adapter alone and its adapter-disabled reference saves the base, so
-    the checkpoint holds the base once and resumes from its own files.
+    Returns the state entries `load_policy_and_reference` reads. A LoRA policy saves its adapter
+    alone. When its reference is its own base with the adapter off, `reference/` is that base, so
+    the checkpoint holds the base once; when the reference is another model (passed in
+    explicitly, or a frozen copy), the base is also written to `base/` (the policy's base weights
+    as a plain model), so that either way the checkpoint resumes from its own files, whatever
+    became of the base model the adapter was first put on.
     """
-    from llm_gym.agents.reference import AdapterDisabledReference  # agents.reference imports this module's neighbours
-
     policy.save_pretrained(folder / "policy")
     reference.save_pretrained(folder / "reference")
-    return {"reference": REFERENCE_IS_BASE if isinstance(reference, AdapterDisabledReference) else "model"}
+    if is_base_reference(reference, policy):
+        return {"reference": REFERENCE_IS_BASE}
+    entries = {"reference": "model"}
+    if policy.is_peft:
+        base = policy.model.get_base_model()
+        base.save_pretrained(folder / POLICY_BASE, state_dict=base_state_dict(policy.model))
+        policy.tokenizer.save_pretrained(folder / POLICY_BASE)
+        entries["policy_base"] = POLICY_BASE
+    return entries
 
 
 def load_policy_and_reference(folder: Path, state: dict[str, Any], *, device: torch.device | str | None,
@@ -252,13 +267,17 @@ def load_policy_and_reference(folder: Path, state: dict[str, Any], *, device: to
     """The policy and reference `save_policy_and_reference` wrote; None for a reference that is the policy's base.
 
     The agent then rebuilds that reference over the same weights (`agents.reference.make_reference`).
-    A LoRA policy whose reference was another model (passed in explicitly) loads its base from
-    where its adapter config says, as `Policy.from_pretrained` does.
+    A LoRA policy's adapter goes on the base the checkpoint holds (`reference/` or `base/`);
+    only a checkpoint saved before `base/` existed loads its base from where its adapter config
+    says, as `Policy.from_pretrained` does.
     """
     if state.get("reference") == REFERENCE_IS_BASE:
         base = load_policy(folder / "reference", device=device, fix=fix)
         return load_policy(folder / "policy", device=device, fix=fix, base=base), None
-    if (folder / "policy" / "adapter_config.json").is_file():
+    if state.get("policy_base") == POLICY_BASE:
+        base = load_policy(folder / POLICY_BASE, device=device, fix=fix)
+        policy = load_policy(folder / "policy", device=device, fix=fix, base=base)
+    elif (folder / "policy" / "adapter_config.json").is_file():
         with reading(folder / "policy", fix=fix):
             policy = Policy.from_pretrained(folder / "policy", device=device)
     else:

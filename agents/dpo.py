@@ -79,10 +79,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llm_gym.agents.base import Agent, CallbackLike, resolve_rng
+from llm_gym.agents.base import Agent, CallbackLike, StandInEnv, resolve_rng
 from llm_gym.agents.checkpoint import (CheckpointError, load_policy_and_reference, open_checkpoint, read_json, reading,
                                       save_policy_and_reference, write_checkpoint)
-from llm_gym.agents.reference import frozen_copy
+from llm_gym.agents.reference import make_reference
 from llm_gym.core.preferences import Comparison
 from llm_gym.infra.configio import check_finite
 from llm_gym.infra.distributed import Distributed, MixedPrecision, check_training_options
@@ -389,7 +389,7 @@ class DPO(Agent):
         seed: instead of `rng`, an int as in Stable-Baselines3: `seed=s` is `rng=np.random.default_rng(s)` and gives
             the same run (pass one of the two, not both).
         reference: the frozen reference pi_ref; by default a frozen copy of `policy` as it is now (the SFT
-            policy, `agents.reference.frozen_copy`). It must share the policy's tokenizer.
+            policy, `agents.reference.make_reference`). It must share the policy's tokenizer.
         logger: receives `train/dpo_loss`, `train/dpo_accuracy`, `train/dpo_margin`, `train/chosen_reward`,
             `train/rejected_reward`, `train/grad_norm` every step and `train/dpo_heldout_loss`,
             `train/dpo_heldout_accuracy`, `train/dpo_heldout_margin`, `train/heldout_chosen_reward`,
@@ -439,12 +439,12 @@ class DPO(Agent):
         self._check_lengths(self.train_set + self.heldout_set)
 
         if reference is None:
-            reference = frozen_copy(policy)
+            reference = make_reference(policy)
         elif not isinstance(reference, Policy):
             raise TypeError(f"reference must be an llm_gym Policy, got {type(reference).__name__}")
         elif reference is policy or reference.model is policy.model:
             raise ValueError("the reference must be a frozen copy of the policy, not the policy itself; pass "
-                             "llm_gym.agents.reference.frozen_copy(policy), or nothing (the default makes one)")
+                             "llm_gym.agents.reference.make_reference(policy), or nothing (the default makes one)")
         elif reference.tokenizer.get_vocab() != policy.tokenizer.get_vocab():
             raise ValueError("the reference's tokenizer differs from the policy's; DPO compares log-probs of the same "
                              "token ids, so load the reference from the policy's SFT checkpoint")
@@ -453,8 +453,9 @@ class DPO(Agent):
             p.requires_grad_(False)
         self.reference = reference
 
-        self.optimizer = torch.optim.AdamW(policy.model.parameters(), lr=config.learning_rate,
-                                           weight_decay=config.weight_decay)
+        # only trainable parameters: a LoRA policy's frozen base gets no optimizer entry (a plain model's order is kept)
+        self.optimizer = torch.optim.AdamW([p for p in policy.model.parameters() if p.requires_grad],
+                                           lr=config.learning_rate, weight_decay=config.weight_decay)
         self._train_model, _ = self.dist.prepare(policy.model)
         self.update_step = UpdateStep(self.optimizer, [self._train_model], distributed=self.dist,
                                       max_grad_norm=config.max_grad_norm, mixed_precision=config.mixed_precision,
@@ -468,6 +469,8 @@ class DPO(Agent):
         """Epochs begun so far."""
         self._order = np.zeros(0, dtype=np.int64)  # the current epoch's permutation of the training set
         self._cursor = 0  # how much of it has been used
+        self._last_batch = 0  # comparisons in the latest step (the stand-in env's num_envs; 0 before the first)
+        self._env = StandInEnv(lambda: self._last_batch or self.config.batch_size, "DPO's comparisons per step")
 
     # ------------------------------------------------------------------ data checks
     def _split(self, data: list[Comparison]) -> tuple[list[Comparison], list[Comparison]]:
@@ -536,6 +539,12 @@ class DPO(Agent):
         sampling = replace(self.config.sampling, top_k=1) if deterministic else self.config.sampling
         return self.policy.sample(list(observations), sampling, seed=seed).completions
 
+    def get_env(self) -> StandInEnv:
+        """What SB3 callbacks see as `training_env`: DPO has no environment, so a stand-in whose `num_envs` is the
+        comparisons in a step (`batch_size`; the latest step's count once one is taken, as an epoch's last batch may
+        be shorter). Each comparison counts as a one-step episode."""
+        return self._env
+
     def learn(self, total_steps: int | None = None, callback: CallbackLike = None) -> DPO:
         """Train until `total_steps` comparisons have been used in total (across resumes); return `self`.
 
@@ -546,6 +555,15 @@ class DPO(Agent):
         (step 0), every `eval_every` steps and when `learn` returns. The callback (a plain
         `callback(agent, num_timesteps)`, an SB3 `BaseCallback` or a list of them, `agents/base.py`)
         is told after each step; returning False stops.
+
+        For an SB3 callback a step is one batch of one-step episodes (one per comparison):
+        `on_rollout_start()`; the update; `num_timesteps` advanced by the batch; `update_locals` with
+        `dones` (one True per comparison), `infos` (`{"query_id": ...}` per comparison), `comparisons`
+        (the batch) and `stats` (the step's statistics); `on_step()`; `on_rollout_end()` unless it
+        stopped. `training_env` is `get_env()`'s stand-in, so `ProgressBarCallback` advances by the
+        comparisons of each step and `StopTrainingOnMaxEpisodes(max_episodes=N)` stops after the
+        step that brings the comparisons trained on to `N * batch_size` or more (N steps when every
+        batch is full; one more where an epoch's shorter last batch came in between).
 
         Raises:
             TrainingDivergedError: a loss or gradient became NaN or infinite; the step was stopped before the
@@ -562,9 +580,11 @@ class DPO(Agent):
             evaluated_at = 0
         with self._training_callback(callback, total_steps) as cb:
             while self.num_timesteps < total_steps:
+                cb.on_rollout_start()
                 batch = self._next_batch()
                 stats = self._train_step(batch)
                 self.num_timesteps += len(batch)
+                self._last_batch = len(batch)
                 self.iteration += 1
                 if stats:
                     self.logger.record_dict({f"train/{k}": v for k, v in stats.items()})
@@ -572,7 +592,9 @@ class DPO(Agent):
                     self._log_heldout()
                     evaluated_at = self.num_timesteps
                 self.logger.dump(self.num_timesteps)
-                if not cb.on_step():
+                step_locals = {"comparisons": batch, "stats": stats, "dones": np.ones(len(batch), dtype=bool),
+                               "infos": [{"query_id": c.query_id} for c in batch]}
+                if not self._end_of_step(cb, step_locals):
                     break
             if self.heldout_set and evaluated_at != self.num_timesteps:
                 self._log_heldout()

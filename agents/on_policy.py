@@ -45,13 +45,13 @@ import torch
 from gymnasium.vector import VectorEnv
 from safetensors.torch import load_file, save_file
 
-from llm_gym.agents.base import Agent, CallbackLike, resolve_rng
+from llm_gym.agents.base import Agent, CallbackLike, resolve_rng, vector_infos
 from llm_gym.agents.checkpoint import (CheckpointError, load_policy_and_reference, open_checkpoint, read_json, reading,
                                       save_policy_and_reference, write_checkpoint)
 from llm_gym.agents.kl import FixedKLController, KLEstimator, KLPenalty, kl_estimate, make_kl_controller
 from llm_gym.agents.monitors import HealthMonitor
 from llm_gym.agents.ptx import PtxMixer
-from llm_gym.agents.reference import frozen_copy, reference_log_probs
+from llm_gym.agents.reference import make_reference, reference_log_probs
 from llm_gym.agents.rollout import Experience, collect_experience
 from llm_gym.infra.atomic import recover_dir
 from llm_gym.infra.configio import check_finite
@@ -215,7 +215,8 @@ class OnPolicyAgent(Agent):
             passes an rng with the same seed, the same environment and its own device's policy.
 
     `learn`'s callback may be a plain `callback(agent, step)`, an SB3 `BaseCallback` or a list of
-    them (`agents/base.py`): `on_step()` follows every iteration (`num_envs` completions).
+    them (`agents/base.py`): `on_rollout_start()` precedes every iteration and `on_step()` and
+    `on_rollout_end()` follow it (`num_envs` one-step episodes; see `learn`).
     """
 
     config_class: ClassVar[type[OnPolicyConfig]] = OnPolicyConfig
@@ -274,7 +275,7 @@ class OnPolicyAgent(Agent):
         self.ptx_texts = list(ptx_texts) if ptx_texts else []
         self.ptx = PtxMixer(self.ptx_texts, config.ptx_coef, config.ptx_batch_size, policy, dist) if config.ptx_coef > 0 else None
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.reference = reference if reference is not None else frozen_copy(policy)
+        self.reference = reference if reference is not None else make_reference(policy)
         for p in self.reference.model.parameters():
             p.requires_grad_(False)
         self.kl_ctl: FixedKLController = make_kl_controller(config.kl_coef, config.adaptive_kl, config.target_kl,
@@ -291,6 +292,8 @@ class OnPolicyAgent(Agent):
         self.monitor = HealthMonitor(config.kl_explosion, config.overopt_window, config.overopt_patience)
         self.num_timesteps = 0
         self.iteration = 0
+        self._last_experience: Experience | None = None
+        """The last batch `train_iteration` collected, as the environment saw it (for the callbacks' locals)."""
 
     # ------------------------------------------------------------------ what an algorithm adds
     def _reduction(self) -> LossReduction:
@@ -301,8 +304,13 @@ class OnPolicyAgent(Agent):
         """Create the algorithm's own trainable modules (PPO's value head); none by default."""
 
     def _param_groups(self) -> list[dict[str, Any]]:
-        """The optimizer's parameter groups: the policy at `learning_rate`, plus the algorithm's own."""
-        return [{"params": list(self.policy.model.parameters()), "lr": self.config.learning_rate}]
+        """The optimizer's parameter groups: the policy's trainable parameters at `learning_rate`, plus the algorithm's own.
+
+        Frozen parameters (a LoRA policy's base) get no optimizer entry; a plain model's are all
+        trainable and keep their order (checkpointed optimizer states index them by position).
+        """
+        trainable = [p for p in self.policy.model.parameters() if p.requires_grad]
+        return [{"params": trainable, "lr": self.config.learning_rate}]
 
     def _prepare_modules(self) -> list[torch.nn.Module]:
         """The algorithm's own modules wrapped for data parallelism (they join the update step's gradient sync)."""
@@ -356,21 +364,42 @@ class OnPolicyAgent(Agent):
         return self.env
 
     def learn(self, total_steps: int, callback: CallbackLike = None) -> OnPolicyAgent:
-        """Train until `total_steps` completions have been generated in total (across resumes)."""
+        """Train until `total_steps` completions have been generated in total (across resumes).
+
+        An SB3 callback sees, per iteration (SB3's protocol for one-step episodes, `agents/base.py`):
+        `on_rollout_start()`; the rollout and update; `num_timesteps` advanced by the batch
+        (`num_envs` completions); `update_locals` with `dones` (`num_envs` Trues: every episode ends
+        after one step), `infos` (the env step's info, one dict per completion), `rewards` (the
+        env's scores), `actions` (the completions), `obs` (the prompts) and `stats` (what the
+        iteration logged); then `on_step()`, whose False stops `learn`, and `on_rollout_end()`.
+        So `ProgressBarCallback` advances by `num_envs` per iteration and
+        `StopTrainingOnMaxEpisodes(max_episodes=N)` stops after N iterations (`N * num_envs` completions).
+        """
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
         with self._training_callback(callback, total_steps) as cb:
             while self.num_timesteps < total_steps:
-                self.train_iteration()
+                cb.on_rollout_start()
+                self._last_experience = None
+                stats = self.train_iteration()  # the public step: what a subclass (or a test) overrides runs
+                exp = self._last_experience
                 if self.config.checkpoint_every and self.iteration % self.config.checkpoint_every == 0:
                     self.save(self.checkpoint_dir / "checkpoint")
-                if not cb.on_step():
+                n = len(exp.scores) if exp is not None else self.env.num_envs  # the whole batch, on every process
+                rollout_locals: dict[str, Any] = {"dones": np.ones(n, dtype=bool), "stats": stats}
+                if exp is not None:
+                    rollout_locals.update(obs=exp.prompts, actions=exp.completions, rewards=exp.scores,
+                                          infos=vector_infos(exp.info, n))
+                if not self._end_of_step(cb, rollout_locals):
                     break
         return self
 
     # ------------------------------------------------------------------ one iteration
     def train_iteration(self) -> dict[str, float]:
-        """Rollout, scoring, reference pass, advantages and update on one batch; returns the logged stats."""
+        """Rollout, scoring, reference pass, advantages and update on one batch; returns the logged stats.
+
+        The batch as the environment saw it stays in `_last_experience` (for the callbacks' locals).
+        """
         cfg, dist = self.config, self.dist
         self.policy.model.eval()  # dropout off: pi/pi_old = 1 before the first update
         amp = self.update_step.autocast()
@@ -399,6 +428,7 @@ class OnPolicyAgent(Agent):
         prepared = self._advantages(snapshot, extra)
         train_stats = self._update(snapshot, prepared, len(experience.scores))
         timings["update"] = time.perf_counter() - t
+        self._last_experience = experience
         return self._finish_iteration(snapshot, train_stats, timings)
 
     def _finish_iteration(self, snapshot: Snapshot, train_stats: dict[str, float], timings: dict[str, float]) -> dict[str, float]:

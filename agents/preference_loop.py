@@ -31,11 +31,12 @@ queries), which keeps every rng stream in step across processes.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -46,6 +47,9 @@ from llm_gym.infra.logger import Logger
 from llm_gym.feedback.oracles import NoAnswersError, PreferenceOracle, collect
 from llm_gym.core.preferences import Comparison, Query
 from llm_gym.feedback.store import PreferenceStore
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.callbacks import BaseCallback
 
 __all__ = [
     "DisagreementSelector",
@@ -146,6 +150,50 @@ class PreferenceLoopConfig:
             raise ValueError(f"PreferenceLoopConfig.mode must be 'online' or 'rounds', got {self.mode!r}")
         if self.on_no_answers not in ("raise", "wait"):
             raise ValueError(f"PreferenceLoopConfig.on_no_answers must be 'raise' or 'wait', got {self.on_no_answers!r}")
+
+
+_INNER_OWN_LOCALS = frozenset({"self", "callback", "total_timesteps"})
+"""The inner learn's locals that would mislead the loop's callback (it keeps the loop's own `self` and `total_timesteps`)."""
+
+
+@functools.cache
+def _relay_type() -> type[BaseCallback]:
+    """`Relay`, made on first use so that importing llm_gym does not import Stable-Baselines3."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Relay(BaseCallback):
+        """The inner agent's callback for one round: hands its rollouts and steps on to the loop's callback.
+
+        The loop's steps are the inner agent's environment steps, so the loop's callback follows the
+        inner protocol (`on_rollout_start`, `update_locals`, `on_step`, `on_rollout_end`) with the
+        loop's `num_timesteps` advanced alongside the inner agent's (by the steps it did, which may
+        pass the round's target by less than an inner iteration, as the inner agent's own count does).
+        Its `on_training_start`/`on_training_end` are the inner learn's and stay here.
+        """
+
+        def __init__(self, loop: PreferenceLoop, outer: BaseCallback) -> None:
+            super().__init__()
+            self.loop, self.outer = loop, outer
+            self.start, self.inner_start = loop.num_timesteps, loop.inner.num_timesteps
+            self.stopped = False
+            """Whether the loop's callback asked to stop (the inner learn stops; so must the loop)."""
+
+        def _on_rollout_start(self) -> None:
+            self.outer.on_rollout_start()
+
+        def update_child_locals(self, locals_: dict[str, Any]) -> None:
+            self.outer.update_locals({k: v for k, v in locals_.items() if k not in _INNER_OWN_LOCALS})
+
+        def _on_step(self) -> bool:
+            loop = self.loop
+            loop.num_timesteps = self.start + loop.inner.num_timesteps - self.inner_start
+            self.stopped = not self.outer.on_step()
+            return not self.stopped
+
+        def _on_rollout_end(self) -> None:
+            self.outer.on_rollout_end()
+
+    return Relay
 
 
 class PreferenceLoop(Agent):
@@ -274,8 +322,17 @@ class PreferenceLoop(Agent):
     def learn(self, total_steps: int, callback: CallbackLike = None) -> PreferenceLoop:
         """Train the inner agent for `total_steps` environment steps in total, asking for labels on schedule.
 
+        Rounds end at multiples of `steps_per_round`; where the inner agent's batch does not divide
+        them, a round may pass its target by less than an inner iteration and `num_timesteps` counts
+        the steps done, as the inner agent's own count does.
+
         The callback (a plain `callback(loop, step)`, an SB3 `BaseCallback` or a list of them,
-        `agents/base.py`) is told after each round; returning False stops.
+        `agents/base.py`) follows the inner agent's steps: it is told after each of the inner agent's
+        updates (an on-policy agent's iteration, an SB3 algorithm's env step), with the loop's
+        `num_timesteps` advanced alongside, and sees the inner agent's `on_rollout_start`/`_end` and
+        `update_locals` (`dones`, `infos`, `rewards`...; `training_env` is the inner agent's env). So
+        `ProgressBarCallback` and `StopTrainingOnMaxEpisodes` count the inner agent's episodes.
+        Returning False stops the inner agent at once and the loop with it, before that round's labels.
 
         Raises:
             NoAnswersError: a round's queries got no answer to train on and the store holds none from
@@ -290,15 +347,17 @@ class PreferenceLoop(Agent):
                 self.logger.dump(self.num_timesteps)
             while self.num_timesteps < total_steps:
                 target = min(total_steps, self.num_timesteps + cfg.steps_per_round)
-                self.inner.learn(target)
-                self.num_timesteps = target
+                relay = _relay_type()(self, cb)
+                self.inner.learn(target, callback=relay)
+                if relay.stopped:
+                    break
+                # the steps done (an inner iteration may pass the target); the target when the inner was already past it
+                self.num_timesteps = max(target, self.num_timesteps)
                 self.rounds += 1
                 counts = self._counts()
                 if counts["queries"] < cfg.total_labels or counts["pending"]:
                     self._round(cfg.labels_per_round)
                 self.logger.dump(self.num_timesteps)
-                if not cb.on_step():
-                    break
         return self
 
     def _act(self, observations: Sequence[Any], deterministic: bool) -> list[Any]:

@@ -85,7 +85,9 @@ def sft_batch(policy: Policy, demos: Sequence[Demonstration]) -> TokenBatch:
     """
     tok = policy.tokenizer
     prompts = encode(tok, [d.prompt for d in demos])
-    answers = append_eos(encode(tok, [d.completion for d in demos], special_tokens=False), tok.eos_token_id)
+    # a chat-rendered answer already ends with the template's end-of-turn EOS: end it with exactly one
+    answers = append_eos(encode(tok, [d.completion for d in demos], special_tokens=False), tok.eos_token_id,
+                         unless_present=True)
     rows = [(p + a)[-policy.context_length :] for p, a in zip(prompts, answers)]  # keep the answer if a prompt is too long
     batch = pad_right(rows, tok.pad_token_id, label_from=[len(r) - min(len(a), len(r)) for r, a in zip(rows, answers)])
     return TokenBatch(*(t.to(policy.device) for t in batch))

@@ -35,10 +35,10 @@ from __future__ import annotations
 
 import multiprocessing
 import string
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 import gymnasium as gym
 import numpy as np
@@ -53,8 +53,11 @@ from llm_gym.core.task import PromptTask, Task
 
 __all__ = ["PromptBanditEnv", "PromptBanditVecEnv", "PromptText"]
 
-DatasetLike = PromptDataset | Sequence[str] | str | PathLike[str] | Any
-"""What `load_prompts` reads: a `PromptDataset`, a list, a path, a `datasets.Dataset`, a pandas DataFrame..."""
+DatasetLike: TypeAlias = (PromptDataset | str | PathLike[str] | Sequence[str] | Mapping[str, Sequence[Any]]
+                          | Iterable[Any])
+"""What `load_prompts` reads: a `PromptDataset`, a path, a list of prompts, a dict of column lists, or another iterable
+of prompts or records (a list of dicts or conversations, a ``datasets.Dataset``, a pandas DataFrame or Series, a
+numpy array); see `llm_gym.core.data`."""
 
 
 class PromptText(spaces.Text):
@@ -92,8 +95,8 @@ class _PromptSource:
     its prompts and gold judge here; subclasses over richer tasks (the built-in review task) give more."""
 
     def _setup(
-        self, dataset: DatasetLike, reward_fn: RewardFn | str, gold_fn: RewardFn | str | None, max_completion_chars: int,
-        prompt_field: str = "prompt", tokenizer: ChatTokenizer | None = None,
+        self, dataset: DatasetLike, reward_fn: RewardFn | str, gold_fn: RewardFn | str | None,
+        max_completion_chars: int, prompt_field: str = "prompt", tokenizer: ChatTokenizer | None = None,
     ) -> tuple[spaces.Text, spaces.Text]:
         self.dataset = load_prompts(dataset, prompt_field=prompt_field, tokenizer=tokenizer)
         self.reward_fn = resolve_reward_fn(reward_fn, "reward_fn")
@@ -104,7 +107,8 @@ class _PromptSource:
     def _score(self, prompts: list[str], completions: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
         for i, c in enumerate(completions):
             if not isinstance(c, str):
-                raise TypeError(f"action {i} is {type(c).__name__}; a completion must be a str (decode token ids first)")
+                raise TypeError(f"action {i} is {type(c).__name__}; a completion must be a str "
+                                "(decode token ids first)")
         rewards = score_batch(self.reward_fn, prompts, completions)
         if self.gold_fn is None:
             return rewards, None
@@ -129,7 +133,8 @@ class PromptBanditEnv(_PromptSource, gym.Env[str, str]):
 
     Example:
         >>> import gymnasium, llm_gym
-        >>> env = gymnasium.make("llm_gym/PromptBandit-v0", dataset=["the film was"], reward_fn=lambda p, c: [len(x) for x in c])
+        >>> env = gymnasium.make("llm_gym/PromptBandit-v0", dataset=["the film was"],
+        ...                      reward_fn=lambda p, c: [len(x) for x in c])
         >>> prompt, info = env.reset(seed=0)
         >>> env.step(" great .")[1:4]
         (8.0, True, False)
@@ -164,7 +169,8 @@ class PromptBanditEnv(_PromptSource, gym.Env[str, str]):
         if options and "index" in options:
             index = int(options["index"])
             if not 0 <= index < len(self.dataset):
-                raise ValueError(f"options['index']={index} is out of range for a dataset of {len(self.dataset)} prompts")
+                raise ValueError(f"options['index']={index} is out of range for a dataset of "
+                                 f"{len(self.dataset)} prompts")
         else:
             index = int(self.np_random.integers(len(self.dataset)))
         self._index, self._done = index, False
@@ -256,22 +262,28 @@ class PromptBanditVecEnv(_PromptSource, VectorEnv):
             info["group"] = np.arange(self.num_envs) // self.group_size
         return info
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[tuple[str, ...], dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[tuple[str, ...], dict[str, Any]]:
         """Hand out `num_envs` prompts (`num_envs / group_size` distinct draws, uniform with replacement, from the
         seeded `np_random`, each repeated `group_size` times)."""
         super().reset(seed=seed)
         prompts, indices = self._draw()
         return prompts, self._info(indices)
 
-    def step(self, actions: Sequence[str]) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    def step(
+        self, actions: Sequence[str]
+    ) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Score one completion per current prompt, then hand out the next batch of prompts."""
         if self._indices is None:
             raise RuntimeError("call reset() before step()")
         if isinstance(actions, (str, bytes)) or not isinstance(actions, (Sequence, np.ndarray)):
             got = "a single str" if isinstance(actions, str) else type(actions).__name__
-            raise TypeError(f"step() takes a sequence of {self.num_envs} completions (one str per environment), got {got}")
+            raise TypeError(f"step() takes a sequence of {self.num_envs} completions (one str per environment), "
+                            f"got {got}")
         if len(actions) != self.num_envs:
-            raise ValueError(f"step() takes one completion per environment ({self.num_envs}), got {len(actions)} actions")
+            raise ValueError(f"step() takes one completion per environment ({self.num_envs}), "
+                             f"got {len(actions)} actions")
         prompts = [self.dataset[int(i)] for i in self._indices]
         rewards, gold = self._score(prompts, list(actions))
         info: dict[str, Any] = {

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-RUNNABLE = ("## Quick start", "## The InstructGPT pipeline in a few lines", "## The bandit algorithms")
+RUNNABLE = ("## Quick start", "## The InstructGPT pipeline in a few lines", "## The bandit algorithms",
+            "## Your own model and data")
 
 
 def _examples() -> list[tuple[str, str]]:

@@ -131,6 +131,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     written = read_json(resolved, "the resolved config `llm-gym run` wrote",
                         "rerun `llm-gym run CONFIG --out RUN_DIR` with the run's config to write it again "
                         "(finished stages are reused)")
+    # only what the evaluation reads may change: any other override (sft.epochs, say) would be recorded beside
+    # results that the run's existing policies produced, not that setting
+    others = [o for o in args.set if not o.split("=", 1)[0].strip().startswith(_EVAL_KEYS)]
+    if others:
+        print(f"error: eval --set changes only how the run's policies are evaluated ({', '.join(_EVAL_KEYS)}); "
+              f"{', '.join(others)} would need the stages to run again: use `llm-gym run CONFIG --out {run_dir} --set ...`",
+              file=sys.stderr)
+        return 2
     # --set paths, like the run's own relative ones (before paths were resolved), are relative to this folder
     config = from_dict(ExperimentConfig, resolve_input_paths(apply_overrides(written, args.set), Path.cwd()))
     check_writable_folder(run_dir)  # summary.json, or the new evaluation file, is written
@@ -147,25 +155,42 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     # settings that differ from config.json's: the run's own results (summary.json, state.json) stay as they are,
     # so they keep describing the run config.json describes; this evaluation goes to a file of its own
     target = _evaluation_file(run_dir, args.set)
-    summary = pipeline.evaluate(into=target)
+    try:
+        summary = pipeline.evaluate(into=target)
+    except BaseException:
+        if target.stat().st_size == 0:  # reserved, never written: leave no empty file behind
+            target.unlink()
+        raise
     print()
     print(format_summary(summary))
     print(f"\nevaluation with {' '.join(args.set)}: {target}  ({run_dir / 'summary.json'} is unchanged)")
     return 0
 
 
+_EVAL_KEYS = ("evaluation.", "task.eval_prompts")
+"""The settings `eval --set` may change: the evaluation's own, and the held-out prompts."""
+
+
 def _evaluation_file(run_dir: Path, overrides: Sequence[str]) -> Path:
-    """A new file `RUN_DIR/evaluations/<time>-<hash of the overrides>.json` for an evaluation under other settings
-    (never one that exists: two in the same second get `_1`, `_2`...)."""
+    """A new file `RUN_DIR/evaluations/<time>-<hash of the overrides>.json` for an evaluation under other settings,
+    reserved now (created empty, exclusively), so that two evaluations at once, even in the same second, never
+    write the same file: the second gets `_1`, then `_2`..."""
     import hashlib
 
     digest = hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:8]
     base = f"{time.strftime('%Y%m%d-%H%M%S')}-{digest}"
     folder = run_dir / "evaluations"
-    k = 0
-    while (folder / f"{base}{f'_{k}' if k else ''}.json").exists():
-        k += 1
-    return folder / f"{base}{f'_{k}' if k else ''}.json"
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(10_000):
+        target = folder / f"{base}{f'_{k}' if k else ''}.json"
+        try:
+            os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return target
+    from llm_gym.infra.runfolder import RunFolderError
+
+    raise RunFolderError(f"{folder}: 10,000 evaluation files named {base}*; remove some")
 
 
 EVAL_EXAMPLES = """examples:

@@ -69,12 +69,21 @@ class ModelSpec:
     cache_dir: str = ""
     """Where the built-in model is cached ("" = $LLM_GYM_CACHE or ~/.cache/llm_gym); written to, so a relative path is
     relative to the folder the command runs in, like `--cache-dir`."""
+    lora: dict[str, Any] = field(default_factory=dict)
+    """LoRA instead of full fine-tuning (needs `pip install llm-gym[peft]`): the fields of `peft.LoraConfig`, e.g.
+    {r = 8, lora_alpha = 16, target_modules = ["q_proj", "v_proj"]}; {} = train every weight. Each stage that
+    trains the policy (SFT, the PPO and agent runs, the preference loops) trains an adapter on the model it starts
+    from, with that model (the adapter off) as its KL reference, and hands its policy on merged (a plain model
+    folder); the reward model trains an adapter on its backbone and its whole head."""
 
     def __post_init__(self) -> None:
         check_finite(self)
         for name in ("name_or_path", "cache_dir"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"ModelSpec.{name} must be a string, got {getattr(self, name)!r}")
+        if not isinstance(self.lora, dict) or not all(isinstance(k, str) for k in self.lora):
+            raise TypeError(f"ModelSpec.lora must be a table of peft.LoraConfig fields (e.g. {{r = 8, lora_alpha = 16, "
+                            f"target_modules = [\"q_proj\", \"v_proj\"]}}) or {{}}, got {self.lora!r}")
 
 
 BUILTIN_ENV = "llm_gym/ReviewSentiment-v0"
@@ -106,18 +115,26 @@ class TaskSpec:
     paths and file paths)."""
     prompts: str = ""
     """Training prompts for the RL runs, the preference loops and the reward model's queries, instead of the
-    environment's: a .jsonl (key "prompt"), .csv (column "prompt") or .txt (one per line) file; "" = the task's."""
+    environment's: a .jsonl, .json, .csv or .parquet file (the field `prompt_field`) or .txt (one per line); "" = the task's."""
     eval_prompts: str = ""
     """Held-out prompts for the evaluation, same formats; "" = the task's (or its training prompts if it has none)."""
     demonstrations: str = ""
-    """SFT data: a .jsonl file of {"prompt": ..., "completion": ...} lines; "" = the task's (none: SFT is skipped)."""
+    """SFT data: a .jsonl, .json, .csv or .parquet file of records with a prompt and a completion (`prompt_field`,
+    `completion_field`); "" = the task's (none: SFT is skipped)."""
     gold: str = ""
     """The gold judge (plays the human: synthetic labels, gold score, win rate): "" = the task's own (the
     built-in task has one, most environments none), or "module:name" of a reward function."""
+    prompt_field: str = "prompt"
+    """The field (JSON key, CSV/Parquet column) holding the prompt in the `prompts`, `eval_prompts` and
+    `demonstrations` files, e.g. "question". A field of chat messages ([{role, content}, ...], TRL's
+    conversational layout) is rendered with the chat template of `model.name_or_path`'s tokenizer."""
+    completion_field: str = "completion"
+    """The field holding a demonstration's answer (text, or the assistant's messages). A demonstration may also be
+    one `messages` conversation whose last assistant turn is the answer."""
 
     def __post_init__(self) -> None:
         check_finite(self)
-        for name in ("env", "prompts", "eval_prompts", "demonstrations", "gold"):
+        for name in ("env", "prompts", "eval_prompts", "demonstrations", "gold", "prompt_field", "completion_field"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"TaskSpec.{name} must be a string, got {getattr(self, name)!r}")
         if not self.env:
@@ -126,6 +143,13 @@ class TaskSpec:
             raise TypeError(f"TaskSpec.env_kwargs must be a table of keyword arguments, got {self.env_kwargs!r}")
         if self.gold and ":" not in self.gold:
             raise ValueError(f'TaskSpec.gold must be "" or an import path "module:name", got {self.gold!r}')
+        for name in ("prompt_field", "completion_field"):
+            if not getattr(self, name):
+                raise ValueError(f"TaskSpec.{name} must name a field of the data files, got an empty string")
+
+
+_ORACLE_FIELDS = ("prompt_field", "chosen_field", "rejected_field", "completions_field", "preference_field", "ranks_field",
+                  "labeller_field")
 
 
 @dataclass(frozen=True)
@@ -133,7 +157,7 @@ class OracleSpec:
     """Who labels the reward model's comparisons."""
 
     kind: Literal["synthetic", "recorded", "terminal"] = "synthetic"
-    """`synthetic`: the task's gold judge under Bradley-Terry noise; `recorded`: replay the JSONL file `path`
+    """`synthetic`: the task's gold judge under Bradley-Terry noise; `recorded`: replay the comparison file `path`
     (its comparisons are the training set); `terminal`: a person answers at the keyboard."""
     temperature: float = 1.0
     """Synthetic oracle: Bradley-Terry / Plackett-Luce temperature in gold-score units (0 = noiseless)."""
@@ -142,17 +166,40 @@ class OracleSpec:
     tie_margin: float = 0.0
     """Synthetic oracle: pairwise gold differences up to this are answered as ties."""
     path: str = ""
-    """Recorded oracle: the JSONL file (see `RecordedOracle.from_jsonl` for the layouts); in an experiment file, a
+    """Recorded oracle: the comparison file, .jsonl/.json/.csv/.parquet (see `llm_gym.feedback.recorded` for the
+    layouts and `*_field` below for other field names); in an experiment file, a
     relative path is found beside the file. Its content is part of the labelling stages' fingerprints: edit the
     file (reverse a label, add some) and a rerun imports its answers into a fresh store, the old store moved
     aside, never deleted."""
+    prompt_field: str = "prompt"
+    """Recorded oracle: the field holding the prompt (text or chat messages). Without one in a record, the prompt is
+    the shared beginning of `chosen` and `rejected` (HH-RLHF's layout; shared leading messages in TRL's)."""
+    chosen_field: str = "chosen"
+    """Recorded oracle: the field holding the preferred completion of a pairwise record."""
+    rejected_field: str = "rejected"
+    """Recorded oracle: the field holding the other completion of a pairwise record."""
+    completions_field: str = "completions"
+    """Recorded oracle: the field holding the completions of a record ranked by `ranks_field` or `preference_field`."""
+    preference_field: str = "preference"
+    """Recorded oracle: the field holding a pairwise answer "first", "second" or "tie"."""
+    ranks_field: str = "ranks"
+    """Recorded oracle: the field holding one rank per completion (0 = best, equal ranks = a tie)."""
+    labeller_field: str = "labeller"
+    """Recorded oracle: the field naming who labelled a record (optional in each record)."""
+
+    def field_names(self) -> dict[str, str]:
+        """The `*_field` settings as keyword arguments of `RecordedOracle.from_file`."""
+        return {name: getattr(self, name) for name in _ORACLE_FIELDS}
 
     def __post_init__(self) -> None:
         check_finite(self)
+        for name in _ORACLE_FIELDS:
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"OracleSpec.{name} must name a field of the comparison file, got {getattr(self, name)!r}")
         if self.kind not in ("synthetic", "recorded", "terminal"):
             raise ValueError(f"OracleSpec.kind must be 'synthetic', 'recorded' or 'terminal', got {self.kind!r}")
         if self.kind == "recorded" and not self.path:
-            raise ValueError("OracleSpec.kind='recorded' needs path = the JSONL file of comparisons")
+            raise ValueError("OracleSpec.kind='recorded' needs path = the file of comparisons (.jsonl, .json, .csv or .parquet)")
         if not self.temperature >= 0 or not 0 <= self.flip_prob <= 1 or not self.tie_margin >= 0:
             raise ValueError(
                 f"OracleSpec needs temperature >= 0, flip_prob in [0, 1], tie_margin >= 0; got "

@@ -68,8 +68,8 @@ from llm_gym.agents.preference_loop import DisagreementSelector, PreferenceLoop,
 from llm_gym.agents.sft import SFTTrainer
 from llm_gym.app.config import STAGES, AgentStage, ExperimentConfig, LoopStage, PPOStage
 from llm_gym.app.evaluation import evaluate_policy
-from llm_gym.app.stages import (LoadedTask, check_inputs, check_task, load_task, make_env, make_oracle, oracle_fingerprint,
-                                read_state, resolve_reward, sample_queries, store_for)
+from llm_gym.app.stages import (LoadedTask, chat_tokenizer, check_inputs, check_task, code_fingerprint, load_task, make_env,
+                                make_oracle, oracle_fingerprint, read_state, resolve_reward, sample_queries, store_for)
 from llm_gym.app.summary import build_summary
 from llm_gym.core.data import DatasetError
 from llm_gym.core.preferences import Comparison
@@ -90,6 +90,23 @@ from llm_gym.models.reward_trainer import RewardTrainer
 from llm_gym.tasks.tiny_lm import build_builtin_model
 
 __all__ = ["Pipeline"]
+
+
+def _folder_fingerprint(folder: Path) -> list[str]:
+    """A local model folder by what it holds, so that replacing its weights or editing its config, tokenizer or chat
+    template reruns what was built on it: the small files by content, the weights by size and modification time
+    (hashing gigabytes on every run would cost more than it saves). Nothing for a Hub name."""
+    if not folder.is_dir():
+        return []
+    parts = []
+    for file in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        stat = file.stat()
+        if stat.st_size < 4 * 2**20 and file.suffix in (".json", ".jinja", ".txt", ".model", ""):
+            what = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+        else:
+            what = f"{stat.st_size}:{stat.st_mtime_ns}"
+        parts.append(f"{file.name}:{what}")
+    return parts
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -160,13 +177,27 @@ class Pipeline:
     @cached_property
     def loaded(self) -> LoadedTask:
         """The task of `config.task` with its environment's reward and its data fingerprints (`stages.load_task`)."""
-        return load_task(self.config.task, self.config.pretrain.task)
+        return load_task(self.config.task, self.config.pretrain.task, self.chat_tokenizer)
+
+    @cached_property
+    def chat_tokenizer(self) -> Any:
+        """The given model's tokenizer, whose chat template renders chat-message data (None for the built-in model)."""
+        return chat_tokenizer(self.config.model.name_or_path)
+
+    @property
+    def lora(self) -> dict[str, Any] | None:
+        """`model.lora` as the `peft_config` of the policies and reward models the stages train (None: full weights)."""
+        return dict(self.config.model.lora) or None
+
+    def _trainee(self, path: str) -> Policy:
+        """The policy a stage trains, from `path`: every weight, or a LoRA adapter on it (`model.lora`)."""
+        return Policy.from_pretrained(path, device=self.device, peft_config=self.lora)
 
     @cached_property
     def oracle_fingerprint(self) -> dict[str, Any]:
         """The labeller's settings as the labelling stages' fingerprints see them: a recorded file by its content
         (`stages.oracle_fingerprint`), read once per Pipeline like the task's files."""
-        return oracle_fingerprint(self.config.oracle)
+        return oracle_fingerprint(self.config.oracle, self.loaded.fingerprints["gold"])
 
     @property
     def task(self) -> Task:
@@ -320,7 +351,7 @@ class Pipeline:
     def _stage_pretrain(self) -> dict[str, Any]:
         cfg = self.config
         if cfg.model.name_or_path:
-            fp = _fingerprint("hub", cfg.model.name_or_path)
+            fp = _fingerprint("hub", cfg.model.name_or_path, *_folder_fingerprint(Path(cfg.model.name_or_path)))
             return self._timed("pretrain", fp, lambda: {"path": cfg.model.name_or_path, "built": False})
 
         def body() -> dict[str, Any]:
@@ -337,13 +368,15 @@ class Pipeline:
     def _stage_sft(self) -> dict[str, Any]:
         cfg = self.config
         base = self._need("pretrain")
-        fp = _fingerprint(base["fingerprint"], to_dict(cfg.sft), cfg.seed, self._data_fingerprint("demonstrations"))
+        # LoRA is part of every trained stage's fingerprint through this one, upstream of them all (none before it existed)
+        lora = [{"lora": cfg.model.lora}] if cfg.model.lora else []
+        fp = _fingerprint(base["fingerprint"], to_dict(cfg.sft), cfg.seed, self._data_fingerprint("demonstrations"), *lora)
         path = self.out / "sft"
         if not self.demonstrations:  # nothing to imitate: the SFT policy (the reference of KL and win rate) is the base
             return self._timed("sft", fp, lambda: {"path": base["result"]["path"], "skipped": "the task has no demonstrations"})
 
         def body() -> dict[str, Any]:
-            policy = Policy.from_pretrained(base["result"]["path"], device=self.device)
+            policy = self._trainee(base["result"]["path"])
             with self._logger("sft", purge_step=0) as logger:  # a rerun's curve replaces the last one, no duplicate steps
                 trainer = SFTTrainer(cfg.sft, rng=np.random.default_rng(cfg.seed), logger=logger, distributed=self.dist)
                 metrics = trainer.fit(policy, self.demonstrations)
@@ -357,12 +390,14 @@ class Pipeline:
         cfg, rm_cfg = self.config, self.config.reward_model
         sft = self._need("sft")
         upstream = [self._need("pretrain")["fingerprint"], sft["fingerprint"]]
-        fp = _fingerprint(upstream, to_dict(rm_cfg), self.oracle_fingerprint, cfg.seed, self._data_fingerprint("prompts"))
+        # the gold judge (when not the built-in one) scores the reward model against gold: part of its inputs
+        fp = _fingerprint(upstream, to_dict(rm_cfg), self.oracle_fingerprint, cfg.seed, self._data_fingerprint("prompts"),
+                          *self._judge_fingerprint("gold"))
         path = self.out / "reward_model"
         gold = self.task.gold
 
         def label() -> tuple[int, list[Comparison]]:
-            oracle = make_oracle(cfg.oracle, gold, np.random.default_rng(cfg.seed), self.input_fn)
+            oracle = make_oracle(cfg.oracle, gold, np.random.default_rng(cfg.seed), self.input_fn, self.chat_tokenizer)
             sources = {"pretrained": self._need("pretrain")["result"]["path"], "sft": self._sft_path()}
             queries = sample_queries(cfg, oracle, self.prompts, sources, self.device)
             # labels persist across runs: the store is append-only and never deleted, and a
@@ -395,7 +430,7 @@ class Pipeline:
             with self._logger("reward_model", purge_step=0) as logger:
                 trainer = RewardTrainer(rm_cfg.trainer, logger=logger, rng=trainer_rng, distributed=self.dist)
                 rm = reward_model_from_pretrained(self._sft_path(), rm_cfg.members, seed=cfg.seed,
-                                                  pooling=rm_cfg.pooling, device=self.device)
+                                                  pooling=rm_cfg.pooling, device=self.device, peft_config=self.lora)
                 metrics = trainer.fit(rm, comparisons, gold, bootstrap_rng=np.random.default_rng(cfg.seed + 2))
             demos = self.demonstrations
             if demos:  # InstructGPT: demonstrations score 0 on average
@@ -434,7 +469,7 @@ class Pipeline:
         """Write a stage's resulting policy atomically, sealed by a manifest (the main process; the others wait)."""
         def save() -> None:
             with write_checkpoint(folder) as tmp:
-                policy.save_pretrained(tmp)
+                policy.save_pretrained(tmp, merged=True)  # a LoRA policy as a plain model: what later stages start from
 
         self.dist.main_process_only(save)()
 
@@ -455,7 +490,18 @@ class Pipeline:
         upstream = [self._need("sft")["fingerprint"]]
         if run.reward == "reward_model":
             upstream.append(self._need("reward_model")["fingerprint"])
-        return upstream
+        return upstream + self._judge_fingerprint(run.reward)
+
+    def _judge_fingerprint(self, kind: str) -> list[str]:
+        """What a run paid by `kind` adds to its inputs: the judge's name and code (`stages.code_fingerprint`), so that
+        another judge, or an edit to its code, reruns what it scored; nothing for the reward model (its own stage's
+        fingerprint is upstream) or for the built-in task's judges (fixed by `pretrain.task`, as before)."""
+        if kind == "reward_model":
+            return []
+        if kind in ("gold", "env"):
+            fp = self.loaded.fingerprints["gold" if kind == "gold" else "env_reward"]
+            return [] if fp == "builtin" else [fp]
+        return [code_fingerprint(self._reward(kind))]
 
     def _ppo_fingerprint(self, run: PPOStage) -> str:
         return _fingerprint(self._ppo_upstream(run), to_dict(run), self.config.seed, self._data_fingerprint("prompts"))
@@ -502,7 +548,7 @@ class Pipeline:
             else:
                 self.dist.main_process_only(start_fresh)()
                 logger = self._logger(log_name, purge_step=0)
-                policy = Policy.from_pretrained(self._sft_path(), device=self.device)
+                policy = self._trainee(self._sft_path())
                 config = agent_class.config_class.from_dict({**agent_config.to_dict(), "checkpoint_every": run.checkpoint_every})
                 agent = agent_class(policy, env, config, rng=np.random.default_rng(cfg.seed), ptx_texts=ptx, logger=logger,
                                     checkpoint_dir=folder, distributed=self.dist)
@@ -542,7 +588,7 @@ class Pipeline:
         upstream = [self._need("sft")["fingerprint"]]
         if run.algorithm == "dpo" or run.reward == "reward_model":  # DPO learns from the reward-model stage's labels
             upstream.append(self._need("reward_model")["fingerprint"])
-        return upstream
+        return upstream + (self._judge_fingerprint(run.reward) if run.algorithm != "dpo" else [])
 
     def _agent_fingerprint(self, run: AgentStage) -> str:
         return _fingerprint(self._agent_upstream(run), to_dict(run), self.config.seed, self._data_fingerprint("prompts"))
@@ -568,7 +614,7 @@ class Pipeline:
                 return [c for c in store.comparisons() if ids is None or c.query_id in set(ids)]
 
         comparisons = self.dist.main_process_only(read)()  # the main process reads the store; every process gets it
-        policy = Policy.from_pretrained(self._sft_path(), device=self.device)
+        policy = self._trainee(self._sft_path())
         with self._logger(f"agent_{name}", purge_step=0) as logger:
             logger.log_hparams({"run": name, "algorithm": "dpo", "labels": len(comparisons), **_flat(run.config.to_dict())})
             agent = DPO(policy, comparisons, run.config, rng=np.random.default_rng(self.config.seed), logger=logger,
@@ -585,7 +631,9 @@ class Pipeline:
 
     def _loop_fingerprint(self, loop: LoopStage) -> str:
         upstream = [self._need("sft")["fingerprint"]]
-        return _fingerprint(upstream, to_dict(loop), self.oracle_fingerprint, self.config.seed,
+        settings = to_dict(loop)
+        del settings["schedule"]["on_no_answers"]  # whether a silent round stops the loop changes nothing it trains
+        return _fingerprint(upstream, settings, self.oracle_fingerprint, self.config.seed,
                             self._data_fingerprint("prompts"))
 
     def _loop_run(self, name: str, loop: LoopStage) -> dict[str, Any]:
@@ -598,9 +646,9 @@ class Pipeline:
         def body() -> dict[str, Any]:
             gold = self.task.gold
             sft_path = self._sft_path()
-            policy = Policy.from_pretrained(sft_path, device=self.device)
+            policy = self._trainee(sft_path)
             seed = cfg.seed
-            rm = reward_model_from_pretrained(sft_path, loop.members, seed=seed, device=self.device)
+            rm = reward_model_from_pretrained(sft_path, loop.members, seed=seed, device=self.device, peft_config=self.lora)
             env = self._env(rm, loop.num_envs)
             demos = self.demonstrations
             store_path = self.dist.main_process_only(store_for)(folder / "labels.sqlite", self._loop_fingerprint(loop))
@@ -618,13 +666,27 @@ class Pipeline:
                                              reference=([d.prompt for d in demos], [d.completion for d in demos]) if demos else None)
                 source = CompletionSource(policy, self.prompts, loop.config.sampling, rng=np.random.default_rng(seed + 3),
                                           k=loop.k)
-                oracle = make_oracle(cfg.oracle, gold, np.random.default_rng(seed + 4), self.input_fn)
+                oracle = make_oracle(cfg.oracle, gold, np.random.default_rng(seed + 4), self.input_fn, self.chat_tokenizer)
                 selector = DisagreementSelector() if loop.selector == "disagreement" else RandomSelector()
                 agent = PreferenceLoop(ppo, source, selector, oracle, learner, store, loop.schedule,
                                        rng=np.random.default_rng(seed + 5), logger=logger, distributed=self.dist)
                 with self._bar(loop.iterations * loop.num_envs, 0, f"preference_loop.{name}") as tick:
-                    agent.learn(loop.iterations * loop.num_envs, callback=tick)
+                    try:
+                        agent.learn(loop.iterations * loop.num_envs, callback=tick)
+                    except NoAnswersError as err:  # its advice as this experiment's key
+                        raise NoAnswersError(str(err).replace(
+                            "PreferenceLoopConfig(on_no_answers='wait')",
+                            f'preference_loop.{name}.schedule.on_no_answers = "wait"')) from err
                 labels = self.dist.broadcast_object(store.counts()["answers"] if self.dist.is_main else None)
+                preferences = self.dist.broadcast_object(
+                    sum(not c.is_tie for c in store.comparisons(include_ties=True)) if self.dist.is_main else None)
+            if not preferences:
+                # a loop told to wait that got no preference to the end: its policy was trained against an untrained
+                # reward model; not recorded as done, so a rerun after the queries are answered trains it properly
+                raise NoAnswersError(
+                    f"preference_loop.{name}: the oracle gave no preference in the whole loop ({labels} answers, none "
+                    f"of them a preference), so its reward model was never trained and its policy is not kept; answer "
+                    f"the queries in {store_path} (llm-gym label {store_path}) and rerun")
             self._save_policy(policy, folder / "policy")
             self.dist.main_process_only(rm.save)(folder / "reward_model")
             return {"in_run_folder": True, "path": self._rel(folder / "policy"), "reward_model": self._rel(folder / "reward_model"), "labels": labels,
@@ -656,7 +718,7 @@ class Pipeline:
         rm_entry = self.state.get("reward_model")
         fp = _fingerprint({k: v["fingerprint"] for k, v in policies.items()},
                           rm_entry["fingerprint"] if rm_entry else None, to_dict(cfg.evaluation), cfg.seed,
-                          self._data_fingerprint("eval_prompts"))
+                          self._data_fingerprint("eval_prompts"), *self._judge_fingerprint("gold"))
 
         def body() -> dict[str, Any]:
             task, gold = self.task, self.task.gold

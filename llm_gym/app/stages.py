@@ -7,8 +7,9 @@ task: the built-in review task, an environment a user registered, or files.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
+import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,8 +36,9 @@ from llm_gym.infra.runfolder import RunFolderError, check_writable_folder, read_
 from llm_gym.models.policy import Policy
 from llm_gym.tasks.review import ReviewTaskConfig
 
-__all__ = ["LoadedTask", "check_inputs", "check_task", "load_task", "make_env", "make_oracle", "oracle_fingerprint",
-           "read_state", "resolve_reward", "sample_queries", "store_for"]
+__all__ = ["LoadedTask", "chat_tokenizer", "check_inputs", "check_task", "code_fingerprint", "config_advice", "load_task", "make_env",
+           "make_oracle", "oracle_fingerprint", "read_comparisons", "read_state", "resolve_reward", "sample_queries",
+           "store_for"]
 
 _DATA_PARTS = ("prompts", "eval_prompts", "demonstrations")
 
@@ -50,11 +52,63 @@ class LoadedTask(NamedTuple):
     """The environment's own reward function (what `PPOStage.reward = "env"` pays)."""
     fingerprints: dict[str, str]
     """Per data part ("prompts", "eval_prompts", "demonstrations"): a hash of what it holds, so editing a file
-    or the environment's data reruns what depends on it ("builtin" for the built-in task, as before)."""
+    or the environment's data reruns what depends on it; "gold" and "env_reward": the judges by name and code
+    (`code_fingerprint`). "builtin" for the built-in task's, fixed by `pretrain.task`."""
     vector_spec: EnvSpec | None
     """The registration the RL runs batch (`gymnasium.make_vec` through its vector entry point, with the kwargs it
     was made with); None when the run trains on a generic `PromptBanditVecEnv` over the task instead (a prompts
     file or a gold judge replaced the environment's, or the registration has no vector entry point)."""
+
+
+class _ChatTokenizer:
+    """The given model's tokenizer, loaded when chat-message data first needs its template (plain text never does,
+    and a Hub name that cannot be reached from here then costs nothing)."""
+
+    def __init__(self, name_or_path: str) -> None:
+        self._name_or_path, self._tokenizer = name_or_path, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer  # here, so that reading a config stays light
+
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(self._name_or_path)
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"model.name_or_path: cannot load the tokenizer of {self._name_or_path!r}, whose chat "
+                                  f"template renders the chat messages in the data: {err}") from err
+        return getattr(self._tokenizer, name)
+
+
+def chat_tokenizer(name_or_path: str) -> Any:
+    """The tokenizer whose chat template renders chat-message data: the given model's, loaded on first use (None for
+    the built-in model, which has no chat template).
+
+    Files of chat messages ([{role, content}, ...]) become text with this template, prompts with the
+    generation prompt, exactly as the policy trained on them will read them.
+    """
+    return _ChatTokenizer(name_or_path) if name_or_path else None
+
+
+def _file_fingerprint(path: str, *fields: tuple[str, str, str]) -> str:
+    """A data file by its content, and by the (name, value, default) fields read from it where they are not the
+    defaults (a changed field reads other data; a file read with the defaults keeps the fingerprint it always had)."""
+    data = Path(path).read_bytes()
+    named = [f"{name}={value}" for name, value, default in fields if value != default]
+    return _hash_bytes(data + ("\x1d" + "\x1f".join(named)).encode() if named else data)
+
+
+def code_fingerprint(fn: object) -> str:
+    """A reward function (or judge) by its import name and the hash of its source code, so that editing its code
+    reruns the stages it scored; "none" for no function. Code without readable source (a builtin, a C extension)
+    is named only."""
+    if fn is None:
+        return "none"
+    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn)
+    try:
+        source = inspect.getsource(target)
+    except (OSError, TypeError):
+        return str(_describe(fn))
+    return f"{_describe(fn)}@{_hash_bytes(source.encode())}"
 
 
 def _hash_bytes(data: bytes) -> str:
@@ -72,7 +126,7 @@ def _describe(value: Any) -> Any:
     return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
 
 
-def load_task(spec: TaskSpec, builtin: ReviewTaskConfig) -> LoadedTask:
+def load_task(spec: TaskSpec, builtin: ReviewTaskConfig, tokenizer: Any = None) -> LoadedTask:
     """Make the environment of `spec.env` once, read its task and reward, and apply the file overrides.
 
     The built-in review environment is given `task_config = builtin` (the corpus the built-in
@@ -103,29 +157,36 @@ def load_task(spec: TaskSpec, builtin: ReviewTaskConfig) -> LoadedTask:
             "runs prompt-bandit environments (llm_gym/PromptBandit-v0, or a registration of PromptBanditEnv or a "
             "subclass of it with your dataset and reward)")
     gold = _import_reward(spec.gold, "task.gold") if spec.gold else task.gold
+    read = _readers(spec, tokenizer)
     merged = PromptTask(
-        prompts=list(load_prompts(spec.prompts)) if spec.prompts else list(task.prompts),
-        eval_prompts=list(load_prompts(spec.eval_prompts)) if spec.eval_prompts else list(task.eval_prompts),
-        demonstrations=load_demonstrations(spec.demonstrations) if spec.demonstrations else list(task.demonstrations),
+        prompts=list(read["prompts"](spec.prompts)) if spec.prompts else list(task.prompts),
+        eval_prompts=list(read["eval_prompts"](spec.eval_prompts)) if spec.eval_prompts else list(task.eval_prompts),
+        demonstrations=read["demonstrations"](spec.demonstrations) if spec.demonstrations else list(task.demonstrations),
         pretrain_texts=task.pretrain_texts,
         heldout_texts=task.heldout_texts,
         gold=gold,
     )
     if spec.gold:  # user code, met for the first time: tried now, not at the first labelled comparison
         _try_reward(gold, "task.gold", spec.gold, merged)
-    builtin_data = spec.env == BUILTIN_ENV and not spec.env_kwargs and not spec.gold
-    source = json.dumps([spec.env, _describe(spec.env_kwargs), spec.gold, _describe(reward), _describe(gold)])
+    # the built-in task's data and judges are fixed by `pretrain.task`, upstream of every stage: named, not hashed
+    builtin = spec.env == BUILTIN_ENV and not spec.env_kwargs
     fingerprints = {}
     for part in _DATA_PARTS:
         path = getattr(spec, part)
         if path:
-            fingerprints[part] = _hash_bytes(Path(path).read_bytes())
-        elif builtin_data:
+            fields = [("prompt_field", spec.prompt_field, "prompt")]
+            if part == "demonstrations":
+                fields.append(("completion_field", spec.completion_field, "completion"))
+            fingerprints[part] = _file_fingerprint(path, *fields)
+        elif builtin:
             fingerprints[part] = "builtin"
-        else:
+        else:  # the data themselves, whatever environment or reward they came with
             items = getattr(merged, part)
             text = "\x1e".join(d.prompt + "\x1f" + d.completion if part == "demonstrations" else d for d in items)
-            fingerprints[part] = _hash_bytes((source + "\x1d" + text).encode())
+            fingerprints[part] = _hash_bytes(text.encode())
+    # the judges, by name and code, for the stages they score (labels, gold-paid runs, the evaluation)
+    fingerprints["gold"] = "builtin" if builtin and not spec.gold else code_fingerprint(gold)
+    fingerprints["env_reward"] = "builtin" if builtin else code_fingerprint(reward)
     if spec.prompts or spec.gold:  # the environment would hand out its own prompts and report its own gold
         vector_spec = None
     return LoadedTask(merged, reward, fingerprints, vector_spec)
@@ -165,16 +226,36 @@ def resolve_reward(import_path: str, what: str, task: Task) -> RewardFn:
     return fn
 
 
-def oracle_fingerprint(spec: OracleSpec) -> dict[str, Any]:
+def _readers(spec: TaskSpec, tokenizer: Any) -> dict[str, Callable[[str], Any]]:
+    """The reader of each data file of `spec`, with its field names and the chat template's tokenizer."""
+    prompts = functools.partial(load_prompts, prompt_field=spec.prompt_field, tokenizer=tokenizer)
+    demos = functools.partial(load_demonstrations, prompt_field=spec.prompt_field, completion_field=spec.completion_field,
+                              tokenizer=tokenizer)
+    return {"prompts": prompts, "eval_prompts": prompts, "demonstrations": demos}
+
+
+def read_comparisons(spec: OracleSpec, tokenizer: Any = None) -> RecordedOracle:
+    """The recorded oracle of `spec`: its file, read with its field names and the chat template's tokenizer."""
+    return RecordedOracle.from_file(spec.path, tokenizer=tokenizer, **spec.field_names())
+
+
+def oracle_fingerprint(spec: OracleSpec, gold: str = "builtin") -> dict[str, Any]:
     """The labeller's settings as a fingerprint sees them: a recorded file by the sha256 of its content, not its path.
 
     Editing the file (every label reversed, say) reruns the stages it labels and sends its answers into a fresh
-    store; moving it unchanged reruns nothing. Other oracles' settings are as written, as before.
+    store; moving it unchanged reruns nothing. A synthetic oracle adds its judge (`gold`, the task's
+    `fingerprints["gold"]`) unless it is the built-in one. Other settings are as written, as before.
 
     Raises:
         DatasetError: the recorded file cannot be read.
     """
     settings = to_dict(spec)
+    defaults = OracleSpec()
+    for name in spec.field_names():  # the field names only as far as they change what is read (older runs have none)
+        if spec.kind != "recorded" or settings[name] == getattr(defaults, name):
+            del settings[name]
+    if spec.kind == "synthetic" and gold != "builtin":  # its labels are the judge's: another judge, other labels
+        settings["gold"] = gold
     if spec.kind == "recorded":
         try:
             settings["path"] = "sha256:" + _hash_bytes(Path(spec.path).read_bytes())
@@ -228,6 +309,46 @@ def _check_model(name_or_path: str) -> str | None:
     return None
 
 
+def config_advice(message: str, section: str) -> str:
+    """A loader's message with its Python-API advice put as the experiment file's keys: `pass prompt_field="text"`
+    becomes `set task.prompt_field = "text"` (`section` is "task" or "oracle"), and the tokenizer a chat file needs
+    becomes the model that brings its chat template."""
+    message = re.sub(r"\bpass (?=\w+_field=)", "set ", message)
+    message = re.sub(r'\b(\w+_field)="([^"]*)"', rf'{section}.\1 = "\2"', message)
+    message = re.sub(r"\b(\w+_field)=", rf"{section}.\1", message)
+    return message.replace("pass the policy's tokenizer: tokenizer=policy.tokenizer",
+                           "set model.name_or_path to a model whose tokenizer has a chat template")
+
+
+def _check_lora(config: ExperimentConfig) -> str | None:
+    """What is wrong with `model.lora` (peft missing, a field LoraConfig does not take, target modules the model does
+    not have), or None. The model is built on the meta device from its config: no weights are read or allocated."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config
+
+    from llm_gym.models.policy import add_peft_adapter, to_peft_config
+
+    try:
+        to_peft_config(dict(config.model.lora))
+        if config.model.name_or_path:
+            model_config = AutoConfig.from_pretrained(config.model.name_or_path)
+        else:  # the built-in GPT-2's shape (the weights need not be built yet)
+            p = config.pretrain
+            model_config = GPT2Config(vocab_size=p.vocab_size, n_positions=p.n_positions, n_embd=p.n_embd, n_layer=p.n_layer,
+                                      n_head=p.n_head)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(model_config)
+    except (ImportError, TypeError, ValueError, OSError) as err:
+        return f"model.lora: {err}"
+    try:
+        add_peft_adapter(model, dict(config.model.lora), "CAUSAL_LM")
+    except ValueError as err:
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                        if type(m).__name__ in ("Linear", "Conv1D", "Embedding") and "." in n})
+        return f"model.lora: {err} (the model's linear and embedding layers: {names})"
+    return None
+
+
 def check_inputs(config: ExperimentConfig, state: Mapping[str, Any], out: Path) -> None:
     """Refuse, before the first stage runs, an experiment whose inputs cannot be used, saying what to do.
 
@@ -236,7 +357,8 @@ def check_inputs(config: ExperimentConfig, state: Mapping[str, Any], out: Path) 
     pretrained model to start from), a local model folder, and every file the config names:
     `task.prompts`, `task.eval_prompts` and `task.demonstrations` are read in full (a bad line,
     an empty prompt or text no tokenizer can encode fails now, not after pretraining), and so is
-    a recorded oracle's `oracle.path`.
+    a recorded oracle's `oracle.path`, with their field names and, for chat messages, the
+    model's chat template. `model.lora` must be a LoRA config peft accepts.
 
     Args:
         config: the experiment.
@@ -272,20 +394,23 @@ def check_inputs(config: ExperimentConfig, state: Mapping[str, Any], out: Path) 
                         f"stages = {[s for s in STAGES if s in wanted]} (or run {it} into this folder first)")
     if config.model.name_or_path:
         problems += [p for p in [_check_model(config.model.name_or_path)] if p]
+    if config.model.lora and not problems:
+        problems += [p for p in [_check_lora(config)] if p]
     if problems:
         raise ConfigError(problems[0] if len(problems) == 1 else "the experiment cannot start:\n  " + "\n  ".join(problems))
     bad_files = []
+    tokenizer = chat_tokenizer(config.model.name_or_path)
+    read = _readers(config.task, tokenizer)
     readers: list[tuple[str, str, Callable[[str], Any]]] = [
-        ("task.prompts", config.task.prompts, load_prompts), ("task.eval_prompts", config.task.eval_prompts, load_prompts),
-        ("task.demonstrations", config.task.demonstrations, load_demonstrations)]
+        (f"task.{part}", getattr(config.task, part), read[part]) for part in _DATA_PARTS]
     if config.oracle.kind == "recorded":
-        readers.append(("oracle.path", config.oracle.path, RecordedOracle.from_jsonl))
-    for key, path, read in readers:
+        readers.append(("oracle.path", config.oracle.path, lambda path: read_comparisons(config.oracle, tokenizer)))
+    for key, path, reader in readers:
         if path:
             try:
-                read(path)
+                reader(path)
             except DatasetError as err:
-                bad_files.append(f"{key}: {err}")
+                bad_files.append(f"{key}: {config_advice(str(err), key.split('.')[0])}")
     if bad_files:
         raise DatasetError(bad_files[0] if len(bad_files) == 1 else
                            "the experiment's input files cannot be used:\n  " + "\n  ".join(bad_files))
@@ -331,15 +456,16 @@ def make_env(loaded: LoadedTask, reward_fn: RewardFn, num_envs: int, dist: Distr
 
 
 def make_oracle(spec: OracleSpec, gold: RewardFn | None, rng: np.random.Generator,
-                input_fn: Callable[[str], str]) -> PreferenceOracle:
-    """The labeller of `spec`: the gold judge under noise, a recorded file, or a person at the terminal."""
+                input_fn: Callable[[str], str], tokenizer: Any = None) -> PreferenceOracle:
+    """The labeller of `spec`: the gold judge under noise, a recorded file (chat records rendered with `tokenizer`'s
+    template), or a person at the terminal."""
     if spec.kind == "synthetic":
         if gold is None:  # check_task refuses this before a stage runs
             raise ConfigError('oracle.kind = "synthetic" needs a gold judge; the task has none')
         return SyntheticOracle(gold, rng=rng, temperature=spec.temperature, flip_prob=spec.flip_prob,
                                tie_margin=spec.tie_margin)
     if spec.kind == "recorded":
-        return RecordedOracle.from_jsonl(spec.path)
+        return read_comparisons(spec, tokenizer)
     return TerminalOracle(input_fn=input_fn)
 
 

@@ -41,11 +41,10 @@ import numpy as np
 from llm_gym.core.chat import ChatTokenizer
 from llm_gym.core.preferences import PAIRWISE_CHOICES, Answer, Comparison, Query
 from llm_gym.core.reward import RewardFn, score_batch
-from llm_gym.feedback.recorded import implicit_prompt, load_comparisons, self_comparison
+from llm_gym.feedback.recorded import load_comparisons, self_comparison
 from llm_gym.feedback.store import PreferenceStore
 
-__all__ = ["NoAnswersError", "PreferenceOracle", "SyntheticOracle", "RecordedOracle", "TerminalOracle", "collect",
-           "implicit_prompt", "load_comparisons"]
+__all__ = ["NoAnswersError", "PreferenceOracle", "SyntheticOracle", "RecordedOracle", "TerminalOracle", "collect"]
 
 
 class NoAnswersError(ValueError):
@@ -95,7 +94,8 @@ def collect(oracle: PreferenceOracle, queries: Sequence[Query], store: Preferenc
     queries = list(queries)
     for q in queries:
         if not isinstance(q, Query):
-            raise TypeError(f"collect takes Query objects, got {type(q).__name__}; build them with Query(prompt, completions)")
+            raise TypeError(f"collect takes Query objects, got {type(q).__name__}; "
+                            "build them with Query(prompt, completions)")
     own_store = getattr(oracle, "store", None)
     written_by_oracle = isinstance(own_store, PreferenceStore) and own_store.same_database(store)
     if not written_by_oracle:
@@ -364,7 +364,8 @@ class RecordedOracle(PreferenceOracle):
         return cls(load_comparisons(path, name=name, tokenizer=tokenizer, **fields), name, clock=clock)
 
     from_jsonl = from_file
-    """The name `from_file` had when it read JSONL only; kept so existing code and configs work."""
+    """Deprecated alias of `from_file` (its name when it read JSONL only), kept so existing code and configs work;
+    new code uses `from_file`, which reads every format."""
 
     @classmethod
     def from_records(

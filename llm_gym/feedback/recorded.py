@@ -8,10 +8,13 @@ one comparison in one of these layouts (field names can be changed with ``prompt
 * explicit pair: ``{"prompt": str, "chosen": str, "rejected": str}``, replayed as the query
   ``(chosen, rejected)`` with ranks ``(0, 1)``;
 * implicit prompt (Anthropic HH-RLHF): ``{"chosen": str, "rejected": str}``, each the full
-  text. The prompt is their longest common prefix, less a trailing space, which stays with
-  the completions (TRL's ``extract_prompt`` rule); the completions are the rest. No cut back to
-  a turn boundary is made, so answers that begin with the same words share them in the prompt.
-  A record whose texts are equal, or share no leading text, is refused;
+  text. The prompt is their longest common prefix cut back to its last whitespace character,
+  which starts the completions (`implicit_prompt`): both completions then begin at a word
+  boundary with their leading space ("...Assistant: I can help" against "...Assistant: I
+  can't." gives the prompt "...Assistant: I" and the completions " can help", " can't."),
+  where TRL's ``extract_prompt`` keeps the whole common prefix (less a trailing space) and
+  would cut "can" from "can't". Only a common prefix without any whitespace is kept whole.
+  A record whose texts are equal, share no leading text, or leave an empty completion is refused;
 * conversational (TRL): ``prompt`` a list of chat messages and ``chosen``/``rejected`` lists of
   assistant messages, or, implicit, ``chosen``/``rejected`` full conversations whose shared
   leading messages are the prompt. They are rendered with the ``tokenizer=``'s chat template
@@ -23,6 +26,10 @@ one comparison in one of these layouts (field names can be changed with ``prompt
   lists when the prompt is.
 
 Any of them may add ``"labeller": str``; without it (or null) the labeller is the default name.
+
+A table (DataFrame, Dataset, Parquet, CSV) may mix layouts and have blank cells: a field that
+is None, NaN, ``pd.NA`` or a blank CSV cell counts as absent (`llm_gym.core.data.is_absent`).
+Empty texts are refused: an empty prompt or completion ("") is an error, not a comparison.
 Errors name the file and line (JSONL, CSV) or row (JSON, Parquet, a Dataset), and the fields found.
 """
 
@@ -32,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llm_gym.core.chat import ChatTokenizer, looks_like_messages
-from llm_gym.core.data import DatasetError, completion_text, prompt_text, read_records, suggest_field
+from llm_gym.core.data import DatasetError, Records, completion_text, field, prompt_text, read_records, suggest_field
 from llm_gym.core.preferences import Comparison, ranks_from_choice
 
 __all__ = ["implicit_prompt", "load_comparisons", "self_comparison"]
@@ -67,9 +74,9 @@ def load_comparisons(
     fields = {"prompt": prompt_field, "chosen": chosen_field, "rejected": rejected_field,
               "completions": completions_field, "preference": preference_field, "ranks": ranks_field,
               "labeller": labeller_field}
-    records = read_records(source, "comparison")
-    json_like = records.noun == "field" and records.source.lower().endswith((".json", ".jsonl"))
-    comparisons = [_comparison(value, where, fields, name, tokenizer, json_like) for where, value in records.rows]
+    # read the fields of every layout (the union): a table may mix them
+    records = read_records(source, "comparison", fields.values())
+    comparisons = [_comparison(value, where, fields, name, tokenizer, records) for where, value in records.rows]
     if not comparisons:
         raise DatasetError(f"{records.source}: no comparisons in it; add one record per comparison "
                            "(see llm_gym.feedback.recorded for the layouts)")
@@ -77,20 +84,27 @@ def load_comparisons(
 
 
 def implicit_prompt(chosen: str, rejected: str) -> int:
-    """Where the shared prompt of two full texts ends: their longest common prefix, less a trailing space.
+    """Where the shared prompt of two full texts ends: at the last whitespace inside their longest common prefix.
+
+    The whitespace starts the completions, so both begin at a word boundary with their leading
+    space, even when the answers start with the same words or one answer's first word is the
+    start of the other's ("can" / "can't"). A common prefix without whitespace is kept whole
+    (TRL's ``extract_prompt`` rule).
 
     >>> a, b = "Human: hi Assistant: hello", "Human: hi Assistant: go away"
     >>> n = implicit_prompt(a, b); a[:n], a[n:], b[n:]
     ('Human: hi Assistant:', ' hello', ' go away')
+    >>> a, b = "Human: help? Assistant: I can help.", "Human: help? Assistant: I can't."
+    >>> n = implicit_prompt(a, b); a[:n], a[n:], b[n:]
+    ('Human: help? Assistant: I', ' can help.', " can't.")
     """
     n = 0
     for x, y in zip(chosen, rejected):
         if x != y:
             break
         n += 1
-    if n > 0 and chosen[n - 1] == " ":  # the space before the answers starts the answers (TRL's rule)
-        n -= 1
-    return n
+    # a word cut in two (" I can" + "'t.") would leave a completion that starts mid-word
+    return next((i for i in range(n - 1, -1, -1) if chosen[i].isspace()), n)
 
 
 def self_comparison(c: Comparison) -> str | None:
@@ -105,23 +119,26 @@ def self_comparison(c: Comparison) -> str | None:
 
 
 def _comparison(obj: Any, where: str, f: Mapping[str, str], default_labeller: str, tokenizer: ChatTokenizer | None,
-                json_like: bool) -> Comparison:
+                records: Records) -> Comparison:
     if not isinstance(obj, Mapping):
+        json_like = records.noun == "field" and records.source.lower().endswith((".json", ".jsonl"))
         kind = "a JSON object" if json_like else "a record (a dict of fields)"
         raise DatasetError(f"{where}: expected {kind}, found {type(obj).__name__}")
-    found = list(obj)
-    labeller = obj.get(f["labeller"])
+    found = records.found(obj)
+    labeller = field(obj, f["labeller"])
     labeller = default_labeller if labeller is None else labeller
     if not isinstance(labeller, str) or not labeller:
         raise DatasetError(f"{where}: {f['labeller']!r} must be a non-empty string, got {labeller!r}")
-    if f["chosen"] in obj or f["rejected"] in obj:
-        if f["completions"] in obj:
-            raise DatasetError(f"{where}: give either {f['chosen']!r}/{f['rejected']!r} or {f['completions']!r}, not both")
+    has = {key: field(obj, name) is not None for key, name in f.items()}  # blank cells are absent fields
+    if has["chosen"] or has["rejected"]:
+        if has["completions"]:
+            raise DatasetError(f"{where}: give either {f['chosen']!r}/{f['rejected']!r} or {f['completions']!r}, "
+                               "not both")
         for key in ("chosen", "rejected"):
             if f[key] not in obj:
                 raise DatasetError(f"{where}: missing field {f[key]!r} (found {found})")
-        chosen, rejected = obj[f["chosen"]], obj[f["rejected"]]
-        if f["prompt"] in obj:
+        chosen, rejected = field(obj, f["chosen"]), field(obj, f["rejected"])
+        if has["prompt"]:
             prompt = obj[f["prompt"]]
         else:
             prompt, chosen, rejected = _split_implicit(chosen, rejected, where, f, found)
@@ -134,11 +151,11 @@ def _comparison(obj: Any, where: str, f: Mapping[str, str], default_labeller: st
                 "be better than itself: fix the record (or drop it)"
             )
         ranks: tuple[int, ...] = (0, 1)
-    elif f["completions"] in obj:
+    elif has["completions"]:
         if f["prompt"] not in obj:
             raise DatasetError(f"{where}: missing field {f['prompt']!r} (found {found}); pass prompt_field= if it "
                                "has another name")
-        prompt, raw = obj[f["prompt"]], obj[f["completions"]]
+        prompt, raw = field(obj, f["prompt"]), obj[f["completions"]]
         text = prompt_text(prompt, f"{where}: {f['prompt']!r}", tokenizer)
         kind = "strings" if isinstance(prompt, str) else "assistant message lists"
         if not isinstance(raw, list) or not all(isinstance(c, str) or looks_like_messages(c) for c in raw):
@@ -175,17 +192,23 @@ def _split_implicit(chosen: Any, rejected: Any, where: str, f: Mapping[str, str]
             raise DatasetError(f"{where}: {f['chosen']!r} and {f['rejected']!r} are the same text {chosen!r}; a text "
                                "cannot be better than itself: fix the record (or drop it)")
         n = implicit_prompt(chosen, rejected)
-        if n == 0:
+        if not chosen[:n].strip():
             raise DatasetError(
                 f"{no_prompt} {f['chosen']!r} and {f['rejected']!r} share no leading text to take as the prompt (the "
                 "implicit-prompt layout, as in HH-RLHF, holds full texts that start with the same prompt); add the "
                 "prompt field, or pass prompt_field= if it has another name"
             )
+        for key, rest, other in (("chosen", chosen[n:], "rejected"), ("rejected", rejected[n:], "chosen")):
+            if not rest:
+                raise DatasetError(
+                    f"{where}: {f[key]!r} is the start of {f[other]!r}, so after their shared prompt {chosen[:n]!r} it "
+                    "is empty; a comparison needs two answers: fix the record (or drop it)"
+                )
         return chosen[:n], chosen[n:], rejected[n:]
     if looks_like_messages(chosen) and looks_like_messages(rejected):
         k = 0
-        for a, b in zip(chosen, rejected):
-            if dict(a) != dict(b):
+        for a, b in zip(chosen, rejected):  # role and content only: extra keys (None from ragged Parquet) differ
+            if (a.get("role"), a.get("content")) != (b.get("role"), b.get("content")):
                 break
             k += 1
         if k == 0:
@@ -202,7 +225,7 @@ def _split_implicit(chosen: Any, rejected: Any, where: str, f: Mapping[str, str]
 
 
 def _ranks(obj: Mapping[str, Any], where: str, f: Mapping[str, str], k: int) -> tuple[int, ...]:
-    has_ranks, has_preference = obj.get(f["ranks"]) is not None, obj.get(f["preference"]) is not None
+    has_ranks, has_preference = field(obj, f["ranks"]) is not None, field(obj, f["preference"]) is not None
     if has_ranks == has_preference:
         raise DatasetError(
             f"{where}: with {f['completions']!r} give exactly one of {f['ranks']!r} (list, 0 = best) "

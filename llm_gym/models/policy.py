@@ -18,7 +18,7 @@ LoRA and the other PEFT adapters (the optional `peft` package) are first class: 
 `peft_config=` to `Policy` or `Policy.from_pretrained` to train an adapter on a frozen base, and
 `from_pretrained` on a folder that `save_pretrained` wrote (the adapter only) loads base +
 adapter. The KL reference of such a policy is the same module with its adapter switched off
-(`llm_gym.agents.reference.frozen_copy`), so the base weights are held once.
+(`llm_gym.agents.reference.make_reference`), so the base weights are held once.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_gym.infra.configio import check_finite
 from llm_gym.models.text import append_eos, encode, pad_left, pad_right, position_ids, truncate_left, truncate_left_all
@@ -54,11 +54,12 @@ def default_device() -> torch.device:
 
 
 def require_peft() -> Any:
-    """The `peft` module, imported on first use (it is an optional extra); `ImportError` with the install line if absent."""
+    """The `peft` module, imported on first use (an optional extra); `ImportError` with the install line if absent."""
     try:
         import peft
     except ImportError as exc:
-        raise ImportError("LoRA/PEFT adapters need the peft package: pip install peft (or pip install llm-gym[peft])") from exc
+        raise ImportError("LoRA/PEFT adapters need the peft package: pip install peft "
+                          "(or pip install llm-gym[peft])") from exc
     return peft
 
 
@@ -69,7 +70,7 @@ def is_peft_model(model: object) -> bool:
 
 
 def to_peft_config(config: PeftConfig | Mapping[str, Any], task_type: str | None = "CAUSAL_LM") -> PeftConfig:
-    """A `peft.PeftConfig` from a config (returned as is) or a plain dict of LoRA fields (`LoraConfig(task_type=..., **fields)`).
+    """A `peft.PeftConfig` from a config (as is) or a dict of LoRA fields (`LoraConfig(task_type=..., **fields)`).
 
     A dict is what a TOML config holds: `{"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}`.
     `task_type` is the PEFT task a dict is built for ("CAUSAL_LM" for a policy; None for a bare
@@ -79,63 +80,174 @@ def to_peft_config(config: PeftConfig | Mapping[str, Any], task_type: str | None
     if isinstance(config, peft.PeftConfig):
         return config
     if not isinstance(config, Mapping):
-        raise TypeError(f"peft_config must be a peft.PeftConfig (e.g. peft.LoraConfig(r=8, ...)) or a dict of LoraConfig "
-                        f"fields, got {type(config).__name__}")
+        raise TypeError(f"peft_config must be a peft.PeftConfig (e.g. peft.LoraConfig(r=8, ...)) or a dict of "
+                        f"LoraConfig fields, got {type(config).__name__}")
     fields = dict(config)
     if task_type is not None:
         fields.setdefault("task_type", task_type)
     try:
         return peft.LoraConfig(**fields)
     except TypeError as exc:
-        raise ValueError(f"peft_config {fields!r} is not a valid LoraConfig ({exc}); use the fields of peft.LoraConfig, "
-                         "e.g. {'r': 8, 'lora_alpha': 16, 'target_modules': ['q_proj', 'v_proj']}") from exc
+        raise ValueError(f"peft_config {fields!r} is not a valid LoraConfig ({exc}); use the fields of "
+                         "peft.LoraConfig, e.g. {'r': 8, 'lora_alpha': 16, 'target_modules': ['q_proj', 'v_proj']}"
+                         ) from exc
 
 
 def add_peft_adapter(model: PreTrainedModel, peft_config: PeftConfig | Mapping[str, Any], task_type: str | None) -> Any:
-    """`model` wrapped by `peft.get_peft_model`: the adapter trains, the base weights are frozen (and changed in place)."""
+    """`model` wrapped by `peft.get_peft_model`: the adapter trains, the base weights are frozen (changed in place)."""
     peft = require_peft()
     if is_peft_model(model):
         raise ValueError("the model already carries a PEFT adapter; pass peft_config only with a plain model")
-    return peft.get_peft_model(model, to_peft_config(peft_config, task_type))
+    was_training = model.training
+    wrapped = peft.get_peft_model(model, to_peft_config(peft_config, task_type))
+    # peft leaves the model in train mode; keep the mode it was given in (eval, as loaded)
+    return wrapped.train(was_training)
 
 
 def is_adapter_param(peft_model: Any, name: str) -> bool:
-    """Whether parameter `name` of a PEFT model belongs to an adapter (its tuner's prefix, e.g. `lora_`, or a trained copy)."""
+    """Whether parameter `name` of a PEFT model is an adapter's (its tuner's prefix, e.g. `lora_`; a trained copy)."""
     prefix = getattr(peft_model.base_model, "prefix", "lora_")
     return prefix in name or ".modules_to_save." in name
+
+
+_SAVE_THE_ADAPTER = ("save the adapter instead (policy.save_pretrained(path), which Policy.from_pretrained(path) loads "
+                     "on its base), or train a plain LoRA adapter")
 
 
 def base_state_dict(peft_model: Any, *, merged: bool = False) -> dict[str, torch.Tensor]:
     """The base model's state dict under its own names: adapter tensors dropped, peft's wrapper names undone.
 
-    `merged=True` adds each adapter layer's weight delta to its base weight (LoRA: `W + (alpha / r) B A`,
-    Hu et al. 2021, eq. 3), giving the weights of a plain model that computes what the adapted
-    one does; the live model is left as it is (nothing is merged in place and unmerged again,
-    which would round the base weights).
+    With `merged=False` these are the base weights the adapter sits on (a wrapped module's
+    `original_module`, not its trained copy). `merged=True` gives instead the weights of a plain
+    model that computes what the adapted one does: each LoRA layer's weight with its delta added
+    (`W + (alpha / r) B A`, Hu et al. 2021, eq. 3; on an embedding, a linear or GPT-2's Conv1D),
+    a DoRA layer's weight rescaled by its magnitude (peft's own `merge_safe`), a LoRA bias added
+    to the layer's bias, and a `modules_to_save` module's trained copy in place of the original.
+    Adapted weights are computed one layer at a time into new tensors; every other tensor is the
+    live model's own (no copy of the model), and the live model is left as it is (nothing is
+    merged in place and unmerged again, which would round the base weights).
+
+    Where a merge moves one of two tied weights (LoRA on GPT-2's input embedding, whose output
+    layer reads the un-adapted matrix), the two names get different tensors: save them untied
+    (`Policy.save_pretrained(merged=True)` does).
+
+    Raises:
+        ValueError: `merged=True` on an adapter this cannot merge exactly (a tuner other than LoRA,
+            such as LoHa, LoKr or IA3; a LoRA variant other than DoRA; trainable tokens); the
+            message says to save the adapter instead.
     """
     base = peft_model.get_base_model()
-    deltas: dict[str, torch.Tensor] = {}
+    state = base.state_dict()
     if merged:
-        for name, module in base.named_modules():
-            if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer") and not getattr(module, "merged", False):
-                with torch.no_grad():
-                    for adapter in module.active_adapters:
-                        if adapter in getattr(module, "lora_A", {}):
-                            delta = module.get_delta_weight(adapter)
-                            key = f"{name}.base_layer.weight"
-                            deltas[key] = deltas[key] + delta if key in deltas else delta
-    state = {}
-    for name, tensor in base.state_dict().items():
-        if is_adapter_param(peft_model, name):
+        state.update(_merged_weights(peft_model, base))
+    return {re.sub(r"\.(base_layer|original_module)\.", ".", name): tensor for name, tensor in state.items()
+            if not is_adapter_param(peft_model, name)}
+
+
+@torch.no_grad()
+def _merged_weights(peft_model: Any, base: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """{name in `base.state_dict()`: merged tensor} for each weight the adapter changes (see `base_state_dict`)."""
+    peft = require_peft()
+    from peft.tuners.lora import LoraLayer
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
+
+    kinds = {str(getattr(config.peft_type, "value", config.peft_type)) for config in peft_model.peft_config.values()}
+    if kinds != {str(peft.PeftType.LORA.value)}:
+        raise ValueError(f"a merged save supports LoRA (and DoRA) adapters only, this model has {sorted(kinds)}; "
+                         + _SAVE_THE_ADAPTER)
+    out: dict[str, torch.Tensor] = {}
+    for name, module in base.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, ModulesToSaveWrapper):
+            active = module.active_adapters
+            if not module.disable_adapters and active and all(a in module.modules_to_save for a in active):
+                # forward runs the active adapter's trained copy: write it under the original module's names
+                out.update({f"{prefix}original_module.{key}": tensor
+                            for key, tensor in module.modules_to_save[active[0]].state_dict().items()})
+        elif isinstance(module, AuxiliaryTrainingWrapper):
+            raise ValueError(f"{name} is a {type(module).__name__} (e.g. trainable_token_indices), which a merged save "
+                             "does not support; " + _SAVE_THE_ADAPTER)
+        elif isinstance(module, LoraLayer):
+            weight, bias = _merged_lora_layer(name, module)
+            if weight is not None:
+                out[f"{prefix}base_layer.weight"] = weight
+            if bias is not None:
+                out[f"{prefix}base_layer.bias"] = bias
+        elif isinstance(module, BaseTunerLayer):
+            raise ValueError(f"{name} is a {type(module).__name__}, which a merged save does not support; "
+                             + _SAVE_THE_ADAPTER)
+    return out
+
+
+def _merged_lora_layer(name: str, layer: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(merged weight, merged bias) of one LoRA layer as its forward computes it; None where nothing changes."""
+    from peft.tuners.lora import Embedding, Linear
+    from peft.tuners.lora.layer import _ConvNd
+
+    if not isinstance(layer, (Linear, Embedding, _ConvNd)):  # e.g. quantized or multi-head-attention LoRA layers
+        raise ValueError(f"{name} is a LoRA layer of type {type(layer).__name__}, which a merged save does not "
+                         "support; " + _SAVE_THE_ADAPTER)
+    if layer.disable_adapters:
+        return None, None
+    adapters = [a for a in layer.active_adapters if a in layer.lora_A or a in layer.lora_embedding_A]
+    if not adapters:
+        return None, None
+    if layer.merged_adapters:
+        raise ValueError(f"{name} has adapters merged into its weights in place (merge_adapter); unmerge them first "
+                         "(peft_model.unmerge_adapter()), then save merged")
+    variants = {a: layer.lora_variant[a] for a in adapters if a in layer.lora_variant}
+    unsupported = {type(v).__name__ for v in variants.values() if not type(v).__name__.startswith("Dora")}
+    if unsupported:
+        raise ValueError(f"{name} uses the LoRA variant {sorted(unsupported)}, which a merged save does not support; "
+                         + _SAVE_THE_ADAPTER)
+    if variants and len(adapters) > 1:
+        raise ValueError(f"{name} has {len(adapters)} active adapters, one of them DoRA, which a merged save does not "
+                         "support; activate one adapter (peft_model.set_adapter(name)) or " + _SAVE_THE_ADAPTER)
+    base_layer = layer.get_base_layer()
+    weight = base_layer.weight.detach()
+    bias = None
+    for adapter in adapters:
+        if adapter in variants:
+            # DoRA: peft's safe merge returns a new tensor (the magnitude over the norm of W + delta, times W + delta);
+            # drop the weight norm it caches for an unmerge that never comes
+            weight = variants[adapter].merge_safe(layer, adapter, weight)
+            layer._caches.pop(f"{adapter}-weight_norm", None)
+        else:
+            weight = weight + layer.get_delta_weight(adapter).to(weight.dtype)
+        if layer.lora_bias.get(adapter, False):
+            lora_b = layer.lora_B[adapter].bias.detach() * layer.scaling[adapter]
+            bias = (base_layer.bias.detach() if bias is None else bias) + lora_b.to(base_layer.bias.dtype)
+    return weight.contiguous(), bias
+
+
+def _merged_for_saving(peft_model: Any) -> tuple[dict[str, torch.Tensor], bool]:
+    """(merged state dict, whether the saved config must untie the word embeddings) for `save_pretrained(merged=True)`.
+
+    Names that share one tensor in the live model (tied weights) keep sharing it when the merge
+    leaves them equal; when it moves one of them, the tie is broken, which only the word
+    embeddings' tie can express in a config (`tie_word_embeddings=False`).
+    """
+    state = base_state_dict(peft_model, merged=True)
+    groups: dict[tuple[int, tuple[int, ...]], list[str]] = {}
+    for name, tensor in base_state_dict(peft_model).items():  # the live tensors: ties show as shared storage
+        groups.setdefault((tensor.untyped_storage().data_ptr(), tuple(tensor.shape)), []).append(name)
+    untie = False
+    for names in (names for names in groups.values() if len(names) > 1):
+        first = state[names[0]]
+        if all(torch.equal(state[n], first) for n in names[1:]):
+            state.update(dict.fromkeys(names, first))  # still tied: one tensor, saved once
             continue
-        if name in deltas:
-            tensor = (tensor + deltas[name].to(tensor.dtype)).contiguous()
-        state[re.sub(r"\.(base_layer|original_module)\.", ".", name)] = tensor
-    return state
+        config = peft_model.get_base_model().config
+        if not getattr(config, "tie_word_embeddings", False):
+            raise ValueError(f"merging the adapter moves {names[0]} away from the weights tied to it ({names[1:]}), "
+                             "a tie this model's config cannot undo; save the adapter instead (save_pretrained(path))")
+        untie = True
+    return state, untie
 
 
 def _cache_from(out: Any) -> tuple[str, Any]:
-    """(keyword, cache) of a forward pass's KV cache: transformers' current name `cache`, or the older `past_key_values`.
+    """(keyword, cache) of a forward pass's KV cache: transformers' current name `cache`, or older `past_key_values`.
 
     The output's own fields say which API the model speaks, so the cache goes back under the
     name the model reads (a name it does not know would be swallowed by `**kwargs`, silently
@@ -166,7 +278,8 @@ class SamplingConfig:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
         if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r} (use a small value such as 0.01 for near-greedy)")
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r} "
+                             "(use a small value such as 0.01 for near-greedy)")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
         if not 0.0 < self.top_p <= 1.0:
@@ -239,7 +352,9 @@ class Policy:
         peft_config: train a PEFT adapter instead of the whole model: a `peft.LoraConfig` (or
             any `PeftConfig`), or a dict of LoRA fields (`{"r": 8, "lora_alpha": 16,
             "target_modules": [...]}`). The model is wrapped by `peft.get_peft_model` (in place:
-            its own weights are frozen) and `is_peft` is True. Needs `pip install llm-gym[peft]`.
+            its own weights are frozen) and `is_peft` is True. LoRA's A matrices are drawn from
+            torch's global generator: call `torch.manual_seed(seed)` first for a reproducible
+            adapter (the pipeline does). Needs `pip install llm-gym[peft]`.
 
     Example:
         >>> policy = Policy.from_pretrained("gpt2")  # doctest: +SKIP
@@ -262,9 +377,9 @@ class Policy:
             tokenizer.pad_token = tokenizer.eos_token  # GPT-2 convention; pads are always masked out
         if getattr(model, "_hf_peft_config_loaded", False) and not is_peft_model(model):
             # transformers' own adapter loading leaves the adapter frozen and the base trainable: the wrong way round
-            raise ValueError("this model carries an adapter loaded by transformers (AutoModelForCausalLM.from_pretrained on "
-                             "an adapter folder); load the folder with Policy.from_pretrained(path), which trains the adapter "
-                             "and freezes the base")
+            raise ValueError("this model carries an adapter loaded by transformers "
+                             "(AutoModelForCausalLM.from_pretrained on an adapter folder); load the folder with "
+                             "Policy.from_pretrained(path), which trains the adapter and freezes the base")
         if peft_config is not None:
             model = add_peft_adapter(model, peft_config, "CAUSAL_LM")
         self.device = torch.device(device) if device is not None else default_device()
@@ -303,8 +418,8 @@ class Policy:
         folder = Path(name_or_path)
         if (folder / "adapter_config.json").is_file():
             if peft_config is not None:
-                raise ValueError(f"{folder} already holds an adapter; load it without peft_config, or pass peft_config with "
-                                 "the base model's path to start a new one")
+                raise ValueError(f"{folder} already holds an adapter; load it without peft_config, or pass peft_config "
+                                 "with the base model's path to start a new one")
             model, tokenizer_source = _load_with_adapter(folder, is_trainable, model_kwargs)
             return cls(model, AutoTokenizer.from_pretrained(tokenizer_source), device=device, overflow=overflow)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
@@ -318,11 +433,23 @@ class Policy:
         which names the base model, and `adapter_model.safetensors`), not the base weights;
         with `merged=True` it saves a plain model instead, the adapter merged into the base
         weights (a folder that loads without peft or the base, as the pipeline's stages hand
-        their policies on). A plain policy ignores `merged`.
+        their policies on), computing what the adapted model computes (see `base_state_dict`).
+        LoRA on a tied input embedding (GPT-2's `wte`) leaves the output layer on the un-adapted
+        matrix, so such a merged model is written untied (`tie_word_embeddings=False`, both
+        matrices saved). A plain policy ignores `merged`.
+
+        Raises:
+            ValueError: `merged=True` on an adapter that cannot be merged exactly (not LoRA/DoRA);
+                save the adapter instead (`save_pretrained(path)`).
         """
         if merged and self.is_peft:
-            base = self.model.get_base_model()
-            base.save_pretrained(path, state_dict=base_state_dict(self.model, merged=True))
+            state, untie = _merged_for_saving(self.model)
+            self.model.get_base_model().save_pretrained(path, state_dict=state)
+            if untie:  # the merged input embedding no longer equals the output layer: both matrices are written
+                config = AutoConfig.from_pretrained(path)
+                for part in {id(config): config, id(config.get_text_config()): config.get_text_config()}.values():
+                    part.tie_word_embeddings = False
+                config.save_pretrained(path)
         else:
             self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
@@ -342,20 +469,23 @@ class Policy:
         limit = self.context_length - max_new_tokens
         if limit < 1:
             raise ValueError(
-                f"max_new_tokens={max_new_tokens} leaves no room for a prompt in a context of {self.context_length} tokens"
+                f"max_new_tokens={max_new_tokens} leaves no room for a prompt in a context of {self.context_length} "
+                "tokens"
             )
         encoded = encode(self.tokenizer, prompts)
         if self.overflow == "reject":
             for i, ids in enumerate(encoded):
                 if len(ids) > limit:
                     raise ValueError(
-                        f"prompt {i} has {len(ids)} tokens but the context ({self.context_length}) minus max_new_tokens "
-                        f"({max_new_tokens}) leaves {limit}; shorten it, lower max_new_tokens, or use overflow='truncate_left'"
+                        f"prompt {i} has {len(ids)} tokens but the context ({self.context_length}) minus "
+                        f"max_new_tokens ({max_new_tokens}) leaves {limit}; shorten it, lower max_new_tokens, or use "
+                        "overflow='truncate_left'"
                     )
         encoded, truncated = truncate_left_all(encoded, limit, self.tokenizer.bos_token_id)
         if truncated:
             self.num_truncated_prompts += truncated
-            _log.warning("truncated %d prompt(s) on the left to fit %d tokens (total so far: %d)", truncated, limit, self.num_truncated_prompts)
+            _log.warning("truncated %d prompt(s) on the left to fit %d tokens (total so far: %d)", truncated, limit,
+                         self.num_truncated_prompts)
         ids, mask = pad_left(encoded, self.tokenizer.pad_token_id)
         if (mask.sum(-1) == 0).any():
             raise ValueError("a prompt encoded to zero tokens; give non-empty prompts")
@@ -370,7 +500,8 @@ class Policy:
         The prompt is read as `encode_prompts` reads it (the tokenizer's BOS convention,
         left-padded); the completion as a continuation with nothing added, followed by EOS
         (as `sft_batch` tokenises an answer after its prompt, and as `sample` ends a
-        completion), right-padded. `completion_mask` is 1 on the completion's tokens and its
+        completion; a completion that ends with its own EOS, as a chat-rendered one does,
+        gets none added), right-padded. `completion_mask` is 1 on the completion's tokens and its
         EOS, so `log_probs(...).sum(-1)` is log pi(completion + EOS | prompt). A prompt that
         leaves no room for its own completion in the context is cut on the left (keeping a
         leading BOS, counted in `num_truncated_prompts`) or refused, as `overflow` says.
@@ -391,7 +522,8 @@ class Policy:
         if len(prompts) == 0:
             raise ValueError("nothing to encode; pass at least one (prompt, completion) pair")
         tok = self.tokenizer
-        answers = append_eos(encode(tok, completions, special_tokens=False), tok.eos_token_id)
+        # a chat-rendered completion already ends with the template's end-of-turn EOS: end it with exactly one
+        answers = append_eos(encode(tok, completions, special_tokens=False), tok.eos_token_id, unless_present=True)
         rows, truncated = [], 0
         for i, (ids, answer) in enumerate(zip(encode(tok, prompts), answers)):
             limit = self.context_length - len(answer)  # room left for this pair's prompt
@@ -465,7 +597,8 @@ class Policy:
                 break
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
             out = self.model(
-                input_ids=tokens[-1][:, None], attention_mask=attn, position_ids=next_pos, use_cache=True, **{cache_arg: cache}
+                input_ids=tokens[-1][:, None], attention_mask=attn, position_ids=next_pos, use_cache=True,
+                **{cache_arg: cache},
             )
             (cache_arg, cache), logits = _cache_from(out), out.logits[:, -1, :]
             next_pos = next_pos + 1
@@ -548,8 +681,8 @@ class Policy:
             if completion_ids is not None or completion_mask is not None or not (
                 prompt_mask is None or isinstance(prompt_mask, SamplingConfig)
             ):
-                raise TypeError("log_probs takes a Rollout or the four tensors (prompt_ids, prompt_mask, completion_ids, "
-                                "completion_mask), not both")
+                raise TypeError("log_probs takes a Rollout or the four tensors (prompt_ids, prompt_mask, "
+                                "completion_ids, completion_mask), not both")
             if isinstance(prompt_mask, SamplingConfig):
                 if config is not None:
                     raise TypeError("log_probs got two sampling configs; pass it once: log_probs(rollout, config)")
@@ -565,7 +698,7 @@ class Policy:
 
 
 def _load_with_adapter(folder: Path, is_trainable: bool, model_kwargs: dict[str, object]) -> tuple[Any, str | Path]:
-    """(base + adapter, where the tokenizer is) for an adapter folder: the base named in its config, then the adapter."""
+    """(base + adapter, where the tokenizer is) for an adapter folder: the base its config names, then the adapter."""
     peft = require_peft()
     config = peft.PeftConfig.from_pretrained(folder)
     base_name = config.base_model_name_or_path
@@ -574,13 +707,18 @@ def _load_with_adapter(folder: Path, is_trainable: bool, model_kwargs: dict[str,
                          "adapter_config.json); set it there to the base model's Hub name or folder")
     base = AutoModelForCausalLM.from_pretrained(base_name, **model_kwargs)
     model = peft.PeftModel.from_pretrained(base, folder, is_trainable=is_trainable)
-    model.train(base.training)  # in eval mode, as from_pretrained leaves any model (peft leaves a trainable one in train)
+    # in eval mode, as from_pretrained leaves any model (peft leaves a trainable one in train mode)
+    model.train(base.training)
     # the tokenizer saved beside the adapter, else the base's
     return model, folder if (folder / "tokenizer_config.json").is_file() else base_name
 
 
-def as_generator(seed: int | torch.Generator | None, device: torch.device | str, name: str = "seed") -> torch.Generator | None:
-    """A `torch.Generator` on `device` seeded with `seed` (a generator or None passes through); `name` is the argument's, for errors."""
+def as_generator(seed: int | torch.Generator | None, device: torch.device | str,
+                 name: str = "seed") -> torch.Generator | None:
+    """A `torch.Generator` on `device` seeded with `seed` (a generator or None passes through).
+
+    `name` is the argument's name, for errors.
+    """
     if seed is None or isinstance(seed, torch.Generator):
         return seed
     if isinstance(seed, bool) or not isinstance(seed, int):

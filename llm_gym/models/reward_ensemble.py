@@ -39,6 +39,10 @@ class RewardEnsemble:
     Calling the ensemble returns the mean (so it is a `RewardFn`); `score_with_std` also
     returns the disagreement, the query-selection signal of Christiano et al. 2017. Each
     member is a full model (memory grows with the number of members).
+
+    With LoRA (`peft_config=`), each member is still its own backbone, loaded separately with
+    its own adapter: K members hold K copies of the base weights. LoRA saves optimizer memory
+    and checkpoint size here (only adapters and heads train), but not the base copies.
     """
 
     bootstrap = True

@@ -251,3 +251,24 @@ def test_save_load_round_trip(policy: Policy, tmp_path: Path) -> None:
         BestOfN.load(tmp_path / "bon")
     with pytest.raises(FileNotFoundError, match="not a BestOfN checkpoint"):
         BestOfN.load(tmp_path / "nothing-here", reward_fn=GoldScorer())
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # peft on transformers 5
+def test_a_lora_base_round_trips_as_the_plain_model_it_computes(policy: Policy, tmp_path: Path) -> None:
+    """Best-of-N trains nothing, so a LoRA base is saved merged: the checkpoint loads without peft or the base."""
+    pytest.importorskip("peft")
+    lora = Policy(policy.model, policy.tokenizer, device="cpu",
+                  peft_config={"r": 4, "target_modules": ["c_attn"], "fan_in_fan_out": True})
+    with torch.no_grad():
+        for name, p in lora.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05)  # a trained adapter (LoRA's B starts at zero)
+    agent = BestOfN(lora, GoldScorer(), BestOfNConfig(n=2, sampling=SAMPLING), rng=np.random.default_rng(3))
+    agent.save(tmp_path / "bon")
+    assert not (tmp_path / "bon" / "base" / "adapter_config.json").exists()
+    loaded = BestOfN.load(tmp_path / "bon", reward_fn=GoldScorer(), device="cpu")
+    assert not loaded.base.is_peft
+    rollout = lora.sample(PROMPTS, SAMPLING, seed=0)
+    with torch.no_grad():
+        assert torch.allclose(loaded.base.log_probs(rollout, SAMPLING), lora.log_probs(rollout, SAMPLING), atol=1e-5)
+    assert loaded.act(PROMPTS) == agent.act(PROMPTS)

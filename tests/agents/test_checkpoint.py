@@ -102,3 +102,44 @@ def test_an_error_in_the_block_leaves_the_previous_checkpoint(tmp_path) -> None:
     assert read_json(path / "state.json", fix=FIX) == {"iteration": 3}
     assert verify_manifest(path, fix=FIX)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # peft on transformers 5
+@pytest.mark.parametrize("fate", ["moved", "rewritten"])
+def test_a_lora_policy_with_another_reference_resumes_from_its_own_base(tiny_model, tmp_path, fate) -> None:
+    """The checkpoint carries the policy's base (`base/`) when the reference is not that base, so the resume does
+    not depend on where the adapter config says the base was."""
+    pytest.importorskip("peft")
+    import torch
+    from transformers import AutoTokenizer
+
+    from doubles import tiny_llama, tiny_llama_folder
+    from llm_gym import Policy, SamplingConfig
+    from llm_gym.agents.checkpoint import load_policy_and_reference, save_policy_and_reference
+    from llm_gym.agents.reference import make_reference
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model.path)
+    base_path = tiny_llama_folder(tmp_path / "base_model", tokenizer)
+    policy = Policy.from_pretrained(base_path, device="cpu",
+                                    peft_config={"r": 4, "target_modules": ["q_proj", "v_proj"]})
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05)  # a trained adapter
+    reference = make_reference(Policy(tiny_llama(tokenizer, seed=1), tokenizer, device="cpu"))  # not the policy's base
+    folder = tmp_path / "ckpt"
+    with write_checkpoint(folder) as tmp:
+        state = save_policy_and_reference(policy, reference, tmp)
+    if fate == "moved":
+        base_path.rename(tmp_path / "elsewhere")  # the adapter config names a base that is gone
+    else:
+        tiny_llama_folder(base_path, tokenizer, seed=2)  # a rerun rewrote the base folder with other weights
+    loaded, loaded_ref = load_policy_and_reference(folder, state, device="cpu", fix=FIX)
+    assert loaded.is_peft and loaded_ref is not None and not loaded_ref.is_peft
+    sampling = SamplingConfig(max_new_tokens=6)
+    rollout = policy.sample(["the film was", "the hotel is"], sampling, seed=0)
+    with torch.no_grad():
+        assert torch.allclose(loaded.log_probs(rollout, sampling), policy.log_probs(rollout, sampling), atol=1e-6)
+        assert torch.allclose(loaded_ref.log_probs(rollout, sampling), reference.log_probs(rollout, sampling),
+                              atol=1e-6)
+    assert any(p.requires_grad for p in loaded.model.parameters())  # ready to train on

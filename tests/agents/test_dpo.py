@@ -13,7 +13,7 @@ import torch
 from llm_gym import Comparison, Logger, Policy
 from llm_gym.agents.checkpoint import CheckpointError
 from llm_gym.agents.dpo import DPO, DPOConfig, dpo_loss, dpo_stats
-from llm_gym.agents.reference import frozen_copy
+from llm_gym.agents.reference import make_reference
 from llm_gym.infra.update import TrainingDivergedError
 from llm_gym.models.reward_losses import ranking_stats
 
@@ -358,7 +358,7 @@ def test_identical_completions_warn_and_carry_nothing(policy: Policy) -> None:
 
 def test_nan_loss_stops_before_the_optimizer_and_keeps_the_checkpoint(policy: Policy, tmp_path: Path) -> None:
     comparisons = pairs_of(PROMPTS[:8])
-    reference = frozen_copy(policy)
+    reference = make_reference(policy)
     agent = DPO(policy, comparisons, DPOConfig(batch_size=4, heldout_fraction=0.0), np.random.default_rng(0),
                 reference=reference)
     agent.save(tmp_path / "ckpt")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 from stable_baselines3 import PPO as SB3PPO
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EveryNTimesteps
+from stable_baselines3.common.callbacks import (BaseCallback, CallbackList, EveryNTimesteps, ProgressBarCallback,
+                                                StopTrainingOnMaxEpisodes)
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from llm_gym import (
@@ -26,8 +27,8 @@ from llm_gym import (
     SamplingConfig,
     SyntheticOracle,
 )
-from llm_gym.agents import DPO, PPO, BestOfN, BestOfNConfig, DPOConfig, PPOConfig, SB3Agent
-from llm_gym.agents.base import Agent, as_callback
+from llm_gym.agents import DPO, PPO, RLOO, BestOfN, BestOfNConfig, DPOConfig, PPOConfig, RLOOConfig, SB3Agent
+from llm_gym.agents.base import Agent, StandInEnv, as_callback, vector_infos
 from llm_gym.agents.lm_preferences import CompletionSource, RewardModelLearner
 from llm_gym.agents.preference_loop import PreferenceLoop, PreferenceLoopConfig, RandomSelector
 from llm_gym.envs import PromptBanditVecEnv
@@ -55,6 +56,13 @@ def make_dpo(tiny_model, tmp_path, **randomness: Any) -> DPO:
     pairs = [Comparison(p, (GOOD, BAD), (0, 1)) for p in PROMPTS * 2]
     return DPO(policy, pairs, DPOConfig(batch_size=4, heldout_fraction=0.25, sampling=SAMPLING, learning_rate=1e-3),
                logger=Logger(None), **randomness)
+
+
+def make_rloo(tiny_model, tmp_path, **randomness: Any) -> RLOO:
+    policy = Policy.from_pretrained(tiny_model.path, device="cpu")
+    env = PromptBanditVecEnv(PROMPTS, e_count, num_envs=4, group_size=2)
+    config = RLOOConfig(sampling=SAMPLING, minibatch_size=4, group_size=2, n_epochs=1, log_samples_every=0)
+    return RLOO(policy, env, config, logger=Logger(None), **randomness)
 
 
 def make_best_of_n(tiny_model, tmp_path, **randomness: Any) -> BestOfN:
@@ -217,6 +225,133 @@ def test_sb3_agent_hands_sb3_callbacks_to_sb3(tiny_model, tmp_path) -> None:
     assert counter.model is agent.model and counter.events == ["init", "start", "end"]
     assert "dones" in counter.locals, "SB3's own rollout variables, as SB3 callbacks expect"
     assert len(seen) == 5 and seen[0] is agent, "a plain callback still receives the SB3Agent"
+
+
+class Recorder(BaseCallback):
+    """Records SB3's per-iteration protocol: rollout start/end, each step, and the locals each step sees."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        super().__init__()
+        self.stop_after = stop_after
+        self.events: list[str] = []
+        self.seen: list[dict[str, Any]] = []
+
+    def _on_rollout_start(self) -> None:
+        self.events.append("rollout_start")
+
+    def _on_step(self) -> bool:
+        self.events.append("step")
+        self.seen.append(dict(self.locals))
+        return self.stop_after is None or self.n_calls < self.stop_after
+
+    def _on_rollout_end(self) -> None:
+        self.events.append("rollout_end")
+
+
+def test_on_policy_rollouts_bracket_each_iteration_and_locals_hold_sb3_names(tiny_model, tmp_path) -> None:
+    agent = make_ppo(tiny_model, tmp_path, seed=0)
+    rec = Recorder()
+    agent.learn(24, callback=[rec])  # inside a CallbackList: update_locals must reach the children
+    assert agent.iteration == 3 and rec.events == ["rollout_start", "step", "rollout_end"] * 3
+    last = rec.seen[-1]
+    assert last["dones"].dtype == bool and last["dones"].tolist() == [True] * 8, "every episode is one step"
+    assert len(last["actions"]) == len(last["obs"]) == len(last["rewards"]) == len(last["infos"]) == 8
+    assert [i["completion"] for i in last["infos"]] == list(last["actions"])
+    assert last["rewards"].tolist() == e_count(last["obs"], last["actions"])
+    assert last["self"] is agent and last["total_timesteps"] == 24, "the training-start locals stay"
+    assert last["stats"] == {k: v[-1][1] for k, v in agent.logger.history.items() if v[-1][0] == 24}
+
+
+def test_a_stop_skips_on_rollout_end_as_in_sb3(tiny_model, tmp_path) -> None:
+    agent = make_ppo(tiny_model, tmp_path, seed=0)
+    rec = Recorder(stop_after=2)
+    agent.learn(10_000, callback=rec)
+    assert rec.events == ["rollout_start", "step", "rollout_end", "rollout_start", "step"] and agent.num_timesteps == 16
+
+
+def test_dpo_steps_are_batches_of_one_step_episodes(tiny_model, tmp_path) -> None:
+    agent = make_dpo(tiny_model, tmp_path, seed=0)  # 6 training comparisons, batches of 4: 4, 2, 4, ...
+    env = agent.get_env()
+    assert isinstance(env, StandInEnv) and env.num_envs == 4, "batch_size before the first step"
+    rec = Recorder()
+    agent.learn(10, callback=rec)
+    assert rec.events == ["rollout_start", "step", "rollout_end"] * 3 and agent.num_timesteps == 10
+    assert [len(s["dones"]) for s in rec.seen] == [4, 2, 4] and all(s["dones"].all() for s in rec.seen)
+    assert [i["query_id"] for i in rec.seen[1]["infos"]] == [c.query_id for c in rec.seen[1]["comparisons"]]
+    assert rec.training_env is env and env.num_envs == 4
+
+
+def test_preference_loop_callback_follows_the_inner_agents_iterations(tiny_model, tmp_path) -> None:
+    agent = make_loop(tiny_model, tmp_path, seed=0)  # rounds of 8 completions: one inner iteration each
+    rec = Recorder()
+    agent.learn(16, callback=rec)
+    assert rec.events == ["rollout_start", "step", "rollout_end"] * 2 and agent.num_timesteps == 16
+    assert rec.seen[-1]["self"] is agent and rec.seen[-1]["total_timesteps"] == 16, "not the inner learn's"
+    assert rec.seen[-1]["dones"].tolist() == [True] * 8 and rec.training_env is agent.inner.env
+
+
+@pytest.mark.filterwarnings("ignore:rich is experimental")  # tqdm.rich's own notice, which SB3's bar uses
+@pytest.mark.parametrize("name", ["ppo", "rloo", "dpo", "loop", "best_of_n"])
+def test_progress_bar_callback_advances_by_the_steps_done(tiny_model, tmp_path, name) -> None:
+    pytest.importorskip("tqdm", reason="SB3's ProgressBarCallback needs tqdm (stable-baselines3[extra])")
+    pytest.importorskip("rich", reason="SB3's ProgressBarCallback draws with tqdm.rich, which needs rich")
+    agent = {**LM, "rloo": make_rloo}[name](tiny_model, tmp_path, seed=0)
+    bar = ProgressBarCallback()
+    agent.learn(10, callback=bar)
+    assert bar.pbar.total == 10 and bar.pbar.n == agent.num_timesteps, "one batch (num_envs) per on_step"
+    assert agent.num_timesteps == {"ppo": 16, "rloo": 12, "dpo": 10, "loop": 16, "best_of_n": 0}[name]
+
+
+@pytest.mark.parametrize(("name", "episodes", "expected"), [("ppo", 2, 16), ("rloo", 3, 12), ("dpo", 2, 10)])
+def test_stop_training_on_max_episodes_counts_completions(tiny_model, tmp_path, name, episodes, expected) -> None:
+    """SB3's semantics: `max_episodes` per env, `max_episodes * num_envs` in all (PPO: 8 envs, RLOO: 4; DPO: its
+    stand-in's `batch_size` of 4, so at least 8 comparisons, reached within the third step: 4 + 2 + 4)."""
+    agent = {"ppo": make_ppo, "rloo": make_rloo, "dpo": make_dpo}[name](tiny_model, tmp_path, seed=0)
+    stop = StopTrainingOnMaxEpisodes(max_episodes=episodes)
+    agent.learn(10_000, callback=stop)
+    assert agent.num_timesteps == stop.n_episodes == expected
+
+
+def test_stop_training_on_max_episodes_stops_the_preference_loop_and_inits_on_best_of_n(tiny_model, tmp_path) -> None:
+    loop = make_loop(tiny_model, tmp_path, seed=0)
+    stop = StopTrainingOnMaxEpisodes(max_episodes=1)
+    loop.learn(10_000, callback=stop)
+    assert loop.num_timesteps == loop.inner.num_timesteps == stop.n_episodes == 8 and loop.rounds == 0
+    best = make_best_of_n(tiny_model, tmp_path, seed=0)
+    best.learn(10, callback=StopTrainingOnMaxEpisodes(max_episodes=1))  # its stand-in env has num_envs = 1
+    assert best.get_env().num_envs == 1 and best.num_timesteps == 0
+
+
+def test_vector_infos_splits_a_gymnasium_info_by_env() -> None:
+    info = {"gold": np.array([1.0, 2.0, 3.0]), "_gold": np.array([True, False, True]), "prompt_index": [4, 5, 6],
+            "note": "all"}
+    assert vector_infos(info, 3) == [{"gold": 1.0, "prompt_index": 4, "note": "all"},
+                                     {"prompt_index": 5, "note": "all"},
+                                     {"gold": 3.0, "prompt_index": 6, "note": "all"}]
+
+
+@pytest.mark.parametrize("name", ["ppo", "dpo"])
+def test_the_optimizer_holds_only_trainable_policy_parameters(tiny_model, tmp_path, name) -> None:
+    make = {"ppo": make_ppo, "dpo": make_dpo}[name]
+    plain = make(tiny_model, tmp_path, seed=0)
+    every = list(plain.policy.model.parameters())
+    assert plain.optimizer.param_groups[0]["params"] == every, "a plain model: every parameter, in order"
+    original = Policy.from_pretrained
+    frozen_first: list[torch.nn.Parameter] = []
+
+    def from_pretrained(*args: Any, **kwargs: Any) -> Policy:
+        policy = original(*args, **kwargs)
+        first = next(policy.model.parameters())
+        first.requires_grad_(False)  # a frozen part, as a LoRA policy's base
+        frozen_first.append(first)
+        return policy
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Policy, "from_pretrained", from_pretrained)
+        agent = make(tiny_model, tmp_path, seed=0)
+    held = agent.optimizer.param_groups[0]["params"]
+    assert all(p is not frozen_first[0] for p in held)
+    assert held == [p for p in agent.policy.model.parameters() if p.requires_grad] and len(held) == len(every) - 1
 
 
 # ---------------------------------------------------------------------------------------------- predict and act

@@ -260,20 +260,82 @@ def test_an_unknown_reward_name_is_refused_with_the_choices(model_cache) -> None
 
 
 # ------------------------------------------------------------------ a loop whose oracle answers nothing
-def test_a_preference_loop_with_no_answers_is_an_error_line(tmp_path, model_cache, tiny_model, monkeypatch, capsys) -> None:
-    from llm_gym.agents.preference_loop import PreferenceLoop
-    from llm_gym.feedback.oracles import NoAnswersError
-
-    def no_answers(self, *args, **kwargs):
-        raise NoAnswersError("the oracle answered none of the 8 queries; the answers already given are kept")
-
-    monkeypatch.setattr(PreferenceLoop, "learn", no_answers)
+def loop_experiment(tmp_path: Path, model_cache: Path, on_no_answers: str) -> Path:
+    """A preference loop whose recorded labels match none of the queries it poses (they compare other texts)."""
+    write_records(tmp_path / "labels.jsonl")
     data = tiny_experiment_dict(model_cache)
     data.update(stages=["pretrain", "sft", "preference_loop"], ppo={}, preference_loop={"online": {
-        "iterations": 2, "num_envs": 8, "schedule": {"total_labels": 8, "initial_labels": 8, "labels_per_round": 4,
-                                                     "steps_per_round": 16, "oversample": 1},
+        "iterations": 2, "num_envs": 8, "schedule": {"total_labels": 8, "initial_labels": 4, "labels_per_round": 4,
+                                                     "steps_per_round": 8, "oversample": 1,
+                                                     "on_no_answers": on_no_answers},
         "config": {"minibatch_size": 4, "sampling": {"max_new_tokens": 8}}}})
+    data["oracle"] = {"kind": "recorded", "path": str(tmp_path / "labels.jsonl")}
     (tmp_path / "exp.json").write_text(json.dumps(data))
-    assert main(["run", str(tmp_path / "exp.json"), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    return tmp_path / "exp.json"
+
+
+@pytest.mark.parametrize("on_no_answers", ["raise", "wait"])
+def test_a_preference_loop_without_a_single_preference_is_an_error_and_not_done(tmp_path, model_cache, tiny_model,
+                                                                                capsys, on_no_answers) -> None:
+    """"raise" stops at the first silent round; "wait" trains on, but a loop that ended without one preference is not
+    recorded as done (its policy trained against an untrained reward model), so a rerun after labelling trains it."""
+    exp, out = loop_experiment(tmp_path, model_cache, on_no_answers), tmp_path / "run"
+    assert main(["run", str(exp), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: the oracle answered none of the 8 queries") and "Traceback" not in err
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    expected = "answered none of the 4 queries" if on_no_answers == "raise" else "no preference in the whole loop"
+    assert expected in err, err
+    if on_no_answers == "raise":  # the way out, as this experiment's key
+        assert 'set preference_loop.online.schedule.on_no_answers = "wait"' in err, err
+    state = json.loads((out / "state.json").read_text())
+    assert "sft" in state and "preference_loop.online" not in state
+    with PreferenceStore(out / "preference_loop" / "online" / "labels.sqlite") as store:
+        assert store.counts()["queries"] >= 4 and store.counts()["answers"] == 0, "the queries posed are kept"
+
+
+# ------------------------------------------------------------------ judges by name and code
+JUDGES = """
+def judge(prompts, completions):
+    return [float(len(c)) for c in completions]
+
+
+def other_judge(prompts, completions):
+    return [-float(len(c)) for c in completions]
+
+
+def pay(prompts, completions):
+    return [float(len(c.split())) for c in completions]
+"""
+
+
+def test_another_judge_or_an_edited_reward_reruns_exactly_what_it_scored(tmp_path, model_cache, tiny_model,
+                                                                        monkeypatch) -> None:
+    import sys
+
+    name = f"judges_{tmp_path.name}"
+    module = tmp_path / f"{name}.py"
+    module.write_text(JUDGES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "prompts.txt").write_text("the film was\nthe soup was\nmy phone is\nthe hotel was\n")
+    (tmp_path / "demos.jsonl").write_text(json.dumps({"prompt": "the film was", "completion": " great ."}) + "\n")
+    data = tiny_experiment_dict(model_cache)
+    data.update(stages=["pretrain", "sft", "reward_model", "ppo", "evaluation"])
+    data["ppo"] = {"ppo": {**data["ppo"]["ppo"], "iterations": 1, "checkpoint_every": 0, "reward": f"{name}:pay"}}
+    data["task"] = {"prompts": str(tmp_path / "prompts.txt"), "demonstrations": str(tmp_path / "demos.jsonl"),
+                    "gold": f"{name}:judge"}
+    data["evaluation"]["prompts"] = 4
+
+    def run(*overrides: str) -> list[str]:
+        sys.modules.pop(name, None)  # as a new `llm-gym run` process would, read the module as it is now
+        events: list[str] = []
+        Pipeline(from_dict(ExperimentConfig, apply_overrides(data, overrides)), tmp_path / "run",
+                 on_event=events.append).run()
+        return [e.split("]")[0][1:] for e in events if e.endswith("] running")]
+
+    assert run() == ["pretrain", "sft", "reward_model", "ppo.ppo", "evaluation"]
+    # another gold judge: the synthetic labels, the RM-vs-gold figure and the evaluation change; SFT and the run paid
+    # by its own function do not
+    assert run(f"task.gold='{name}:other_judge'") == ["reward_model", "evaluation"]
+    # the run's reward function edited in place: that run (and the evaluation of it) again, nothing else
+    module.write_text(JUDGES.replace("len(c.split())", "-len(c.split())"))
+    assert run(f"task.gold='{name}:other_judge'") == ["ppo.ppo", "evaluation"]

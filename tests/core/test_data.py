@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from chat_fixtures import USER_HI, llama_chat_tokenizer
+from chat_fixtures import GEMMA_LIKE_TEMPLATE, USER_HI, llama_chat_tokenizer
 from gymnasium.utils.env_checker import check_env
 
 import llm_gym  # noqa: F401  (registers the environments)
@@ -110,9 +110,9 @@ def test_a_missing_prompt_column_names_the_columns_found_and_the_fix(tmp_path: P
 
 def test_row_errors_name_the_row(tmp_path: Path) -> None:
     rows = [{"prompt": "a"}, {"prompt": "b"}, {"prompt": "c"}, {"prompt": None}]
-    with pytest.raises(DatasetError, match=r"data\.parquet row 3: 'prompt' is empty \(null\)"):
+    with pytest.raises(DatasetError, match=r"data\.parquet row 3: the prompt is empty or whitespace \(null or a blank cell\)"):
         load_prompts(write_parquet(tmp_path / "data.parquet", rows))
-    with pytest.raises(DatasetError, match=r"DataFrame row 3: 'prompt' is empty \(null\)"):  # pandas' NaN is a null
+    with pytest.raises(DatasetError, match=r"DataFrame row 3: the prompt is empty or whitespace \(null"):  # pandas' NaN is a null
         load_prompts(pd.DataFrame({"prompt": ["a", "b", "c", np.nan]}))
     (tmp_path / "data.json").write_text(json.dumps([{"prompt": "a"}, {"prompt": "  "}]))
     with pytest.raises(DatasetError, match=r"data\.json row 1: the prompt is empty or whitespace"):
@@ -126,8 +126,12 @@ def test_row_errors_name_the_row(tmp_path: Path) -> None:
 def test_json_file_errors(tmp_path: Path) -> None:
     jsonl_named_json = tmp_path / "lines.json"
     jsonl_named_json.write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
-    with pytest.raises(DatasetError, match=r"lines\.json line 2: invalid JSON \(Extra data.*name it \.jsonl"):
-        load_prompts(jsonl_named_json)
+    assert load_prompts(jsonl_named_json).prompts == ("a", "b")  # JSON Lines named .json (Dataset.to_json) is read
+    neither = tmp_path / "neither.json"
+    neither.write_text('{"prompt": "a"}\n{"prompt": "b",\n "x": 1}\n')
+    with pytest.raises(DatasetError, match=r"neither\.json line 2: invalid JSON \(Extra data.*name it \.jsonl\) it fails "
+                                           r"too: .*neither\.json line 2: invalid JSON"):
+        load_prompts(neither)
     two_lists = tmp_path / "two.json"
     two_lists.write_text(json.dumps({"train": ["a"], "test": ["b", "c"]}))
     with pytest.raises(DatasetError, match=r"two\.json: expected a JSON list of records .* keys \['train', 'test'\]"):
@@ -231,11 +235,12 @@ def test_chat_demonstrations_in_both_trl_layouts(tmp_path: Path, tok) -> None:
     answer = [{"role": "assistant", "content": "hello"}]
     prompt_completion = [{"prompt": USER_HI, "completion": answer}]
     conversation = [{"messages": USER_HI + answer}]
-    expected = [Demonstration("<s><|user|>\nhi</s>\n<|assistant|>\n", "hello</s>\n")]
+    expected = [Demonstration("<s><|user|>\nhi</s>\n<|assistant|>\n", "hello</s>")]
     for source in (prompt_completion, conversation, [USER_HI + answer], write_jsonl(tmp_path / "c.jsonl", conversation),
                    write_parquet(tmp_path / "c.parquet", prompt_completion), datasets.Dataset.from_list(conversation)):
         assert load_demonstrations(source, tokenizer=tok) == expected, source
-    assert tok.apply_chat_template(USER_HI + answer, tokenize=False) == expected[0].prompt + expected[0].completion
+    # the whole conversation, less the template's newline after the EOS
+    assert tok.apply_chat_template(USER_HI + answer, tokenize=False) == expected[0].prompt + expected[0].completion + "\n"
     with pytest.raises(DatasetError, match=r"c\.jsonl line 1: 'messages' holds chat messages.*tokenizer=policy\.tokenizer"):
         load_demonstrations(tmp_path / "c.jsonl")
     with pytest.raises(DatasetError, match=r"list row 0: 'messages': a demonstration conversation ends with the assistant's "
@@ -262,3 +267,81 @@ def test_prompt_bandit_takes_prompt_field_and_tokenizer(tmp_path: Path, tok) -> 
     assert set(vec.reset(seed=0)[0]) <= set(PROMPTS)
     with pytest.raises(DatasetError, match=r"chat\.parquet row 0: 'conversation' holds chat messages"):
         gymnasium.make("llm_gym/PromptBandit-v0", dataset=path, reward_fn=reward, prompt_field="conversation")
+
+
+# ----------------------------------------------------------------------------- blank cells, writers, memory
+def test_blank_cells_and_mixed_layouts_count_as_absent(tok) -> None:
+    conversation = [*USER_HI, {"role": "assistant", "content": "hello"}]
+    frame = pd.DataFrame([{"prompt": "p", "completion": " c"}, {"messages": conversation}])  # NaN where a row has none
+    chat = Demonstration("<s><|user|>\nhi</s>\n<|assistant|>\n", "hello</s>")
+    assert load_demonstrations(frame, tokenizer=tok) == [Demonstration("p", " c"), chat]
+    for blank in (None, float("nan"), pd.NA):
+        with pytest.raises(DatasetError, match=r"DataFrame row 1: 'completion' is empty \(null or a blank cell\)"):
+            completions = pd.Series([" c", blank], dtype=object)
+            load_demonstrations(pd.DataFrame({"prompt": ["p", "q"], "completion": completions}))
+    with pytest.raises(DatasetError, match=r"Series row 1: the prompt is empty or whitespace \(null"):
+        load_prompts(pd.Series(["a", pd.NA], dtype="string"))
+
+
+def test_numeric_column_names_are_strings(tmp_path: Path) -> None:
+    (tmp_path / "no_header.csv").write_text("the film was, great\nthe hotel was, bad\n")
+    frame = pd.read_csv(tmp_path / "no_header.csv", header=None)  # columns 0 and 1
+    assert load_prompts(frame, prompt_field="0").prompts == ("the film was", "the hotel was")
+    demos = load_demonstrations(frame, prompt_field="0", completion_field="1")
+    assert demos[1] == Demonstration("the hotel was", " bad")
+
+
+def test_json_files_written_by_datasets_and_pandas(tmp_path: Path) -> None:
+    datasets.Dataset.from_list([{"prompt": "a"}, {"prompt": "b"}]).to_json(tmp_path / "hf.json")  # JSON Lines
+    pd.DataFrame({"prompt": ["a", "b"], "id": [3, 4]}).to_json(tmp_path / "pd.json")  # {"prompt": {"0": "a", ...}}
+    for name in ("hf.json", "pd.json"):
+        assert load_prompts(tmp_path / name).prompts == ("a", "b"), name
+    (tmp_path / "index.json").write_text(json.dumps({"version": 2, "name": "x"}))
+    with pytest.raises(DatasetError, match=r"orient=\"records\""):
+        load_prompts(tmp_path / "index.json")
+
+
+def test_empty_files_and_utf16_say_what_they_are(tmp_path: Path) -> None:
+    for name in ("e.json", "e.csv"):
+        (tmp_path / name).write_text("\n")
+        with pytest.raises(DatasetError, match=rf"{name.replace('.', '[.]')} is empty"):
+            load_prompts(tmp_path / name)
+    for name in ("u.jsonl", "u.csv"):
+        (tmp_path / name).write_text('{"prompt": "café"}\n' if name.endswith("jsonl") else "prompt\ncafé\n",
+                                     encoding="utf-16")
+        with pytest.raises(DatasetError, match=r"line 1: not valid UTF-8 .*UTF-16.*iconv -f utf-16 -t utf-8") as info:
+            load_prompts(tmp_path / name)
+        assert "latin1" not in str(info.value)
+
+
+def test_empty_demonstration_texts_are_refused(tmp_path: Path) -> None:
+    bad = [({"prompt": "", "completion": " c"}, r"line 2: 'prompt' is empty or whitespace"),
+           ({"prompt": "p", "completion": ""}, r"line 2: 'completion' is empty \(\"\"\)")]
+    for record, match in bad:
+        with pytest.raises(DatasetError, match=match):
+            load_demonstrations(write_jsonl(tmp_path / "d.jsonl", [{"prompt": "p", "completion": " c"}, record]))
+    (tmp_path / "d.csv").write_text("prompt,completion\np, c\nq,\n")
+    with pytest.raises(DatasetError, match=r"d\.csv line 3: 'completion' is empty \(null or a blank cell\)"):
+        load_demonstrations(tmp_path / "d.csv")
+
+
+def test_template_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    tok = llama_chat_tokenizer(GEMMA_LIKE_TEMPLATE)
+    system = [{"role": "system", "content": "be brief"}, *USER_HI]
+    path = write_jsonl(tmp_path / "s.jsonl", [{"prompt": USER_HI}, {"prompt": system}])
+    with pytest.raises(DatasetError, match=r"s\.jsonl line 2: 'prompt': the chat template refused .*System role not "
+                                           r"supported"):
+        load_prompts(path, tokenizer=tok)
+    with pytest.raises(DatasetError, match=r"list row 0: 'messages': the chat template refused .*System role"):
+        load_demonstrations([{"messages": [*system, {"role": "assistant", "content": "hello"}]}], tokenizer=tok)
+
+
+def test_large_sources_are_read_in_the_needed_columns_and_jsonl_line_by_line(tmp_path: Path) -> None:
+    rows = [{"prompt": f"p{i}", "meta": "m" * 100, "completion": " c"} for i in range(3)]
+    parquet = write_parquet(tmp_path / "big.parquet", rows)
+    for source in (parquet, datasets.Dataset.from_list(rows), pd.DataFrame(rows)):
+        records = read_records(source, fields=["prompt", "messages"])
+        assert records.columns == ["prompt", "meta", "completion"]  # errors still list every column
+        assert [value for _, value in records.rows] == [{"prompt": f"p{i}"} for i in range(3)], source
+    jsonl = read_records(write_jsonl(tmp_path / "big.jsonl", rows)).rows
+    assert not isinstance(jsonl, list) and next(iter(jsonl)) == (f"{tmp_path / 'big.jsonl'} line 1", rows[0])

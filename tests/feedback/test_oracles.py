@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from chat_fixtures import llama_chat_tokenizer
+from chat_fixtures import GEMMA_LIKE_TEMPLATE, llama_chat_tokenizer
 
 from llm_gym.core.data import DatasetError
 from llm_gym.feedback.oracles import PreferenceOracle, RecordedOracle, SyntheticOracle, TerminalOracle, collect
@@ -376,7 +376,7 @@ def test_recorded_oracle_reads_all_three_layouts(tmp_path: Path, store: Preferen
             {"prompt": "p4 ✓", "completions": ["a", "b"], "preference": "tie"},
         ],
     )
-    oracle = RecordedOracle.from_jsonl(path)
+    oracle = RecordedOracle.from_file(path)
     assert [(c.prompt, c.completions, c.ranks, c.labeller) for c in oracle.comparisons] == [
         ("the film was", (" great\n<b>", " bad"), (0, 1), "recorded"),
         ("p2", ("x", "y"), (1, 0), "carol"),
@@ -419,7 +419,7 @@ def test_recorded_contradictory_labels_are_kept(tmp_path: Path, store: Preferenc
             {"prompt": "p", "chosen": "b", "rejected": "a", "labeller": "ben"},
         ],
     )
-    oracle = RecordedOracle.from_jsonl(path)
+    oracle = RecordedOracle.from_file(path)
     query = oracle.queries()[0]
     collect(oracle, [query], store)
     assert sorted((a.labeller, a.ranks) for a in store.answers()) == [("ann", (0, 1)), ("ben", (1, 0))]
@@ -435,7 +435,7 @@ def test_a_pair_recorded_in_both_orders_is_one_query_with_one_answer_per_record(
         {"prompt": "p", "completions": ["b", "a"], "preference": "second", "labeller": "carol"},
     ]
     for n in (2, 3):
-        oracle = RecordedOracle.from_jsonl(_write_jsonl(tmp_path / f"both_orders_{n}.jsonl", records[:n]))
+        oracle = RecordedOracle.from_file(_write_jsonl(tmp_path / f"both_orders_{n}.jsonl", records[:n]))
         (query,) = oracle.queries()
         assert query.completions == ("a", "b")  # as the first record shows it
         with PreferenceStore(tmp_path / f"prefs_{n}.sqlite") as store:
@@ -488,7 +488,7 @@ GOOD_LINE = {"prompt": "p", "chosen": "a", "rejected": "b"}
 def test_recorded_oracle_bad_lines_name_file_and_line(tmp_path: Path, bad_line: object, match: str) -> None:
     path = _write_jsonl(tmp_path / "bad.jsonl", [GOOD_LINE, bad_line, GOOD_LINE])
     with pytest.raises(DatasetError, match=match) as info:
-        RecordedOracle.from_jsonl(path)
+        RecordedOracle.from_file(path)
     assert str(path) in str(info.value)
 
 
@@ -497,13 +497,13 @@ def test_recorded_oracle_bad_files(tmp_path: Path) -> None:
     bad = '{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}'.encode("latin-1")
     latin1.write_bytes(json.dumps(GOOD_LINE).encode() + b"\n" + bad)
     with pytest.raises(DatasetError, match=r"latin1.jsonl line 2: not valid UTF-8"):
-        RecordedOracle.from_jsonl(latin1)
+        RecordedOracle.from_file(latin1)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")
     with pytest.raises(DatasetError, match="no comparisons"):
-        RecordedOracle.from_jsonl(empty)
+        RecordedOracle.from_file(empty)
     with pytest.raises(DatasetError, match="does not exist"):
-        RecordedOracle.from_jsonl(tmp_path / "missing.jsonl")
+        RecordedOracle.from_file(tmp_path / "missing.jsonl")
 
 
 # --------------------------------------------------------------------------------------
@@ -585,7 +585,7 @@ def test_conversational_preferences_are_rendered_with_the_tokenizer(tmp_path: Pa
     tok = llama_chat_tokenizer()
     prompt = [{"role": "user", "content": "hi"}]
     good, bad = [{"role": "assistant", "content": "hello"}], [{"role": "assistant", "content": "go"}]
-    rendered = ("<s><|user|>\nhi</s>\n<|assistant|>\n", ("hello</s>\n", "go</s>\n"))
+    rendered = ("<s><|user|>\nhi</s>\n<|assistant|>\n", ("hello</s>", "go</s>"))  # cut after the EOS
     explicit = [{"prompt": prompt, "chosen": good, "rejected": bad}]
     implicit = [{"chosen": prompt + good, "rejected": prompt + bad}]
     ranked = [{"prompt": prompt, "completions": [bad, good], "ranks": [1, 0]}]
@@ -624,7 +624,7 @@ def test_conversational_preference_errors(tmp_path: Path) -> None:
 
 def test_recorded_errors_name_row_line_and_columns(tmp_path: Path) -> None:
     pq.write_table(pa.Table.from_pylist([*PAIRS, {"prompt": "p", "chosen": "a", "rejected": None}]), tmp_path / "n.parquet")
-    with pytest.raises(DatasetError, match=r"n\.parquet row 2: 'rejected' must be a string like its prompt, got NoneType"):
+    with pytest.raises(DatasetError, match=r"n\.parquet row 2: 'rejected' is empty \(null"):
         RecordedOracle.from_file(tmp_path / "n.parquet")
     (tmp_path / "bad.csv").write_text("prompt,chosen,rejected\np,a,b\np,a\n")
     with pytest.raises(DatasetError, match=r"bad\.csv line 3: row has fewer columns than the header"):
@@ -638,3 +638,68 @@ def test_recorded_errors_name_row_line_and_columns(tmp_path: Path) -> None:
         RecordedOracle.from_records(["p, a, b"])
     with pytest.raises(DatasetError, match=r"list: no comparisons"):
         RecordedOracle.from_records([])
+
+
+# --------------------------------------------------------------------------------------
+# Review fixes: blank cells, empty texts, HH word boundaries, template errors
+
+
+def test_tables_with_mixed_layouts_and_blank_cells(tmp_path: Path) -> None:
+    records = [{"prompt": "p", "chosen": "a", "rejected": "b"},
+               {"prompt": "q", "completions": ["x", "y"], "ranks": [1, 0]}]
+    expected = [("p", ("a", "b"), (0, 1)), ("q", ("x", "y"), (1, 0))]
+    pq.write_table(pa.Table.from_pandas(pd.DataFrame(records), preserve_index=False), tmp_path / "mixed.parquet")
+    frame = pd.DataFrame(records)  # NaN where a record has no such field
+    for source in (frame, datasets.Dataset.from_pandas(frame), tmp_path / "mixed.parquet"):
+        load = RecordedOracle.from_file if isinstance(source, Path) else RecordedOracle.from_records
+        assert _as_tuples(load(source)) == expected, type(source)
+    (tmp_path / "lab.csv").write_text("prompt,chosen,rejected,labeller\np,a,b,ann\nq,c,d,\n")
+    assert [c.labeller for c in RecordedOracle.from_file(tmp_path / "lab.csv", name="import").comparisons] == ["ann",
+                                                                                                              "import"]
+
+
+def test_empty_texts_are_refused(tmp_path: Path) -> None:
+    bad = [
+        ({"prompt": "", "chosen": "a", "rejected": "b"}, r"line 2: 'prompt' is empty or whitespace"),
+        ({"prompt": "p", "chosen": "", "rejected": "b"}, r"line 2: 'chosen' is empty \(\"\"\)"),
+        ({"prompt": "p", "completions": ["a", ""], "ranks": [0, 1]}, r"line 2: 'completions' item 1 is empty"),
+        ({"chosen": "abc", "rejected": "abcd"}, r"line 2: 'chosen' is the start of 'rejected', so .* it is empty"),
+    ]
+    for record, match in bad:
+        with pytest.raises(DatasetError, match=match):
+            RecordedOracle.from_file(_write_jsonl(tmp_path / "e.jsonl", [GOOD_LINE, record]))
+    (tmp_path / "e.csv").write_text("prompt,chosen,rejected\np,a,b\np,a,\n")
+    with pytest.raises(DatasetError, match=r"e\.csv line 3: 'rejected' is empty \(null or a blank cell\)"):
+        RecordedOracle.from_file(tmp_path / "e.csv")
+
+
+def test_hh_implicit_prompt_is_cut_at_a_word_boundary() -> None:
+    human = "\n\nHuman: Can you help me write a letter?\n\nAssistant:"
+    cases = [
+        (" I can help with that, sure.", " I can't.", human + " I", (" can help with that, sure.", " can't.")),
+        (" Hello there", " Hello", human, (" Hello there", " Hello")),  # a prefix no longer leaves an empty answer
+        (" Yes.", " No.", human, (" Yes.", " No.")),
+    ]
+    for chosen, rejected, prompt, completions in cases:
+        (c,) = RecordedOracle.from_records([{"chosen": human + chosen, "rejected": human + rejected}]).comparisons
+        assert (c.prompt, c.completions) == (prompt, completions)
+        assert c.prompt + c.completions[0] == human + chosen
+
+
+def test_implicit_conversations_compare_role_and_content_only() -> None:
+    tok = llama_chat_tokenizer()
+    user = {"role": "user", "content": "hi"}
+    chosen = [{**user, "tool_calls": None}, {"role": "assistant", "content": "hello"}]  # ragged Parquet structs
+    (c,) = RecordedOracle.from_records([{"chosen": chosen, "rejected": [user, {"role": "assistant", "content": "go"}]}],
+                                       tokenizer=tok).comparisons
+    assert c.completions == ("hello</s>", "go</s>")
+
+
+def test_template_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    system = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    record = {"prompt": system, "chosen": [{"role": "assistant", "content": "a"}],
+              "rejected": [{"role": "assistant", "content": "b"}]}
+    with pytest.raises(DatasetError, match=r"s\.jsonl line 2: 'prompt': the chat template refused these messages "
+                                           r"\(roles \['system', 'user'\]\): System role not supported"):
+        RecordedOracle.from_file(_write_jsonl(tmp_path / "s.jsonl", [GOOD_LINE, record]),
+                                 tokenizer=llama_chat_tokenizer(GEMMA_LIKE_TEMPLATE))

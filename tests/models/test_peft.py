@@ -23,7 +23,7 @@ from doubles import tiny_llama, tiny_llama_folder
 from llm_gym import Logger, Policy, SamplingConfig
 from llm_gym.agents.checkpoint import load_policy
 from llm_gym.agents.ppo import PPO, PPOConfig
-from llm_gym.agents.reference import AdapterDisabledReference, frozen_copy, reference_log_probs
+from llm_gym.agents.reference import AdapterDisabledReference, make_reference, reference_log_probs
 from llm_gym.agents.rloo import RLOO, RLOOConfig
 from llm_gym.envs import PromptBanditVecEnv
 from llm_gym.models.reward_model import RewardModel
@@ -76,7 +76,7 @@ def test_the_reference_scores_as_the_unwrapped_base_also_after_the_adapter_train
     base = Policy(tiny_llama(tokenizer), tokenizer, device="cpu")  # the same seed: the model before wrapping
     policy = lora_policy(llama_path)
     assert policy.is_peft and not base.is_peft
-    ref = frozen_copy(policy)
+    ref = make_reference(policy)
     assert isinstance(ref, AdapterDisabledReference) and not ref.model.training
     rollout = policy.sample(PROMPTS, SAMPLING, seed=0)
     expected = base.log_probs(rollout, SAMPLING)
@@ -93,12 +93,12 @@ def test_the_reference_scores_as_the_unwrapped_base_also_after_the_adapter_train
 
 def test_the_reference_shares_the_base_weights_where_a_copy_doubles_them(llama_path) -> None:
     policy = lora_policy(llama_path)
-    lora_ref = frozen_copy(policy)
+    lora_ref = make_reference(policy)
     n_policy, bytes_policy = storages(policy.model)
     n_both, bytes_both = storages(policy.model, lora_ref.model)
     assert (n_both, bytes_both) == (n_policy, bytes_policy)  # the reference adds no tensor at all
     plain = Policy.from_pretrained(llama_path, device="cpu")
-    copy_ref = frozen_copy(plain)
+    copy_ref = make_reference(plain)
     n_plain, bytes_plain = storages(plain.model)
     assert storages(plain.model, copy_ref.model) == (2 * n_plain, 2 * bytes_plain)  # a deep copy holds a second base
     adapter_bytes = sum(p.numel() * p.element_size() for p in policy.model.parameters() if p.requires_grad)
@@ -108,7 +108,7 @@ def test_the_reference_shares_the_base_weights_where_a_copy_doubles_them(llama_p
 def test_what_agents_do_to_the_reference_leaves_the_policy_alone(llama_path, tokenizer) -> None:
     policy = lora_policy(llama_path)
     policy.model.train()
-    ref = frozen_copy(policy)
+    ref = make_reference(policy)
     ref.model.eval()
     for p in ref.model.parameters():  # as OnPolicyAgent and DPO do to a reference
         p.requires_grad_(False)
@@ -121,7 +121,7 @@ def test_the_reference_runs_in_eval_mode_while_the_policy_trains(tokenizer) -> N
     model = tiny_llama(tokenizer, attention_dropout=0.5)
     base = copy.deepcopy(model).eval()
     policy = Policy(model, tokenizer, device="cpu", peft_config=LORA)
-    ref = frozen_copy(policy)
+    ref = make_reference(policy)
     rollout = ref.sample(PROMPTS, SAMPLING, seed=0)
     policy.model.train()  # dropout on in the policy's forward passes
     first = reference_log_probs(ref, rollout, SAMPLING)
@@ -130,11 +130,21 @@ def test_the_reference_runs_in_eval_mode_while_the_policy_trains(tokenizer) -> N
     assert policy.model.training  # its mode is restored
 
 
-def test_an_adapter_that_trains_base_weights_cannot_be_its_own_reference(llama_path) -> None:
+def test_an_adapter_that_trains_base_weights_cannot_be_its_own_reference(llama_path, caplog) -> None:
     policy = lora_policy(llama_path)
     policy.model.get_base_model().model.norm.weight.requires_grad_(True)  # as LoRA's bias="all" does to biases
-    with pytest.raises(ValueError, match="also trains base weights"):
-        frozen_copy(policy)
+    with pytest.raises(ValueError, match=r"also trains base weights .* use make_reference\(policy\)"):
+        AdapterDisabledReference(policy)
+    with caplog.at_level("WARNING", logger="llm_gym.agents.reference"):
+        ref = make_reference(policy)  # the working recipe: a frozen copy of the base
+    assert "frozen copy of the base" in caplog.text
+    assert type(ref) is Policy and not ref.is_peft and not any(p.requires_grad for p in ref.model.parameters())
+    rollout = policy.sample(PROMPTS, SAMPLING, seed=0)
+    with torch.no_grad():
+        with policy.model.disable_adapter():
+            base_logp = policy.log_probs(rollout, SAMPLING)
+        policy.model.get_base_model().model.norm.weight.add_(0.5)  # the policy trains that base weight...
+    assert torch.allclose(reference_log_probs(ref, rollout, SAMPLING), base_logp, atol=1e-6)  # ...its reference stays
 
 
 # ------------------------------------------------------------------ only the adapter trains, through the agents
@@ -305,3 +315,63 @@ def test_an_on_policy_agent_with_a_lora_policy_resumes_exactly_from_its_own_file
         resumed.train_iteration()
     a, b = dict(straight.policy.model.named_parameters()), dict(resumed.policy.model.named_parameters())
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+GPT2_C_ATTN = {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn"], "fan_in_fan_out": True}
+MERGE_CASES = {  # (model, LoRA fields): every kind of adapted weight a merged save must carry over
+    "llama-q-v": ("llama", {}),
+    "gpt2-c_attn": ("gpt2", GPT2_C_ATTN),  # Conv1D stores W transposed (fan_in_fan_out)
+    "gpt2-tied-wte": ("gpt2", {"r": 4, "lora_alpha": 8, "target_modules": ["wte"]}),  # LoRA on a tied embedding
+    "llama-embedding": ("llama", {"target_modules": ["embed_tokens", "q_proj"]}),
+    "gpt2-modules_to_save": ("gpt2", {**GPT2_C_ATTN, "modules_to_save": ["ln_f"]}),  # a trained copy of ln_f
+    "gpt2-dora": ("gpt2", {**GPT2_C_ATTN, "use_dora": True}),  # the magnitude vector rescales W + delta
+    "llama-dora": ("llama", {"use_dora": True}),
+    "gpt2-lora_bias": ("gpt2", {**GPT2_C_ATTN, "lora_bias": True}),
+}
+
+
+@pytest.mark.parametrize("case", list(MERGE_CASES))
+def test_a_merged_save_is_a_plain_model_that_computes_what_the_adapter_did(case, llama_path, tiny_model,
+                                                                            tmp_path) -> None:
+    """`save_pretrained(merged=True)` computes what the adapted model does, for every kind of adapted weight.
+
+    W + (alpha/r) B A per layer (GPT-2's Conv1D stores W transposed), embeddings, DoRA's magnitude, a
+    modules_to_save copy; the live model untouched; a tied embedding written untied.
+    """
+    arch, lora = MERGE_CASES[case]
+    if arch == "llama":
+        policy = lora_policy(llama_path, **lora)
+    else:
+        policy = Policy.from_pretrained(tiny_model.path, device="cpu", peft_config=lora)
+    rollout = policy.sample(PROMPTS, SAMPLING, seed=0)
+    adapter_steps(policy, rollout)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # move every trained tensor well away from its start (LoRA's B, DoRA's magnitude, copies)
+        for p in policy.model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    before = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
+    policy.save_pretrained(tmp_path / "merged", merged=True)
+    assert all(torch.equal(p, before[n]) for n, p in policy.model.named_parameters())  # nothing merged in place
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    merged = Policy.from_pretrained(tmp_path / "merged", device="cpu")
+    assert not merged.is_peft
+    with torch.no_grad():
+        assert torch.allclose(merged.log_probs(rollout, SAMPLING), policy.log_probs(rollout, SAMPLING), atol=1e-5)
+        assert not torch.allclose(merged.log_probs(rollout, SAMPLING),
+                                  AdapterDisabledReference(policy).log_probs(rollout, SAMPLING), atol=1e-3)
+    tied = json.loads((tmp_path / "merged" / "config.json").read_text()).get("tie_word_embeddings", True)  # 4.x omits a default
+    if arch == "gpt2":  # GPT-2 ties its output layer to wte: kept where the merge leaves wte alone
+        assert tied is (case != "gpt2-tied-wte")
+
+
+@pytest.mark.parametrize("tuner", ["LoHaConfig", "IA3Config"])
+def test_a_merged_save_of_another_tuner_is_refused_with_the_way_out(tuner, llama_path, tmp_path) -> None:
+    fields = {"target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
+    if tuner == "IA3Config":
+        fields["feedforward_modules"] = []
+    policy = Policy.from_pretrained(llama_path, device="cpu", peft_config=getattr(peft, tuner)(**fields))
+    with pytest.raises(ValueError, match=r"LoRA \(and DoRA\) adapters only.*save the adapter instead"):
+        policy.save_pretrained(tmp_path / "merged", merged=True)
+    policy.save_pretrained(tmp_path / "adapter")  # the way out works
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()

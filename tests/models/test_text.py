@@ -155,8 +155,7 @@ def test_a_text_that_spells_the_bos_gets_one_bos() -> None:
     assert with_bos == tok(rendered)["input_ids"][1:] and with_bos[0] == bos and with_bos[1] != bos
     assert plain == tok("hi")["input_ids"] and plain[0] == bos  # text without the BOS string: untouched
     assert continuation == with_bos  # nothing added, the text's own BOS kept
-    no_auto_bos = llama_chat_tokenizer()
-    no_auto_bos.add_bos_token = False  # a tokenizer that adds nothing: the text's BOS is the only one, kept
+    no_auto_bos = llama_chat_tokenizer(add_bos=False)  # a tokenizer that adds nothing: the text's BOS is the only one, kept
     assert encode(no_auto_bos, [rendered])[0] == no_auto_bos(rendered)["input_ids"] and encode(no_auto_bos, [rendered])[0][0] == bos
 
 
