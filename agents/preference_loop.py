@@ -293,12 +293,19 @@ class PreferenceLoop(Agent):
         """
         answers_before = self._counts()["answers"]
         posed = self._ask(n)
-        if self._retrain() or not posed:
+        retrained = self._retrain()
+        if not posed:
             return
         counts = self._counts()
         answered = counts["answers"] - answers_before
         where = f"round {self.rounds}" if self.rounds else "the initial round"
         oracle = getattr(self.oracle, "name", type(self.oracle).__name__)
+        if retrained:
+            if answered == 0 and self.dist.is_main:  # an outage mid-run: trained on, but not unnoticed
+                _log.warning("the oracle %r answered none of the %d queries of %s; the reward model is trained on the "
+                             "%d answers given before (%d queries pending)", oracle, posed, where, counts["answers"],
+                             counts["pending"])
+            return
         if answered == 0:
             what = f"the oracle {oracle!r} answered none of the {posed} queries of {where}"
         else:

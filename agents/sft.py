@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from llm_gym.agents.base import resolve_rng
 from llm_gym.core.task import Demonstration
 from llm_gym.infra.configio import check_finite
 from llm_gym.infra.distributed import Distributed, MixedPrecision, check_training_options
@@ -104,7 +105,8 @@ class SFTTrainer:
 
     Args:
         config: hyperparameters.
-        rng: shuffles and splits the demonstrations (randomness is passed in).
+        rng: shuffles and splits the demonstrations (randomness is passed in); or `seed=s`, the same as
+            `rng=np.random.default_rng(s)`.
         logger: receives `train/sft_loss`, `train/sft_heldout_loss` (values already reduced over
             processes; give non-main processes an in-memory logger: `distributed.make_logger`).
         distributed: the process group (data parallel); None = a single process. Every process
@@ -117,12 +119,16 @@ class SFTTrainer:
     """
 
     def __init__(
-        self, config: SFTConfig, rng: np.random.Generator, logger: Logger | None = None, distributed: Distributed | None = None
+        self,
+        config: SFTConfig,
+        rng: np.random.Generator | None = None,
+        logger: Logger | None = None,
+        distributed: Distributed | None = None,
+        *,
+        seed: int | None = None,
     ) -> None:
-        if not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
         self.config = config
-        self.rng = rng
+        self.rng = resolve_rng(rng, seed, "SFTTrainer")
         self.logger = logger if logger is not None else Logger(None)
         self.dist = distributed if distributed is not None else Distributed()
 

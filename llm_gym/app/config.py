@@ -516,8 +516,9 @@ def resolve_input_paths(data: Mapping[str, Any], base: str | os.PathLike[str]) -
     against the folder `base`; so the run's config.json names the same files from anywhere (`llm-gym eval`).
 
     `model.name_or_path` is a path when it starts with "./" or "../" or names something that exists under `base`;
-    otherwise it is left as a Hugging Face model name ("gpt2", "owner/name"). "~" is expanded. Values of the wrong
-    type are left for `from_dict` to report.
+    otherwise it is left as a Hugging Face model name ("gpt2", "owner/name"). A string in `task.env_kwargs` is a
+    path when it names a file or folder under `base` (`dataset = "prompts.jsonl"`). "~" is expanded. Values of the
+    wrong type are left for `from_dict` to report.
     """
     out = copy.deepcopy(dict(data))
     base = Path(os.path.abspath(base))
@@ -531,6 +532,13 @@ def resolve_input_paths(data: Mapping[str, Any], base: str | os.PathLike[str]) -
             section[key] = str(path)
         elif key != "name_or_path" or _is_local_model(value, base):
             section[key] = os.path.normpath(base / path)
+    # an environment's own data files (`task.env_kwargs.dataset = "prompts.jsonl"`): a string that names a file
+    # beside `base` is that file; anything else (an import path, a name, a number) is passed on as written
+    kwargs = out.get("task", {}).get("env_kwargs") if isinstance(out.get("task"), Mapping) else None
+    if isinstance(kwargs, dict):
+        for key, value in kwargs.items():
+            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute() and (base / value).exists():
+                kwargs[key] = os.path.normpath(base / value)
     return out
 
 

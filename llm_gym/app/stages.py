@@ -68,6 +68,8 @@ class _ChatTokenizer:
         self._name_or_path, self._tokenizer = name_or_path, None
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # copy, pickle and the like probe for these: not a reason to load a tokenizer
+            raise AttributeError(name)
         if self._tokenizer is None:
             from transformers import AutoTokenizer  # here, so that reading a config stays light
 
@@ -139,11 +141,18 @@ def load_task(spec: TaskSpec, builtin: ReviewTaskConfig, tokenizer: Any = None) 
     kwargs = dict(spec.env_kwargs)
     if spec.env == BUILTIN_ENV:
         kwargs.setdefault("task_config", builtin)
+    # an environment that reads its own dataset the way the task's files are read (PromptBanditEnv) reads it with
+    # the same field name and, for chat messages, the model's chat template
+    accepts = _make_kwargs(spec.env)
+    if "prompt_field" in accepts:
+        kwargs.setdefault("prompt_field", spec.prompt_field)
+    if "tokenizer" in accepts and tokenizer is not None:
+        kwargs.setdefault("tokenizer", tokenizer)
     try:
         env = gymnasium.make(spec.env, **kwargs)
+    except DatasetError as exc:
+        raise DatasetError(f"task.env_kwargs: {config_advice(str(exc), 'task')}") from exc
     except (gymnasium.error.Error, TypeError, ValueError, ImportError) as exc:
-        if isinstance(exc, DatasetError):
-            raise
         raise ConfigError(f"task.env: cannot make {spec.env!r} with env_kwargs {spec.env_kwargs}: {exc}") from exc
     try:
         base = env.unwrapped
@@ -190,6 +199,16 @@ def load_task(spec: TaskSpec, builtin: ReviewTaskConfig, tokenizer: Any = None) 
     if spec.prompts or spec.gold:  # the environment would hand out its own prompts and report its own gold
         vector_spec = None
     return LoadedTask(merged, reward, fingerprints, vector_spec)
+
+
+def _make_kwargs(env_id: str) -> set[str]:
+    """The keyword arguments the environment registered as `env_id` takes (empty when that cannot be read)."""
+    try:
+        entry = gymnasium.spec(env_id).entry_point
+        target = gymnasium.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
+        return set(inspect.signature(target).parameters)
+    except (gymnasium.error.Error, ImportError, AttributeError, TypeError, ValueError):
+        return set()
 
 
 def _import_reward(import_path: str, what: str) -> RewardFn:

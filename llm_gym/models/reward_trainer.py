@@ -150,7 +150,8 @@ class RewardTrainer:
     Args:
         config: the training settings.
         logger: receives the metrics; None = no logging.
-        rng: shuffles and splits the data (and seeds dropout, if on), so a run is reproducible.
+        rng: shuffles and splits the data (and seeds dropout, if on), so a run is reproducible; None = `seed`'s
+            (`seed=s` is `rng=np.random.default_rng(s)`), or fresh entropy when neither is given.
         distributed: the process group (data parallel): `batch_size` is the global batch, each
             process trains on its shard of every batch, the loss is normalised by the global
             number of comparisons, and metrics are reduced over processes before logging.
@@ -163,12 +164,19 @@ class RewardTrainer:
         logger: Logger | None = None,
         rng: np.random.Generator | None = None,
         distributed: Distributed | None = None,
+        *,
+        seed: int | None = None,
     ) -> None:
         self.config = config if config is not None else RewardTrainerConfig()
         if not isinstance(self.config, RewardTrainerConfig):
             raise TypeError(f"config must be a RewardTrainerConfig, got {type(self.config).__name__}")
+        if rng is not None and seed is not None:
+            raise TypeError(f"RewardTrainer takes rng= or seed=, not both; pass only seed={seed!r} (the same as "
+                            f"rng=np.random.default_rng({seed!r})) or only rng")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise TypeError(f"RewardTrainer: seed must be an int, got {type(seed).__name__}")
         self.logger = logger
-        self.rng = rng if rng is not None else np.random.default_rng()
+        self.rng = rng if rng is not None else np.random.default_rng(None if seed is None else int(seed))
         self.num_updates = 0
         """Optimizer steps taken over all `fit` calls (the logging step)."""
         self.dist = distributed if distributed is not None else Distributed()

@@ -52,6 +52,8 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *, special_
     tokenizer that prepends one; such a sequence keeps one. A model trained with one BOS reads
     two as a different, unseen context.
     """
+    if isinstance(texts, str):  # a list of its characters is never what was meant
+        raise TypeError(f"encode takes a list of texts, not one string; wrap it: encode(tokenizer, [{texts[:20]!r}...])")
     texts = list(texts)
     ids = tokenizer(texts, add_special_tokens=special_tokens)["input_ids"]
     bos = tokenizer.bos_token_id

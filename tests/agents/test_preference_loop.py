@@ -169,11 +169,14 @@ def test_on_no_answers_wait_trains_on_and_warns_each_round(tiny_model, tmp_path,
     assert store.counts() == {"queries": 32, "answers": 0, "pending": 32}
 
 
-def test_a_round_without_answers_after_earlier_labels_goes_on(tiny_model, tmp_path) -> None:
-    """The reward model already learned from the first round: a silent round keeps it, as before."""
+def test_a_round_without_answers_after_earlier_labels_goes_on_with_a_warning(tiny_model, tmp_path, caplog) -> None:
+    """The reward model already learned from the first round: a silent round keeps it, and says so (an outage)."""
     loop, store, _ = build(tiny_model, tmp_path / "labels.sqlite", oracle_wrapper=FirstRoundOracle)
-    loop.learn(total_steps=16)
+    with caplog.at_level("WARNING", logger="llm_gym.agents.preference_loop"):
+        loop.learn(total_steps=16)
     assert loop.num_timesteps == 16 and store.counts()["answers"] == 16 and loop.oracle.calls == 3
+    silent = [r.getMessage() for r in caplog.records if "answered none of the" in r.getMessage()]
+    assert len(silent) == 2 and all("trained on the 16 answers given before" in m for m in silent), silent
 
 
 def test_a_stopped_run_resumes_with_all_its_labels(tiny_model, tmp_path) -> None:

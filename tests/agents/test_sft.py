@@ -44,6 +44,10 @@ def test_sft_errors(policy: Policy) -> None:
         SFTConfig(heldout_fraction=1.0)
     with pytest.raises(TypeError, match="numpy Generator"):
         SFTTrainer(SFTConfig(), rng=0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not both"):
+        SFTTrainer(SFTConfig(), rng=np.random.default_rng(0), seed=0)
+    # seed= is rng=np.random.default_rng(seed), as on the agents
+    assert SFTTrainer(SFTConfig(), seed=3).rng.integers(2**62) == np.random.default_rng(3).integers(2**62)
 
 
 def test_deprecated_train_is_fit(tiny_model) -> None:

@@ -164,3 +164,24 @@ def test_data_errors_in_an_experiment_file_give_its_keys_as_the_fix(experiment: 
     err = capsys.readouterr().err
     assert "holds chat messages" in err and "set model.name_or_path to a model whose tokenizer has a chat template" in err
     assert not (out / "state.json").exists()
+
+
+def test_an_environments_own_chat_dataset_is_found_beside_the_file_and_rendered(experiment: Path, tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    """`task.env_kwargs.dataset` is a file beside the experiment file, read with `task.prompt_field` and the model's
+    chat template, as the task's own files are."""
+    from llm_gym.app.config import load_experiment
+    from llm_gym.app.pipeline import Pipeline
+
+    text = EXPERIMENT.replace('env_kwargs = {dataset = ["hello"], reward_fn = "doubles:word_count_reward"}',
+                              'env_kwargs = {dataset = "data/prompts.parquet", reward_fn = "doubles:word_count_reward"}')
+    text = text.replace('prompts = "data/prompts.parquet"\n', "")
+    (experiment / "env.toml").write_text(text)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_experiment("../exp/env.toml")
+    assert config.task.env_kwargs["dataset"] == str(experiment / "data" / "prompts.parquet")
+    assert config.task.env_kwargs["reward_fn"] == "doubles:word_count_reward"  # not a file: as written
+    prompts = Pipeline(config, tmp_path / "run").prompts
+    assert prompts == [f"<s><|user|>\n{q}</s>\n<|assistant|>\n" for q in QUESTIONS]

@@ -87,3 +87,11 @@ def test_deprecated_train_is_fit(tiny_model: PretrainReport, gold_comparisons) -
         results.append((metrics, [p.detach().clone() for p in rm.parameters()], trainer.logger.history))
     (m1, p1, h1), (m2, p2, h2) = results
     assert m1 == m2 and h1 == h2 and all(torch.equal(a, b) for a, b in zip(p1, p2))
+
+
+def test_seed_is_the_rng_it_names() -> None:
+    assert RewardTrainer(seed=5).rng.integers(2**62) == np.random.default_rng(5).integers(2**62)
+    with pytest.raises(TypeError, match="not both"):
+        RewardTrainer(rng=np.random.default_rng(0), seed=0)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        RewardTrainer(seed=1.5)  # type: ignore[arg-type]

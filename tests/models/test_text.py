@@ -172,3 +172,12 @@ def test_policy_and_sft_read_a_chat_prompt_with_one_bos() -> None:
     assert pair_ids[0][pair_mask[0].bool()].tolist()[:2].count(bos) == 1
     batch = sft_batch(policy, [Demonstration(prompt, completion)])
     assert batch.input_ids[0, :2].tolist().count(bos) == 1 and batch.input_ids[0, 0] == bos
+
+
+def test_encode_refuses_one_string(tiny_model) -> None:
+    from transformers import AutoTokenizer
+
+    from llm_gym.models.text import encode
+
+    with pytest.raises(TypeError, match="not one string; wrap it"):
+        encode(AutoTokenizer.from_pretrained(tiny_model.path), "the film was")
