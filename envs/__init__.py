@@ -9,6 +9,8 @@ environment code) and the names the folder exports:
 
     prompt_bandit.py   PromptBanditEnv / PromptBanditVecEnv: any prompt dataset + any reward function
     review.py          the built-in review task as a ready-made prompt bandit
+    reasoning_gym.py   ReasoningGymEnv / ReasoningGymVecEnv: reasoning-gym's problems, paid its score_answer
+                       (needs `pip install llm-gym[reasoning]`, imported only when one is made)
     wrappers.py        LearnedRewardWrapper: any Gymnasium env paying a learned reward, its own kept in info["true_reward"]
 """
 
@@ -19,8 +21,9 @@ from typing import Any
 
 from gymnasium.envs.registration import register
 
-__all__ = ["LearnedRewardWrapper", "PromptBanditEnv", "PromptBanditVecEnv", "ReviewSentimentEnv", "ReviewSentimentVecEnv",
-           "StepRecorder", "StepRewardFn", "review_prompts"]
+__all__ = ["LearnedRewardWrapper", "PromptBanditEnv", "PromptBanditVecEnv", "ReasoningGymEnv", "ReasoningGymScorer",
+           "ReasoningGymVecEnv", "ReviewSentimentEnv", "ReviewSentimentVecEnv", "StepRecorder", "StepRewardFn",
+           "review_prompts"]
 
 register(
     id="llm_gym/PromptBandit-v0",
@@ -33,10 +36,16 @@ register(
     entry_point="llm_gym.envs.review:ReviewSentimentEnv",
     vector_entry_point="llm_gym.envs.review:ReviewSentimentVecEnv",
 )
+register(
+    id="llm_gym/ReasoningGym-v0",
+    entry_point="llm_gym.envs.reasoning_gym:ReasoningGymEnv",
+    vector_entry_point="llm_gym.envs.reasoning_gym:ReasoningGymVecEnv",
+)
 
 _MODULES = {"PromptBanditEnv": "prompt_bandit", "PromptBanditVecEnv": "prompt_bandit", "ReviewSentimentEnv": "review",
             "ReviewSentimentVecEnv": "review", "review_prompts": "review", "LearnedRewardWrapper": "wrappers",
-            "StepRecorder": "wrappers", "StepRewardFn": "wrappers"}
+            "StepRecorder": "wrappers", "StepRewardFn": "wrappers", "ReasoningGymEnv": "reasoning_gym",
+            "ReasoningGymVecEnv": "reasoning_gym", "ReasoningGymScorer": "reasoning_gym"}
 
 
 def __getattr__(name: str) -> Any:

@@ -29,13 +29,20 @@ terms depend on the policy and belong to the agent (as in Ziegler et al. 2019 an
 where the KL penalty is part of the RL objective, not of the reward model). If a `gold_fn` is
 given (the built-in gold scorer plays the human), its score goes in `info["gold"]`, so
 the true objective stays visible when the reward is a learned model.
+
+Verifiable rewards. ``reward_fn="answer:numeric"`` (or ``"answer:exact"``, ``"answer:exact_nocase"``,
+``"answer:regex"``, with an optional extraction rule: ``"answer:exact:tag"``) pays 1 for a right
+answer: an `llm_gym.core.answers.AnswerChecker` built from the reference answers the dataset's
+records carry under `answer_field` (a JSONL of ``{"prompt": ..., "answer": ...}``). It is also
+the task's `gold` unless a `gold_fn` is given, and ``gold_fn="answer:..."`` works the same way
+(a learned reward paid, correctness reported).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import string
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from os import PathLike
 from types import ModuleType
 from typing import Any, NoReturn, TypeAlias
@@ -46,6 +53,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, create_shared_memory
 
+from llm_gym.core.answers import checker_from_spec, is_answer_spec
 from llm_gym.core.chat import ChatTokenizer
 from llm_gym.core.data import PromptDataset, load_prompts
 from llm_gym.core.reward import RewardFn, resolve_reward_fn, score_batch
@@ -97,10 +105,25 @@ class _PromptSource:
     def _setup(
         self, dataset: DatasetLike, reward_fn: RewardFn | str, gold_fn: RewardFn | str | None,
         max_completion_chars: int, prompt_field: str = "prompt", tokenizer: ChatTokenizer | None = None,
+        answer_field: str = "answer",
     ) -> tuple[spaces.Text, spaces.Text]:
+        if isinstance(dataset, Iterator) and (is_answer_spec(reward_fn) or is_answer_spec(gold_fn)):
+            dataset = list(dataset)  # read twice below: once for the prompts, once for their answers
         self.dataset = load_prompts(dataset, prompt_field=prompt_field, tokenizer=tokenizer)
-        self.reward_fn = resolve_reward_fn(reward_fn, "reward_fn")
-        self.gold_fn = resolve_reward_fn(gold_fn, "gold_fn") if gold_fn is not None else None
+        checkers: dict[str, RewardFn] = {}
+
+        def resolve(fn: RewardFn | str, what: str) -> RewardFn:
+            if not is_answer_spec(fn):
+                return resolve_reward_fn(fn, what)
+            if fn not in checkers:  # one checker when reward and gold name the same one (scored once per step)
+                checkers[fn] = checker_from_spec(fn, dataset, prompt_field=prompt_field,  # type: ignore[arg-type]
+                                                 answer_field=answer_field, tokenizer=tokenizer)
+            return checkers[fn]  # type: ignore[index]
+
+        self.reward_fn = resolve(reward_fn, "reward_fn")
+        if gold_fn is None and is_answer_spec(reward_fn):
+            gold_fn = reward_fn  # a verifiable reward is the task's judge: evaluation reports accuracy from it
+        self.gold_fn = resolve(gold_fn, "gold_fn") if gold_fn is not None else None
         self.task = PromptTask(prompts=self.dataset.prompts, gold=self.gold_fn)
         return _text_spaces(self.dataset, max_completion_chars)
 
@@ -123,13 +146,16 @@ class PromptBanditEnv(_PromptSource, gym.Env[str, str]):
         dataset: prompts: a `PromptDataset`, a list of strings or records, a `.jsonl`/`.json`/`.csv`/`.parquet`/
             `.txt` path, a `datasets.Dataset` or a pandas DataFrame (anything `load_prompts` reads).
         reward_fn: `reward_fn(prompts, completions) -> array of floats` (a gold scorer, a reward model...),
-            or its import path `"package.module:name"` (how a config file names it).
-        gold_fn: optional true objective (or its import path), reported as `info["gold"]` but not paid.
+            or its import path `"package.module:name"` (how a config file names it), or `"answer:MATCH[:RULE]"`:
+            an answer checker built from the records' `answer_field` (see the module docstring).
+        gold_fn: optional true objective (or its import path, or `"answer:..."`), reported as `info["gold"]` but
+            not paid; with an `"answer:..."` reward and no `gold_fn`, the answer checker.
         max_completion_chars: `max_length` of the action space.
         render_mode: `"ansi"` returns the last prompt and completion as text.
         prompt_field: the field or column of the dataset's records that holds the prompt.
         tokenizer: the policy's tokenizer, when the prompts are chat messages: its chat template renders
             them (with the generation prompt) into the prompt strings the environment hands out.
+        answer_field: the field of the records holding each prompt's reference answer (for `"answer:..."`).
 
     Example:
         >>> import gymnasium, llm_gym
@@ -152,9 +178,10 @@ class PromptBanditEnv(_PromptSource, gym.Env[str, str]):
         render_mode: str | None = None,
         prompt_field: str = "prompt",
         tokenizer: ChatTokenizer | None = None,
+        answer_field: str = "answer",
     ) -> None:
         self.observation_space, self.action_space = self._setup(
-            dataset, reward_fn, gold_fn, max_completion_chars, prompt_field, tokenizer
+            dataset, reward_fn, gold_fn, max_completion_chars, prompt_field, tokenizer, answer_field
         )
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
@@ -217,7 +244,7 @@ class PromptBanditVecEnv(_PromptSource, VectorEnv):
     the `G` completions of one prompt. `info["group"]` gives each slot's group number.
 
     Made by `gymnasium.make_vec("llm_gym/PromptBandit-v0", num_envs=16, dataset=..., reward_fn=...)`; `dataset`,
-    `prompt_field` and `tokenizer` are read as `PromptBanditEnv` reads them.
+    `reward_fn`, `gold_fn`, `prompt_field`, `tokenizer` and `answer_field` are read as `PromptBanditEnv` reads them.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP}
@@ -232,6 +259,7 @@ class PromptBanditVecEnv(_PromptSource, VectorEnv):
         group_size: int = 1,
         prompt_field: str = "prompt",
         tokenizer: ChatTokenizer | None = None,
+        answer_field: str = "answer",
     ) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
@@ -245,7 +273,7 @@ class PromptBanditVecEnv(_PromptSource, VectorEnv):
         self.num_envs = num_envs
         self.group_size = group_size
         self.single_observation_space, self.single_action_space = self._setup(
-            dataset, reward_fn, gold_fn, max_completion_chars, prompt_field, tokenizer
+            dataset, reward_fn, gold_fn, max_completion_chars, prompt_field, tokenizer, answer_field
         )
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)

@@ -35,6 +35,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["DatasetError", "PromptDataset", "load_demonstrations", "load_prompts", "read_records"],
                     "llm_gym.core.data"),
     **dict.fromkeys(["ChatError", "is_messages", "render_completion", "render_prompt"], "llm_gym.core.chat"),
+    **dict.fromkeys(["AnswerChecker", "extract_answer", "numeric_match"], "llm_gym.core.answers"),
+    **dict.fromkeys(["pass_at_k"], "llm_gym.core.metrics"),
     **dict.fromkeys(["Evaluation", "Policy", "Rollout", "SamplingConfig", "default_device", "process_logits"],
                     "llm_gym.models.policy"),
     **dict.fromkeys(["document_batch", "lm_loss", "perplexity"], "llm_gym.models.lm"),

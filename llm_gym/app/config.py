@@ -427,11 +427,33 @@ class EvaluationSpec:
     the labelling oracle's own temperature and flip rate give the win rate a noisy labeller would report)."""
     judge_flip_prob: float = 0.0
     """The win-rate judge's probability of inverting its answer."""
+    samples_per_prompt: int = 8
+    """Tasks with verifiable answers only (a gold judge with `verifies_answers = True`, answering 1 or 0): n, the
+    completions sampled per prompt for the sampled accuracy and pass@k (the first is the one the gold column scores;
+    n - 1 more, plus one greedy completion, are drawn). Unused, and nothing extra sampled, on other tasks."""
+    pass_k: tuple[int, ...] = (1, 4, 8)
+    """Tasks with verifiable answers only: the k of each pass@k column (Chen et al. 2021's unbiased estimator from
+    `samples_per_prompt` samples), each in [1, samples_per_prompt]."""
 
     def __post_init__(self) -> None:
         check_finite(self)
         if isinstance(self.prompts, bool) or not isinstance(self.prompts, int) or self.prompts < 1:
             raise ValueError(f"EvaluationSpec.prompts must be a positive int, got {self.prompts!r}")
+        n = self.samples_per_prompt
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"EvaluationSpec.samples_per_prompt must be a positive int, got {n!r}")
+        if not self.pass_k or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.pass_k):
+            raise ValueError(f"EvaluationSpec.pass_k must be a non-empty list of positive ints, e.g. [1, 4, 8], got "
+                             f"{list(self.pass_k)!r}")
+        if len(set(self.pass_k)) != len(self.pass_k):
+            raise ValueError(f"EvaluationSpec.pass_k lists a k twice: {list(self.pass_k)!r}")
+        too_big = [k for k in self.pass_k if k > n]
+        if too_big:
+            raise ValueError(
+                f"EvaluationSpec.pass_k has k = {too_big[0]} > samples_per_prompt = {n}: pass@k needs at least k samples "
+                f"per prompt; set evaluation.samples_per_prompt = {max(too_big)} or drop {', '.join(map(str, too_big))} "
+                f"from evaluation.pass_k"
+            )
         if not self.judge_temperature >= 0 or not 0 <= self.judge_flip_prob <= 1:
             raise ValueError(
                 f"EvaluationSpec needs judge_temperature >= 0 and judge_flip_prob in [0, 1], got "

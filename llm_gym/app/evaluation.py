@@ -17,6 +17,21 @@ a `Policy` (SFT, PPO, RLOO, GRPO, DPO: every agent's `.policy`) or a best-of-N s
   keep it down), of the sampler's underlying model (for best-of-N, the base's: selection
   changes no weights).
 
+On a task with verifiable answers (its gold judge has `verifies_answers = True` and answers 1.0 for a
+correct completion, 0.0 for a wrong one: `llm_gym.core.metrics.verifies_answers`), also:
+
+* greedy accuracy: the share of prompts whose greedy completion (`top_k=1`, the other sampling
+  settings kept) is correct (for best-of-N: all N candidates are then the base's greedy completion);
+* sampled accuracy: the share of correct completions among `samples_per_prompt` (n) sampled per
+  prompt with the given sampling settings; the first of the n is the completion the gold column
+  scores, so gold is the same accuracy on one sample;
+* pass@k for each k of `pass_k`: the unbiased estimator of Chen et al. 2021 from those n samples
+  (`llm_gym.core.metrics.estimate_pass_at_k`); pass@1 equals the sampled accuracy.
+
+A completion counts as correct when the judge gives it the full score 1.0 (a judge that gives partial
+credit has its partial scores counted as wrong). Nothing of this is computed, and nothing more sampled,
+on other tasks.
+
 Every figure is computed from one fixed seed, so two policies are compared on the same
 prompts and the same sampling randomness.
 """
@@ -24,18 +39,23 @@ prompts and the same sampling randomness.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from llm_gym.feedback.oracles import PreferenceOracle
 from llm_gym.models.policy import Policy, Rollout, SamplingConfig
+from llm_gym.core.metrics import estimate_pass_at_k, verifies_answers
 from llm_gym.core.preferences import Query
 from llm_gym.core.reward import RewardFn, score_batch
 from llm_gym.models.lm import perplexity
 from llm_gym.models.sampler import CompletionSampler, selection_kl
 
-__all__ = ["PolicyReport", "evaluate_policy", "kl_to_reference", "win_rate"]
+__all__ = ["PolicyReport", "answer_accuracy", "evaluate_policy", "kl_to_reference", "win_rate"]
+
+
+_VERIFIED = ("accuracy_greedy", "accuracy_sampled", "pass_at_k")
+"""The fields only a task with verifiable answers has (left out of `PolicyReport.as_dict` otherwise)."""
 
 
 @dataclass(frozen=True)
@@ -48,9 +68,24 @@ class PolicyReport:
     win_rate: float | None
     perplexity: float | None
     mean_tokens: float
+    accuracy_greedy: float | None = None
+    """Share of prompts answered correctly by greedy decoding (verifiable tasks only)."""
+    accuracy_sampled: float | None = None
+    """Share of correct completions among `samples_per_prompt` sampled per prompt (verifiable tasks only)."""
+    pass_at_k: dict[int, float] | None = field(default=None)
+    """k -> pass@k, Chen et al. 2021's unbiased estimator (verifiable tasks only)."""
 
     def as_dict(self) -> dict[str, float | None]:
-        return dict(vars(self))
+        """The row as summary.json holds it: every field, with pass@k flattened to ``"pass@1"``, ``"pass@4"``...
+
+        On a task without verifiable answers the accuracy and pass@k keys are left out, so its row is what it was
+        before they existed.
+        """
+        row = {k: v for k, v in vars(self).items() if k not in _VERIFIED}
+        if self.accuracy_greedy is not None or self.accuracy_sampled is not None or self.pass_at_k is not None:
+            row.update(accuracy_greedy=self.accuracy_greedy, accuracy_sampled=self.accuracy_sampled)
+            row.update({f"pass@{k}": v for k, v in sorted((self.pass_at_k or {}).items())})
+        return row
 
 
 def _sample(
@@ -128,6 +163,8 @@ def evaluate_policy(
     oracle: PreferenceOracle | None = None,
     heldout_texts: Sequence[str] | None = None,
     batch_size: int = 64,
+    samples_per_prompt: int = 8,
+    pass_k: Sequence[int] = (1, 4, 8),
 ) -> PolicyReport:
     """Sample one completion per prompt and report whatever the given inputs allow.
 
@@ -143,6 +180,9 @@ def evaluate_policy(
         reference: the SFT policy, for the KL and (with `oracle`) the win rate.
         oracle: judges the win rate against the reference's completions.
         heldout_texts: pretraining text never trained on (perplexity).
+        samples_per_prompt: n, completions sampled per prompt for the sampled accuracy and pass@k, when `gold_fn`
+            verifies answers (`llm_gym.core.metrics.verifies_answers`); ignored otherwise.
+        pass_k: the k of each pass@k, each in [1, samples_per_prompt] (used with verifiable answers only).
     """
     if len(prompts) == 0:
         raise ValueError("evaluate_policy needs at least one prompt")
@@ -160,4 +200,62 @@ def evaluate_policy(
         baseline = [c for ro in _sample(reference, prompts, sampling, seed, batch_size) for c in ro.completions]
         win = win_rate(prompts, completions, baseline, oracle)
     ppl = perplexity(policy.model, policy.tokenizer, heldout_texts) if heldout_texts else None  # the underlying model
-    return PolicyReport(gold=gold, rm_score=rm, kl=kl, win_rate=win, perplexity=ppl, mean_tokens=tokens)
+    report = PolicyReport(gold=gold, rm_score=rm, kl=kl, win_rate=win, perplexity=ppl, mean_tokens=tokens)
+    if not verifies_answers(gold_fn):
+        return report
+    assert gold_fn is not None  # verifies_answers(None) is False
+    greedy, sampled, passes = answer_accuracy(policy, prompts, gold_fn, completions, sampling=sampling, seed=seed,
+                                              samples_per_prompt=samples_per_prompt, pass_k=pass_k, batch_size=batch_size)
+    return replace(report, accuracy_greedy=greedy, accuracy_sampled=sampled, pass_at_k=passes)
+
+
+def _correct(gold_fn: RewardFn, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+    """Which completions the answer-checking `gold_fn` scores fully correct (1.0)."""
+    return score_batch(gold_fn, prompts, completions) >= 1.0
+
+
+def answer_accuracy(
+    policy: CompletionSampler,
+    prompts: Sequence[str],
+    gold_fn: RewardFn,
+    first_completions: Sequence[str] | None = None,
+    *,
+    sampling: SamplingConfig = SamplingConfig(max_new_tokens=24),
+    seed: int = 0,
+    samples_per_prompt: int = 8,
+    pass_k: Sequence[int] = (1, 4, 8),
+    batch_size: int = 64,
+) -> tuple[float, float, dict[int, float]]:
+    """Greedy accuracy, sampled accuracy and pass@k of `policy` on `prompts`, judged by the answer checker `gold_fn`.
+
+    Sample r (r = 0 .. n-1) of every prompt is drawn with seeds `seed + r * len(prompts) + i` by batch start i, so
+    sample 0 is `evaluate_policy`'s own completion (pass it as `first_completions` to skip drawing it again) and no
+    two samples share a seed. The greedy completions are `sampling` with `top_k=1`.
+
+    Returns:
+        (greedy accuracy, sampled accuracy over the n samples, {k: pass@k}) with the estimator of Chen et al. 2021.
+
+    Raises:
+        ValueError: samples_per_prompt < 1, or a k outside [1, samples_per_prompt].
+    """
+    n = samples_per_prompt
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"samples_per_prompt must be a positive int, got {n!r}")
+    bad = [k for k in pass_k if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n]
+    if bad:
+        raise ValueError(f"pass_k: every k must be an int in [1, samples_per_prompt={n}], got {bad[0]!r}; "
+                         f"sample more per prompt or drop it")
+    greedy_sampling = replace(sampling, top_k=1)
+    greedy = [c for ro in _sample(policy, prompts, greedy_sampling, seed, batch_size) for c in ro.completions]
+    accuracy_greedy = float(_correct(gold_fn, prompts, greedy).mean())
+    correct = np.zeros(len(prompts), dtype=int)
+    for r in range(n):
+        if r == 0 and first_completions is not None:
+            completions = list(first_completions)
+        else:
+            completions = [c for ro in _sample(policy, prompts, sampling, seed + r * len(prompts), batch_size)
+                           for c in ro.completions]
+        correct += _correct(gold_fn, prompts, completions)
+    accuracy_sampled = float(correct.mean() / n)
+    passes = {int(k): float(estimate_pass_at_k(n, correct, k).mean()) for k in pass_k}
+    return accuracy_greedy, accuracy_sampled, passes

@@ -72,6 +72,7 @@ from llm_gym.app.stages import (LoadedTask, chat_tokenizer, check_inputs, check_
                                 make_oracle, oracle_fingerprint, read_state, resolve_reward, sample_queries, store_for)
 from llm_gym.app.summary import build_summary
 from llm_gym.core.data import DatasetError
+from llm_gym.core.metrics import verifies_answers
 from llm_gym.core.preferences import Comparison
 from llm_gym.core.reward import RewardFn
 from llm_gym.core.task import Demonstration, Task
@@ -716,8 +717,11 @@ class Pipeline:
             if key in self.state and self.state[key]["fingerprint"] == self._loop_fingerprint(loop):
                 policies[name] = self.state[key]
         rm_entry = self.state.get("reward_model")
+        evaluation = to_dict(cfg.evaluation)
+        if not verifies_answers(self.task.gold):  # accuracy and pass@k settings change nothing on other tasks
+            evaluation = {k: v for k, v in evaluation.items() if k not in ("samples_per_prompt", "pass_k")}
         fp = _fingerprint({k: v["fingerprint"] for k, v in policies.items()},
-                          rm_entry["fingerprint"] if rm_entry else None, to_dict(cfg.evaluation), cfg.seed,
+                          rm_entry["fingerprint"] if rm_entry else None, evaluation, cfg.seed,
                           self._data_fingerprint("eval_prompts"), *self._judge_fingerprint("gold"))
 
         def body() -> dict[str, Any]:
@@ -745,11 +749,15 @@ class Pipeline:
                 with PeakMemory() as memory:
                     report = evaluate_policy(policy, prompts, sampling=cfg.evaluation.sampling, seed=cfg.evaluation.seed,
                                              gold_fn=gold, reward_fn=rm, reference=sft, oracle=judge,
-                                             heldout_texts=list(task.heldout_texts) or None)
+                                             heldout_texts=list(task.heldout_texts) or None,
+                                             samples_per_prompt=cfg.evaluation.samples_per_prompt,
+                                             pass_k=cfg.evaluation.pass_k)
                 rows[name] = {**report.as_dict(), "eval_seconds": time.perf_counter() - t,
                               **{f"eval_{k}": v for k, v in memory.as_dict().items()}}
                 if report.gold is not None:
-                    self.on_event(f"[evaluation] {name}: gold {report.gold:+.3f}")
+                    accuracy = "" if report.accuracy_greedy is None else (
+                        f", accuracy {report.accuracy_greedy:.1%} greedy, {report.accuracy_sampled:.1%} sampled")
+                    self.on_event(f"[evaluation] {name}: gold {report.gold:+.3f}{accuracy}")
             return {"rows": rows, "prompts": len(prompts)}
 
         return fp, body

@@ -101,16 +101,18 @@ def _file_fingerprint(path: str, *fields: tuple[str, str, str]) -> str:
 
 def code_fingerprint(fn: object) -> str:
     """A reward function (or judge) by its import name and the hash of its source code, so that editing its code
-    reruns the stages it scored; "none" for no function. Code without readable source (a builtin, a C extension)
-    is named only."""
+    reruns the stages it scored, plus what it holds when it says (`fn.fingerprint()`: an answer checker's reference
+    answers); "none" for no function. Code without readable source (a builtin, a C extension) is named only."""
     if fn is None:
         return "none"
     target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn)
+    # a judge that carries data (an answer checker's reference answers) says what it holds
+    held = fn.fingerprint() if callable(getattr(fn, "fingerprint", None)) else None
     try:
         source = inspect.getsource(target)
     except (OSError, TypeError):
-        return str(_describe(fn))
-    return f"{_describe(fn)}@{_hash_bytes(source.encode())}"
+        return str(_describe(fn)) + (f"+{held}" if held else "")
+    return f"{_describe(fn)}@{_hash_bytes(source.encode())}" + (f"+{held}" if held else "")
 
 
 def _hash_bytes(data: bytes) -> str:

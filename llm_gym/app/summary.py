@@ -3,7 +3,9 @@
 `build_summary` turns a pipeline's state into `summary.json`'s content; `format_summary`
 prints it. A column appears when at least one row has a value for it: a task without a
 gold judge has no gold, win-rate or RM-vs-gold column, one without held-out text no
-perplexity column (they are never computed on another task's judge).
+perplexity column (they are never computed on another task's judge), and only a task whose
+gold judge verifies answers has accuracy and pass@k columns (one per k of `evaluation.pass_k`,
+the row keys ``pass@1``, ``pass@4``...: see `llm_gym.app.evaluation.PolicyReport.as_dict`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ __all__ = ["COLUMNS", "build_summary", "format_summary"]
 COLUMNS: tuple[tuple[str, str, int, str, str], ...] = (
     # (row key, header, width, format, legend)
     ("gold", "gold", 8, "+.3f", "gold: the task's gold judge"),
+    ("accuracy_greedy", "acc greedy", 11, ".1%", "acc greedy: correct answers with greedy decoding"),
+    ("accuracy_sampled", "acc sampled", 12, ".1%",
+     "acc sampled: correct answers among the samples per prompt (evaluation.samples_per_prompt)"),
+    ("pass@k", "pass@k", 8, ".1%", "pass@k: chance that one of k sampled answers is correct (unbiased estimator, Chen et al. 2021)"),
     ("rm_score", "RM", 8, "+.3f", "RM: the trained reward model (demonstrations score 0)"),
     ("kl", "KL to SFT", 11, ".2f", ""),
     ("win_rate", "win vs SFT", 12, ".1%", "win vs SFT: the judge prefers the policy's completion (ties 1/2)"),
@@ -29,7 +35,22 @@ COLUMNS: tuple[tuple[str, str, int, str, str], ...] = (
      "RM~gold: how often the reward model orders its held-out comparisons as the gold judge does"),
     ("wall_seconds", "wall s", 8, ".0f", ""),
 )
-"""The table's columns in order; a legend line explains the less obvious ones."""
+"""The table's columns in order; a legend line explains the less obvious ones. ``pass@k`` stands for one column per
+k the rows have (``pass@1``, ``pass@4``...), in increasing k."""
+
+
+def _columns(rows: dict[str, dict[str, Any]]) -> list[tuple[str, str, int, str, str]]:
+    """The columns of `COLUMNS` that some row has a value for, ``pass@k`` expanded to the rows' k (legend once)."""
+    columns = []
+    for column in COLUMNS:
+        key, _, width, fmt, legend = column
+        if key == "pass@k":
+            ks = sorted({int(k[len("pass@"):]) for row in rows.values() for k, v in row.items()
+                         if k.startswith("pass@") and k[len("pass@"):].isdigit() and _known(v)})
+            columns += [(f"pass@{k}", f"pass@{k}", width, fmt, legend if i == 0 else "") for i, k in enumerate(ks)]
+        elif any(_known(row.get(key)) for row in rows.values()):
+            columns.append(column)
+    return columns
 
 
 def build_summary(config: ExperimentConfig, state: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -68,7 +89,7 @@ def _known(value: Any) -> bool:
 def format_summary(summary: dict[str, Any]) -> str:
     """The summary as an InstructGPT-style table (one row per policy / stage), for printing."""
     rows = summary["rows"]
-    columns = [c for c in COLUMNS if any(_known(row.get(c[0])) for row in rows.values())]
+    columns = _columns(rows)
 
     def cell(row: dict[str, Any], key: str, fmt: str) -> str:
         v = row.get(key)

@@ -283,15 +283,17 @@ def metric_columns(config: Any) -> list[str]:
 
     The rows are the pretrained and SFT policies, the reward model and each PPO run, agent run and
     preference loop by name, each only when its stage is in `config.stages`; the evaluation's
-    columns (gold, RM score, KL, win rate, perplexity...) only when "evaluation" is. (Whether the
-    task allows gold is known only once its environment is made.) This is what ``sweep --metric``
-    may name.
+    columns (gold, RM score, KL, win rate, perplexity, accuracy greedy and sampled, ``pass@k`` for
+    each k of `config.evaluation.pass_k`...) only when "evaluation" is. (Whether the task allows
+    gold, or verifies answers and so has accuracy and pass@k, is known only once its environment
+    is made.) This is what ``sweep --metric`` may name.
     """
     from llm_gym.app.evaluation import PolicyReport
 
     stages = set(config.stages) | ({"pretrain"} if config.model.name_or_path else set())  # a given model: always a row
-    evaluated = [*(f.name for f in dataclasses.fields(PolicyReport)), "eval_seconds", "eval_peak_rss_mb",
-                 "eval_cuda_peak_mb"] if "evaluation" in stages else []
+    report = [f.name for f in dataclasses.fields(PolicyReport) if f.name != "pass_at_k"]
+    evaluated = [*report, *(f"pass@{k}" for k in sorted(config.evaluation.pass_k)), "eval_seconds",
+                 "eval_peak_rss_mb", "eval_cuda_peak_mb"] if "evaluation" in stages else []
     own = [k for k in _POLICY_EXTRA_KEYS if k not in ("eval_seconds", "eval_peak_rss_mb", "eval_cuda_peak_mb")]
     rows: dict[str, list[str]] = {}
     for stage, names in (("pretrain", ["pretrained"]), ("sft", ["sft"]), ("ppo", list(config.ppo)),
@@ -303,14 +305,46 @@ def metric_columns(config: Any) -> list[str]:
     return [f"{row}.{key}" for row, keys in rows.items() for key in keys]
 
 
-def default_metric(config: Any) -> str:
+def default_metric(config: Any, verifiable: bool | None = None) -> str:
     """The column a sweep shows when `--metric` is not given: the gold score of the experiment's first RL run or
-    preference loop that runs (else of SFT)."""
+    preference loop that runs (else of SFT); on a task with verifiable answers, its sampled accuracy instead.
+
+    The sampled accuracy (``<run>.accuracy_sampled``, the share of correct answers among
+    `evaluation.samples_per_prompt` samples per prompt, equal to pass@1) is what an RL run on such a task
+    maximises, measured on n times as many completions as gold (which is the same accuracy on one sample per
+    prompt), so seeds and grid points are compared with less noise; greedy accuracy and pass@k remain columns
+    to name with ``--metric``.
+
+    Args:
+        config: the `ExperimentConfig`.
+        verifiable: whether the task's gold judge verifies answers (`llm_gym.core.metrics.verifies_answers`);
+            None = find out from `config.task.gold` when it is an import path (the object there is imported,
+            not called), else False (a task's own judge is known only once its environment is made).
+    """
+    if verifiable is None:
+        verifiable = _gold_verifies_answers(config.task.gold)
+    key = "accuracy_sampled" if verifiable else "gold"
     stages = set(config.stages)
     for stage, names in (("ppo", config.ppo), ("agent", config.agent), ("preference_loop", config.preference_loop)):
         if stage in stages and names:
-            return f"{next(iter(names))}.gold"
-    return "sft.gold"
+            return f"{next(iter(names))}.{key}"
+    return f"sft.{key}"
+
+
+def _gold_verifies_answers(import_path: str) -> bool:
+    """Whether the judge an experiment names by import path ("module:name") declares `verifies_answers = True`."""
+    import importlib
+
+    from llm_gym.core.metrics import verifies_answers
+
+    if not import_path:
+        return False
+    module, _, name = import_path.partition(":")
+    try:
+        judge = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return False  # the run itself reports the bad path, with its fix
+    return verifies_answers(judge)
 
 
 def _check_metric(metric: str, columns: Sequence[str]) -> None:

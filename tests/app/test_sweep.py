@@ -249,3 +249,27 @@ def test_metric_columns_follow_the_stages_and_the_default_metric_fits_the_config
     no_eval = load_config(ExperimentConfig, REPO / "experiments" / "instructgpt" / "config.toml",
                           ["stages=['pretrain','sft','evaluation']"])
     assert default_metric(no_eval) == "sft.gold" and "ppo.gold" not in metric_columns(no_eval)
+
+
+def test_accuracy_and_pass_at_k_are_metric_columns_and_the_default_on_verifiable_tasks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every k of evaluation.pass_k is a ``pass@k`` column; a task whose gold judge verifies answers is swept on its
+    sampled accuracy by default, any other on gold as before."""
+    from llm_gym.app.sweep import default_metric
+
+    path = REPO / "experiments" / "algorithms" / "config.toml"
+    config = load_config(ExperimentConfig, path, ["evaluation.samples_per_prompt=4", "evaluation.pass_k=[1, 2, 4]"])
+    columns = metric_columns(config)
+    assert {"sft.accuracy_greedy", "sft.accuracy_sampled", "sft.pass@1", "sft.pass@2", "sft.pass@4"} <= set(columns)
+    assert "sft.pass_at_k" not in columns and "sft.pass@8" not in columns
+    assert default_metric(config) == "ppo_gold.gold"
+    assert default_metric(config, verifiable=True) == "ppo_gold.accuracy_sampled"
+    (tmp_path / "sweep_answer_judges.py").write_text(
+        "class Exact:\n    verifies_answers = True\n    def __call__(self, prompts, completions):\n"
+        "        return [float(c.strip() == '4') for c in completions]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    judged = load_config(ExperimentConfig, path, ['task.gold="sweep_answer_judges:Exact"'])
+    assert default_metric(judged) == "ppo_gold.accuracy_sampled"
+    plan_sweep(path, {"seed": [0, 1]}, overrides=["evaluation.pass_k=[1, 2]"], metric="ppo_gold.pass@2")
+    with pytest.raises(ConfigError, match=r"pass_k has k = 8 > samples_per_prompt = 4"):
+        load_config(ExperimentConfig, path, ["evaluation.samples_per_prompt=4"])

@@ -304,3 +304,62 @@ def test_grouped_prompts_hand_out_each_prompt_group_size_times() -> None:
 def test_bad_group_sizes_are_refused_with_the_fix(num_envs, group_size, match) -> None:
     with pytest.raises(ValueError, match=match):
         PromptBanditVecEnv(PROMPTS, length_reward, num_envs=num_envs, group_size=group_size)
+
+
+# --- verifiable rewards: reward_fn="answer:..." builds an AnswerChecker from the dataset's answers ---------------------
+
+
+def _problems(tmp_path, records=None) -> str:
+    records = records or [{"prompt": "2 + 2 =", "answer": "4"}, {"prompt": "half of 3 is", "answer": "3/2"},
+                          {"prompt": "ten thousand =", "answer": 10000}]
+    path = tmp_path / "problems.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return str(path)
+
+
+def test_answer_reward_from_a_jsonl_of_prompts_and_answers(tmp_path) -> None:
+    from llm_gym.core.answers import AnswerChecker
+
+    env = gymnasium.make("llm_gym/PromptBandit-v0", dataset=_problems(tmp_path), reward_fn="answer:numeric")
+    check_without_warnings(env)
+    base = env.unwrapped
+    assert isinstance(base.reward_fn, AnswerChecker) and base.task.gold is base.reward_fn
+    assert base.task.gold.verifies_answers
+    prompt, info = env.reset(options={"index": 2})
+    _, reward, terminated, truncated, info = env.step("Let me count. Answer: 10,000")
+    assert (reward, terminated, truncated, info["gold"]) == (1.0, True, False, 1.0)
+    env.reset(options={"index": 1})
+    assert env.step("Answer: 1.5")[1] == 1.0
+    env.reset(options={"index": 0})
+    assert env.step("four")[1] == 0.0 and base.reward_fn.last_stats.unextractable == 1
+
+
+def test_answer_reward_in_the_vector_env_with_a_rule_and_field(tmp_path) -> None:
+    path = _problems(tmp_path, [{"prompt": "capital of France?", "solution": "Paris"},
+                                {"prompt": "capital of Italy?", "solution": "Rome"}])
+    vec = PromptBanditVecEnv(path, reward_fn="answer:exact_nocase:tag", num_envs=4, answer_field="solution")
+    prompts, _ = vec.reset(seed=0)
+    right = {"capital of France?": "<answer>paris</answer>", "capital of Italy?": "<answer>ROME</answer>"}
+    _, rewards, _, _, info = vec.step([right[p] for p in prompts])
+    assert rewards.tolist() == [1.0] * 4 and info["gold"].tolist() == [1.0] * 4
+    prompts, _ = vec.reset(seed=0)
+    _, rewards, _, _, _ = vec.step(["Paris"] * 4)  # no tag: nothing extracted, 0, counted
+    assert rewards.tolist() == [0.0] * 4 and vec.reward_fn.last_stats.unextractable == 4
+
+
+def test_answer_gold_beside_another_reward(tmp_path) -> None:
+    env = PromptBanditEnv(_problems(tmp_path), reward_fn=length_reward, gold_fn="answer:numeric")
+    env.reset(options={"index": 0})
+    _, reward, _, _, info = env.step("Answer: 4")
+    assert reward == 2.0 and info["gold"] == 1.0 and env.task.gold is env.gold_fn
+
+
+def test_answer_reward_needs_answers(tmp_path) -> None:
+    with pytest.raises(DatasetError, match="list of prompts only"):
+        PromptBanditEnv(PROMPTS, reward_fn="answer:exact")
+    with pytest.raises(DatasetError, match="no 'answer' value.*answer_field=\"solution\""):
+        PromptBanditEnv(_problems(tmp_path, [{"prompt": "q", "solution": "a"}]), reward_fn="answer:exact")
+    with pytest.raises(ValueError, match="does not name an answer checker"):
+        PromptBanditEnv(_problems(tmp_path), reward_fn="answer:fuzzy")
+    with pytest.raises(DatasetError, match="not a number"):
+        PromptBanditEnv(_problems(tmp_path, [{"prompt": "q", "answer": "Paris"}]), reward_fn="answer:numeric")
