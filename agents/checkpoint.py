@@ -41,7 +41,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from llm_gym.agents.reference import is_base_reference
 from llm_gym.infra.atomic import atomic_dir, file_sha256, recover_dir
 from llm_gym.infra.runfolder import CheckpointError
-from llm_gym.models.policy import Policy, base_state_dict, require_peft
+from llm_gym.models.policy import Policy, attach_adapter, base_state_dict
 
 __all__ = ["MANIFEST", "CheckpointError", "load_policy", "load_policy_and_reference", "save_policy_and_reference",
            "open_checkpoint", "read_json", "reading", "verify_manifest", "write_checkpoint", "write_manifest"]
@@ -226,9 +226,8 @@ def _load_adapter_policy(folder: Path, base: Policy | None, *, device: torch.dev
     """The adapter in `folder` on `base`'s model (taken over: `base` must not be used afterwards), trainable."""
     if base is None:
         raise CheckpointError(f"{folder} holds a LoRA adapter but no base model was given to put it on; {fix}")
-    peft = require_peft()
     with reading(folder, fix=fix):
-        model = peft.PeftModel.from_pretrained(base.model, folder, is_trainable=True)
+        model = attach_adapter(base.model, folder)
     return Policy(model, base.tokenizer, device=device if device is not None else base.device, overflow=base.overflow)
 
 

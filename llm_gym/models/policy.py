@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from peft import PeftConfig
 
 __all__ = ["Evaluation", "Policy", "Rollout", "SamplingConfig", "process_logits", "default_device", "add_peft_adapter",
-           "base_state_dict", "is_adapter_param", "is_peft_model", "require_peft", "to_peft_config"]
+           "attach_adapter", "base_state_dict", "is_adapter_param", "is_peft_model", "require_peft", "to_peft_config"]
 
 _log = logging.getLogger(__name__)
 
@@ -705,12 +705,18 @@ def _load_with_adapter(folder: Path, is_trainable: bool, model_kwargs: dict[str,
     if not base_name:
         raise ValueError(f"the adapter in {folder} does not name its base model (base_model_name_or_path is empty in "
                          "adapter_config.json); set it there to the base model's Hub name or folder")
-    base = AutoModelForCausalLM.from_pretrained(base_name, **model_kwargs)
-    model = peft.PeftModel.from_pretrained(base, folder, is_trainable=is_trainable)
-    # in eval mode, as from_pretrained leaves any model (peft leaves a trainable one in train mode)
-    model.train(base.training)
+    model = attach_adapter(AutoModelForCausalLM.from_pretrained(base_name, **model_kwargs), folder, is_trainable)
     # the tokenizer saved beside the adapter, else the base's
     return model, folder if (folder / "tokenizer_config.json").is_file() else base_name
+
+
+def attach_adapter(base: PreTrainedModel, folder: str | PathLike[str], is_trainable: bool = True) -> Any:
+    """`base` with the adapter saved in `folder` put on it (`peft.PeftModel.from_pretrained`; `base` is changed in
+    place), trainable unless `is_trainable=False`, in the mode `base` was in (peft leaves a trainable one in train
+    mode; a loaded model is in eval mode)."""
+    was_training = base.training
+    model = require_peft().PeftModel.from_pretrained(base, folder, is_trainable=is_trainable)
+    return model.train(was_training)
 
 
 def as_generator(seed: int | torch.Generator | None, device: torch.device | str,
