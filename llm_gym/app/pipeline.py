@@ -68,8 +68,8 @@ from llm_gym.agents.preference_loop import DisagreementSelector, PreferenceLoop,
 from llm_gym.agents.sft import SFTTrainer
 from llm_gym.app.config import STAGES, AgentStage, ExperimentConfig, LoopStage, PPOStage
 from llm_gym.app.evaluation import evaluate_policy
-from llm_gym.app.stages import (LoadedTask, chat_tokenizer, check_inputs, check_task, code_fingerprint, load_task, make_env,
-                                make_oracle, oracle_fingerprint, read_state, resolve_reward, sample_queries, store_for)
+from llm_gym.app.stages import (LoadedTask, chat_tokenizer, check_inputs, check_task, code_fingerprint,
+                                folder_fingerprint, load_task, make_env, make_oracle, oracle_fingerprint, read_state, resolve_reward, sample_queries, store_for)
 from llm_gym.app.summary import build_summary
 from llm_gym.core.data import DatasetError
 from llm_gym.core.metrics import verifies_answers
@@ -91,23 +91,6 @@ from llm_gym.models.reward_trainer import RewardTrainer
 from llm_gym.tasks.tiny_lm import build_builtin_model
 
 __all__ = ["Pipeline"]
-
-
-def _folder_fingerprint(folder: Path) -> list[str]:
-    """A local model folder by what it holds, so that replacing its weights or editing its config, tokenizer or chat
-    template reruns what was built on it: the small files by content, the weights by size and modification time
-    (hashing gigabytes on every run would cost more than it saves). Nothing for a Hub name."""
-    if not folder.is_dir():
-        return []
-    parts = []
-    for file in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-        stat = file.stat()
-        if stat.st_size < 4 * 2**20 and file.suffix in (".json", ".jinja", ".txt", ".model", ""):
-            what = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
-        else:
-            what = f"{stat.st_size}:{stat.st_mtime_ns}"
-        parts.append(f"{file.name}:{what}")
-    return parts
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -299,7 +282,7 @@ class Pipeline:
         self._use_threads()
         if cfg.oracle.kind == "recorded" and not Path(cfg.oracle.path).is_file():
             raise DatasetError(f"oracle.path: the comparison file {cfg.oracle.path} does not exist (cwd is {Path.cwd()})")
-        check_inputs(cfg, self.state, self.out)  # files, earlier stages' results and the folder: now, not after pretraining
+        check_inputs(cfg, self.state, self.out, self.chat_tokenizer)  # files, earlier stages' results and the folder: now, not after pretraining
         check_task(cfg, self.task)  # a stage that needs a part the task lacks fails now, not after pretraining
         for what, reward in self._rewards_by_import_path():  # imported and tried on a first batch now, not mid-run
             self._reward(reward, what)
@@ -352,7 +335,7 @@ class Pipeline:
     def _stage_pretrain(self) -> dict[str, Any]:
         cfg = self.config
         if cfg.model.name_or_path:
-            fp = _fingerprint("hub", cfg.model.name_or_path, *_folder_fingerprint(Path(cfg.model.name_or_path)))
+            fp = _fingerprint("hub", cfg.model.name_or_path, *folder_fingerprint(Path(cfg.model.name_or_path)))
             return self._timed("pretrain", fp, lambda: {"path": cfg.model.name_or_path, "built": False})
 
         def body() -> dict[str, Any]:

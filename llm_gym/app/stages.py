@@ -36,7 +36,7 @@ from llm_gym.infra.runfolder import RunFolderError, check_writable_folder, read_
 from llm_gym.models.policy import Policy
 from llm_gym.tasks.review import ReviewTaskConfig
 
-__all__ = ["LoadedTask", "chat_tokenizer", "check_inputs", "check_task", "code_fingerprint", "config_advice", "load_task", "make_env",
+__all__ = ["LoadedTask", "chat_tokenizer", "check_inputs", "check_task", "code_fingerprint", "config_advice", "folder_fingerprint", "load_task", "make_env",
            "make_oracle", "oracle_fingerprint", "read_comparisons", "read_state", "resolve_reward", "sample_queries",
            "store_for"]
 
@@ -97,6 +97,23 @@ def _file_fingerprint(path: str, *fields: tuple[str, str, str]) -> str:
     data = Path(path).read_bytes()
     named = [f"{name}={value}" for name, value, default in fields if value != default]
     return _hash_bytes(data + ("\x1d" + "\x1f".join(named)).encode() if named else data)
+
+
+def folder_fingerprint(folder: Path) -> list[str]:
+    """A local model folder by what it holds, so that replacing its weights or editing its config, tokenizer or chat
+    template reruns what was built on it: the small files by content, the weights by size and modification time
+    (hashing gigabytes on every run would cost more than it saves). Nothing for a Hub name."""
+    if not folder.is_dir():
+        return []
+    parts = []
+    for file in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        stat = file.stat()
+        if stat.st_size < 4 * 2**20 and file.suffix in (".json", ".jinja", ".txt", ".model", ""):
+            what = _hash_bytes(file.read_bytes())
+        else:
+            what = f"{stat.st_size}:{stat.st_mtime_ns}"
+        parts.append(f"{file.name}:{what}")
+    return parts
 
 
 def code_fingerprint(fn: object) -> str:
@@ -370,7 +387,7 @@ def _check_lora(config: ExperimentConfig) -> str | None:
     return None
 
 
-def check_inputs(config: ExperimentConfig, state: Mapping[str, Any], out: Path) -> None:
+def check_inputs(config: ExperimentConfig, state: Mapping[str, Any], out: Path, tokenizer: Any = None) -> None:
     """Refuse, before the first stage runs, an experiment whose inputs cannot be used, saying what to do.
 
     Its inputs are the run folder `out` (it must be creatable and writable), the results of
@@ -385,6 +402,7 @@ def check_inputs(config: ExperimentConfig, state: Mapping[str, Any], out: Path) 
         config: the experiment.
         state: the stages already done in `out` (its state.json; empty for a fresh folder).
         out: the run folder.
+        tokenizer: the chat template's tokenizer (`chat_tokenizer`, which the pipeline holds once); None = made here.
 
     Raises:
         RunFolderError: `out` cannot be created or written.
@@ -420,7 +438,7 @@ def check_inputs(config: ExperimentConfig, state: Mapping[str, Any], out: Path) 
     if problems:
         raise ConfigError(problems[0] if len(problems) == 1 else "the experiment cannot start:\n  " + "\n  ".join(problems))
     bad_files = []
-    tokenizer = chat_tokenizer(config.model.name_or_path)
+    tokenizer = tokenizer if tokenizer is not None else chat_tokenizer(config.model.name_or_path)
     read = _readers(config.task, tokenizer)
     readers: list[tuple[str, str, Callable[[str], Any]]] = [
         (f"task.{part}", getattr(config.task, part), read[part]) for part in _DATA_PARTS]
