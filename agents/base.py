@@ -51,6 +51,8 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
+from llm_gym.infra.seeding import resolve_rng
+
 if TYPE_CHECKING:
     from stable_baselines3.common.callbacks import BaseCallback
 
@@ -61,27 +63,6 @@ Callback = Callable[["Agent", int], bool]
 
 CallbackLike = Union[Callback, "BaseCallback", Sequence[Union[Callback, "BaseCallback"]], None]
 """What `learn(callback=...)` accepts: a plain `Callback`, an SB3 `BaseCallback`, a list of either, or None."""
-
-
-def resolve_rng(rng: np.random.Generator | None, seed: int | None, owner: str) -> np.random.Generator:
-    """The Generator an agent draws from: `rng` itself, or `np.random.default_rng(seed)` (SB3's `seed=` habit).
-
-    `seed=s` and `rng=np.random.default_rng(s)` give the same run. Passing both is refused (which one
-    should win is not obvious), and so is passing neither: a run's randomness is always explicit.
-    """
-    if rng is not None and seed is not None:
-        raise TypeError(f"{owner} takes rng= or seed=, not both; pass only seed={seed!r} (the same as "
-                        f"rng=np.random.default_rng({seed!r})) or only rng")
-    if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"{owner}: seed must be an int, got {type(seed).__name__}; for a Generator pass rng= instead")
-        return np.random.default_rng(int(seed))
-    if rng is None:
-        raise TypeError(f"{owner} needs its randomness: pass seed=<int> or rng=np.random.default_rng(<int>)")
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}; "
-                        "or pass seed=<int>")
-    return rng
 
 
 @functools.cache

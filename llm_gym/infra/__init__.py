@@ -8,4 +8,5 @@
     logger.py        Logger: the one logger passed to every component, over TensorBoard's writer
     configio.py      config dataclasses <-> TOML/JSON, strict, with dotted paths and "did you mean"; check_finite
     runfolder.py     run-folder checks: a folder that cannot be written, a damaged state.json, named with the fix
+    seeding.py       resolve_rng: a component's numpy Generator from `rng=` or `seed=` (SB3's habit)
 """

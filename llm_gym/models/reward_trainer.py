@@ -26,6 +26,7 @@ from llm_gym.core.reward import RewardFn, score_batch
 from llm_gym.infra.configio import check_finite
 from llm_gym.infra.distributed import Distributed, MixedPrecision, check_training_options
 from llm_gym.infra.logger import Logger
+from llm_gym.infra.seeding import resolve_rng
 from llm_gym.infra.update import UpdateStep
 from llm_gym.models.reward_losses import TiesMode, ranking_stats
 from llm_gym.models.reward_model import LearnedReward, RewardModel
@@ -170,13 +171,8 @@ class RewardTrainer:
         self.config = config if config is not None else RewardTrainerConfig()
         if not isinstance(self.config, RewardTrainerConfig):
             raise TypeError(f"config must be a RewardTrainerConfig, got {type(self.config).__name__}")
-        if rng is not None and seed is not None:
-            raise TypeError(f"RewardTrainer takes rng= or seed=, not both; pass only seed={seed!r} (the same as "
-                            f"rng=np.random.default_rng({seed!r})) or only rng")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise TypeError(f"RewardTrainer: seed must be an int, got {type(seed).__name__}")
         self.logger = logger
-        self.rng = rng if rng is not None else np.random.default_rng(None if seed is None else int(seed))
+        self.rng = resolve_rng(rng, seed, "RewardTrainer", required=False)
         self.num_updates = 0
         """Optimizer steps taken over all `fit` calls (the logging step)."""
         self.dist = distributed if distributed is not None else Distributed()
