@@ -313,7 +313,7 @@ def _file_records(p: Path, what: str, wanted: set[str] | None) -> Records:
                 raise DatasetError(f"{p}: not valid UTF-8 JSON Lines (it starts with b'PAR1'); it looks like a "
                                    "Parquet file: name it .parquet")
         return Records(str(p), _jsonl_rows(p, _iter_lines(p, what)), None, f"{p}", "field")
-    _, lines = _read_lines(p, what)
+    lines = _read_lines(p, what)
     if suffix in (".json", ".csv") and not "".join(lines).strip():
         needs = "a JSON list of records" if suffix == ".json" else "a header line and one row per record"
         raise DatasetError(f"{what} file {p} is empty; it needs {needs}")
@@ -695,14 +695,10 @@ def _iter_lines(p: Path, what: str) -> Iterator[tuple[int, str]]:
                 yield lineno, text[1:] if lineno == 1 and text.startswith("\ufeff") else text
 
 
-def _read_lines(path: str | PathLike[str], what: str) -> tuple[Path, list[str]]:
-    p = Path(path)
-    if not p.exists():
-        raise DatasetError(f"{what} file {p} does not exist; check the path (cwd is {Path.cwd()})")
-    if not p.is_file():
-        raise DatasetError(f"{what} file {p} is not a regular file")
+def _read_lines(p: Path, what: str) -> list[str]:
+    """The lines of the regular file `p` (`_file_records` has checked it is one), decoded as UTF-8."""
     try:
         raw = p.read_bytes()
     except OSError as exc:
         raise DatasetError(f"cannot read {what} file {p}: {exc.strerror}; check its permissions") from exc
-    return p, _decode_lines(raw, p)
+    return _decode_lines(raw, p)
