@@ -56,7 +56,7 @@ from llm_gym.infra.seeding import resolve_rng
 if TYPE_CHECKING:
     from stable_baselines3.common.callbacks import BaseCallback
 
-__all__ = ["Agent", "Callback", "CallbackLike", "StandInEnv", "as_callback", "check_batch", "resolve_rng", "vector_infos"]
+__all__ = ["Agent", "Callback", "CallbackLike", "StandInEnv", "as_callback", "check_batch", "resolve_rng", "sample_actions", "vector_infos"]
 
 Callback = Callable[["Agent", int], bool]
 """`callback(agent, step) -> bool`, called after each update; returning False stops `learn`."""
@@ -148,6 +148,15 @@ def vector_infos(info: dict[str, Any], n: int) -> list[dict[str, Any]]:
             else:
                 infos[i][key] = value
     return infos
+
+
+def sample_actions(policy: Any, sampling: Any, rng: np.random.Generator, observations: Sequence[str],
+                   deterministic: bool) -> list[str]:
+    """`act` for an agent that answers with its policy: one completion per prompt with `sampling` (greedy when
+    `deterministic`), seeded from `rng`. The seed is drawn either way, so `deterministic` does not shift the rng
+    stream."""
+    seed = int(rng.integers(2**63 - 1))
+    return policy.sample(list(observations), sampling.greedy() if deterministic else sampling, seed=seed).completions
 
 
 def check_batch(observations: Any) -> None:

@@ -70,7 +70,7 @@ import math
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from os import PathLike
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -79,7 +79,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llm_gym.agents.base import Agent, CallbackLike, StandInEnv, resolve_rng
+from llm_gym.agents.base import Agent, CallbackLike, StandInEnv, resolve_rng, sample_actions
 from llm_gym.agents.checkpoint import (CheckpointError, load_policy_and_reference, open_checkpoint, read_json, reading,
                                       save_policy_and_reference, write_checkpoint)
 from llm_gym.agents.reference import make_reference
@@ -535,9 +535,7 @@ class DPO(Agent):
     def _act(self, observations: Sequence[str], deterministic: bool) -> list[str]:
         """One completion per prompt with `config.sampling` (the seed is drawn from the agent's rng); greedy
         (top_k=1) when `deterministic`."""
-        seed = int(self.rng.integers(2**63 - 1))  # drawn either way, so `deterministic` does not shift the rng stream
-        sampling = replace(self.config.sampling, top_k=1) if deterministic else self.config.sampling
-        return self.policy.sample(list(observations), sampling, seed=seed).completions
+        return sample_actions(self.policy, self.config.sampling, self.rng, observations, deterministic)
 
     def get_env(self) -> StandInEnv:
         """What SB3 callbacks see as `training_env`: DPO has no environment, so a stand-in whose `num_envs` is the

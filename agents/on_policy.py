@@ -35,7 +35,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from os import PathLike
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple
@@ -45,7 +45,7 @@ import torch
 from gymnasium.vector import VectorEnv
 from safetensors.torch import load_file, save_file
 
-from llm_gym.agents.base import Agent, CallbackLike, resolve_rng, vector_infos
+from llm_gym.agents.base import Agent, CallbackLike, resolve_rng, sample_actions, vector_infos
 from llm_gym.agents.checkpoint import (CheckpointError, load_policy_and_reference, open_checkpoint, read_json, reading,
                                       save_policy_and_reference, write_checkpoint)
 from llm_gym.agents.kl import FixedKLController, KLEstimator, KLPenalty, kl_estimate, make_kl_controller
@@ -355,9 +355,7 @@ class OnPolicyAgent(Agent):
     # ------------------------------------------------------------------ agent interface
     def _act(self, observations: Sequence[str], deterministic: bool) -> list[str]:
         """One completion per prompt with the training sampling settings (greedy, top_k=1, when `deterministic`)."""
-        seed = int(self.rng.integers(2**63 - 1))  # drawn either way, so `deterministic` does not shift the rng stream
-        sampling = replace(self.config.sampling, top_k=1) if deterministic else self.config.sampling
-        return self.policy.sample(list(observations), sampling, seed=seed).completions
+        return sample_actions(self.policy, self.config.sampling, self.rng, observations, deterministic)
 
     def get_env(self) -> VectorEnv:
         """The batched prompt environment the agent trains on."""

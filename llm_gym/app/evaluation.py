@@ -245,8 +245,7 @@ def answer_accuracy(
     if bad:
         raise ValueError(f"pass_k: every k must be an int in [1, samples_per_prompt={n}], got {bad[0]!r}; "
                          f"sample more per prompt or drop it")
-    greedy_sampling = replace(sampling, top_k=1)
-    greedy = [c for ro in _sample(policy, prompts, greedy_sampling, seed, batch_size) for c in ro.completions]
+    greedy = [c for ro in _sample(policy, prompts, sampling.greedy(), seed, batch_size) for c in ro.completions]
     accuracy_greedy = float(_correct(gold_fn, prompts, greedy).mean())
     correct = np.zeros(len(prompts), dtype=int)
     for r in range(n):

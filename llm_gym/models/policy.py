@@ -285,6 +285,11 @@ class SamplingConfig:
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p!r}")
 
+    def greedy(self) -> SamplingConfig:
+        """These settings decoding greedily (`top_k=1`: the most likely token each step), as `deterministic=True` and
+        greedy accuracy mean it."""
+        return dataclasses.replace(self, top_k=1)
+
 
 def process_logits(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
     """Apply temperature, top-k and top-p to `logits` (..., vocab); filtered entries become -inf.
