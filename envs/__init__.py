@@ -9,6 +9,7 @@ environment code) and the names the folder exports:
 
     prompt_bandit.py   PromptBanditEnv / PromptBanditVecEnv: any prompt dataset + any reward function
     review.py          the built-in review task as a ready-made prompt bandit
+    arithmetic.py      the built-in verifiable task (chain sums, paid 1 for the right number) as a prompt bandit
     reasoning_gym.py   ReasoningGymEnv / ReasoningGymVecEnv: reasoning-gym's problems, paid its score_answer
                        (needs `pip install llm-gym[reasoning]`, imported only when one is made)
     wrappers.py        LearnedRewardWrapper: any Gymnasium env paying a learned reward, its own kept in info["true_reward"]
@@ -21,7 +22,7 @@ from typing import Any
 
 from gymnasium.envs.registration import register
 
-__all__ = ["LearnedRewardWrapper", "PromptBanditEnv", "PromptBanditVecEnv", "ReasoningGymEnv", "ReasoningGymScorer",
+__all__ = ["ArithmeticEnv", "ArithmeticVecEnv", "LearnedRewardWrapper", "PromptBanditEnv", "PromptBanditVecEnv", "ReasoningGymEnv", "ReasoningGymScorer",
            "ReasoningGymVecEnv", "ReviewSentimentEnv", "ReviewSentimentVecEnv", "StepRecorder", "StepRewardFn",
            "review_prompts"]
 
@@ -37,12 +38,17 @@ register(
     vector_entry_point="llm_gym.envs.review:ReviewSentimentVecEnv",
 )
 register(
+    id="llm_gym/Arithmetic-v0",
+    entry_point="llm_gym.envs.arithmetic:ArithmeticEnv",
+    vector_entry_point="llm_gym.envs.arithmetic:ArithmeticVecEnv",
+)
+register(
     id="llm_gym/ReasoningGym-v0",
     entry_point="llm_gym.envs.reasoning_gym:ReasoningGymEnv",
     vector_entry_point="llm_gym.envs.reasoning_gym:ReasoningGymVecEnv",
 )
 
-_MODULES = {"PromptBanditEnv": "prompt_bandit", "PromptBanditVecEnv": "prompt_bandit", "ReviewSentimentEnv": "review",
+_MODULES = {"ArithmeticEnv": "arithmetic", "ArithmeticVecEnv": "arithmetic", "PromptBanditEnv": "prompt_bandit", "PromptBanditVecEnv": "prompt_bandit", "ReviewSentimentEnv": "review",
             "ReviewSentimentVecEnv": "review", "review_prompts": "review", "LearnedRewardWrapper": "wrappers",
             "StepRecorder": "wrappers", "StepRewardFn": "wrappers", "ReasoningGymEnv": "reasoning_gym",
             "ReasoningGymVecEnv": "reasoning_gym", "ReasoningGymScorer": "reasoning_gym"}

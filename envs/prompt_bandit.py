@@ -35,7 +35,10 @@ Verifiable rewards. ``reward_fn="answer:numeric"`` (or ``"answer:exact"``, ``"an
 answer: an `llm_gym.core.answers.AnswerChecker` built from the reference answers the dataset's
 records carry under `answer_field` (a JSONL of ``{"prompt": ..., "answer": ...}``). It is also
 the task's `gold` unless a `gold_fn` is given, and ``gold_fn="answer:..."`` works the same way
-(a learned reward paid, correctness reported).
+(a learned reward paid, correctness reported). With a judge that checks answers, `info` also holds
+what it found: the reference ``"answer"``, the ``"extracted"`` answer (None where the completion
+had none) and ``"unextractable"`` (such a completion scores 0; a batch never raises because of
+what a model wrote).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from gymnasium.vector.utils import batch_space, create_shared_memory
 from llm_gym.core.answers import checker_from_spec, is_answer_spec
 from llm_gym.core.chat import ChatTokenizer
 from llm_gym.core.data import PromptDataset, load_prompts
+from llm_gym.core.metrics import verifies_answers
 from llm_gym.core.reward import RewardFn, resolve_reward_fn, score_batch
 from llm_gym.core.task import PromptTask, Task
 
@@ -126,6 +130,21 @@ class _PromptSource:
         self.gold_fn = resolve(gold_fn, "gold_fn") if gold_fn is not None else None
         self.task = PromptTask(prompts=self.dataset.prompts, gold=self.gold_fn)
         return _text_spaces(self.dataset, max_completion_chars)
+
+    def _answer_info(self, n: int) -> dict[str, np.ndarray]:
+        """For a judge that checks answers (an `AnswerChecker`, reasoning-gym's scorer), what it found in the `n`
+        completions just scored: the reference `answer`, the `extracted` answer (None where there was none) and
+        `unextractable` (and the `dataset` each came from, where the judge knows it); {} for any other judge."""
+        judge = self.gold_fn if verifies_answers(self.gold_fn) else self.reward_fn  # a checker paid, another gold
+        checks = getattr(judge, "last_checks", None)
+        if not verifies_answers(judge) or not isinstance(checks, list) or len(checks) != n:
+            return {}
+        info = {"answer": np.array([c.reference for c in checks], dtype=object),
+                "extracted": np.array([c.extracted for c in checks], dtype=object),
+                "unextractable": np.array([c.extracted is None for c in checks], dtype=np.bool_)}
+        if all(hasattr(c, "dataset") for c in checks):
+            info["dataset"] = np.array([c.dataset for c in checks], dtype=object)
+        return info
 
     def _score(self, prompts: list[str], completions: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
         for i, c in enumerate(completions):
@@ -213,6 +232,7 @@ class PromptBanditEnv(_PromptSource, gym.Env[str, str]):
         info: dict[str, Any] = {"prompt": prompt, "completion": action, "prompt_index": self._index}
         if gold is not None:
             info["gold"] = float(gold[0])
+        info.update({k: v[0].item() if isinstance(v[0], np.generic) else v[0] for k, v in self._answer_info(1).items()})
         self._done = True
         self._last = (prompt, action, reward)
         return prompt, reward, True, False, info
@@ -321,6 +341,7 @@ class PromptBanditVecEnv(_PromptSource, VectorEnv):
         }
         if gold is not None:
             info["gold"] = gold
+        info.update(self._answer_info(len(prompts)))
         next_prompts, next_indices = self._draw()
         info["next_prompt_index"] = next_indices
         terminated = np.ones(self.num_envs, dtype=np.bool_)

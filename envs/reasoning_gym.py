@@ -215,6 +215,13 @@ class ScoreStats(NamedTuple):
     """Answers `score_answer` raised on (scored 0)."""
 
 
+def _describe_source(source: Any) -> list[Any]:
+    """A reasoning-gym dataset as stable, JSON-able data: its class and its config's fields."""
+    config = getattr(source, "config", None)
+    fields = dataclasses.asdict(config) if dataclasses.is_dataclass(config) and not isinstance(config, type) else None
+    return [f"{type(source).__module__}.{type(source).__qualname__}", fields]
+
+
 class ReasoningGymScorer:
     """A `RewardFn`: reasoning-gym's ``score_answer(extracted_answer, entry)`` for each prompt's item.
 
@@ -239,9 +246,10 @@ class ReasoningGymScorer:
         self.last_stats = ScoreStats(0, 0, 0, 0)
 
     def fingerprint(self) -> str:
-        """The items (their datasets and entries) and the extraction settings as a hash, for run fingerprints."""
-        blob = json.dumps([[self.rule, self.marker, self.tag], sorted((p, str(s), e) for p, (s, e) in self.entries.items())],
-                          ensure_ascii=False, default=str)
+        """The items (their datasets and entries) and the extraction settings as a hash, for run fingerprints: the same
+        in every process for the same items (a dataset by its class and config, never by its address in memory)."""
+        items = sorted((p, _describe_source(s), e) for p, (s, e) in self.entries.items())
+        blob = json.dumps([[self.rule, self.marker, self.tag], items], ensure_ascii=False, default=str, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def _score(self, prompt: str, completion: str) -> ScoredAnswer:
@@ -343,15 +351,6 @@ def build_reasoning_task(
     return ReasoningTask(prompts, eval_prompts, scorer, overlap)
 
 
-def _answer_info(checks: Sequence[ScoredAnswer]) -> dict[str, Any]:
-    return {
-        "answer": np.array([c.reference for c in checks], dtype=object),
-        "extracted": np.array([c.extracted for c in checks], dtype=object),
-        "unextractable": np.array([c.extracted is None for c in checks], dtype=np.bool_),
-        "dataset": np.array([c.dataset for c in checks], dtype=object),
-    }
-
-
 class ReasoningGymEnv(PromptBanditEnv):
     """One reasoning-gym problem per episode, paid reasoning-gym's score of the extracted answer.
 
@@ -393,13 +392,6 @@ class ReasoningGymEnv(PromptBanditEnv):
         self.scorer, self.eval_overlap = built.scorer, built.eval_overlap
         self.task = PromptTask(prompts=built.prompts, eval_prompts=built.eval_prompts, gold=built.scorer)
 
-    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        """As `PromptBanditEnv.step`, with the reference, the extracted answer and the dataset in `info`."""
-        obs, reward, terminated, truncated, info = super().step(action)
-        info.update({k: v[0].item() if isinstance(v[0], np.generic) else v[0]
-                     for k, v in _answer_info(self.scorer.last_checks).items()})
-        return obs, reward, terminated, truncated, info
-
 
 class ReasoningGymVecEnv(PromptBanditVecEnv):
     """Batched form of `ReasoningGymEnv` (`gymnasium.make_vec("llm_gym/ReasoningGym-v0", num_envs=...)`).
@@ -434,9 +426,3 @@ class ReasoningGymVecEnv(PromptBanditVecEnv):
                          group_size=group_size)
         self.scorer, self.eval_overlap = built.scorer, built.eval_overlap
         self.task = PromptTask(prompts=built.prompts, eval_prompts=built.eval_prompts, gold=built.scorer)
-
-    def step(self, actions: Sequence[str]) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """As `PromptBanditVecEnv.step`, with per-completion reference, extracted answer and dataset in `info`."""
-        obs, rewards, terminated, truncated, info = super().step(actions)
-        info.update(_answer_info(self.scorer.last_checks))
-        return obs, rewards, terminated, truncated, info

@@ -50,6 +50,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["load_comparisons"], "llm_gym.feedback.recorded"),
     **dict.fromkeys(["LabelServer", "WebOracle", "serve"], "llm_gym.feedback.web"),
     **dict.fromkeys(["GoldScorer", "ReviewTask", "ReviewTaskConfig", "generate_review_task"], "llm_gym.tasks.review"),
+    **dict.fromkeys(["ArithmeticTask", "ArithmeticTaskConfig", "generate_arithmetic_task"], "llm_gym.tasks.arithmetic"),
     **dict.fromkeys(["PretrainReport", "TinyLMConfig", "build_builtin_model", "default_cache_dir", "find_builtin_model",
                      "train_tokenizer"], "llm_gym.tasks.tiny_lm"),
     **dict.fromkeys(["Distributed"], "llm_gym.infra.distributed"),

@@ -12,7 +12,7 @@ import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 RUNNABLE = ("## Quick start", "## The InstructGPT pipeline in a few lines", "## The bandit algorithms",
-            "## Your own model and data")
+            "## Verifiable rewards", "## Your own model and data")
 
 
 def _examples() -> list[tuple[str, str]]:

@@ -482,8 +482,10 @@ class ExperimentConfig:
     task: TaskSpec = field(default_factory=TaskSpec)
     """The task: a registered environment (the built-in review task by default) and files that replace its parts."""
     pretrain: TinyLMConfig = field(default_factory=TinyLMConfig)
-    """The built-in model, built when `model.name_or_path` is "": its corpus (`pretrain.task`, which is also the
-    built-in review task the default environment hands out) and its size and pretraining budget."""
+    """The built-in model, built when `model.name_or_path` is "": its size and pretraining budget, and the built-in
+    review task (`pretrain.task`) the default environment hands out. It is pretrained on the task's own pretraining
+    text when the task has some (llm_gym/Arithmetic-v0's worksheets, your task's `pretrain_texts`), else on the
+    review corpus of `pretrain.task`."""
     sft: SFTConfig = field(default_factory=SFTConfig)
     """Supervised fine-tuning on the task's demonstrations."""
     oracle: OracleSpec = field(default_factory=OracleSpec)

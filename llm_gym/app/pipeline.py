@@ -88,7 +88,7 @@ from llm_gym.models.policy import Policy
 from llm_gym.models.reward_ensemble import load_reward_model, reward_model_from_pretrained
 from llm_gym.models.reward_model import LearnedReward
 from llm_gym.models.reward_trainer import RewardTrainer
-from llm_gym.tasks.tiny_lm import build_builtin_model
+from llm_gym.tasks.tiny_lm import build_builtin_model, corpus_fingerprint
 
 __all__ = ["Pipeline"]
 
@@ -338,16 +338,24 @@ class Pipeline:
             fp = _fingerprint("hub", cfg.model.name_or_path, *folder_fingerprint(Path(cfg.model.name_or_path)))
             return self._timed("pretrain", fp, lambda: {"path": cfg.model.name_or_path, "built": False})
 
+        # the built-in model learns the task's own corpus (the review task's by default; the chain sums' for
+        # llm_gym/Arithmetic-v0); a task without one gets the review corpus, as a generic English-like model
+        corpus = self.loaded.corpus
+
         def body() -> dict[str, Any]:
             def build() -> Any:
                 with self._logger("pretrain") as logger:
-                    return build_builtin_model(cfg.pretrain, cache_dir=cfg.model.cache_dir or None, logger=logger)
+                    return build_builtin_model(cfg.pretrain, cache_dir=cfg.model.cache_dir or None, logger=logger,
+                                               task=corpus)
 
             report = self.dist.main_process_only(build)()  # one build; the others load the cached copy
             return {"path": str(report.path), "built": not report.cached, "perplexity_before": report.perplexity_before,
                     "perplexity": report.perplexity_after, "build_seconds": report.seconds}
 
-        return self._timed("pretrain", _fingerprint("builtin", to_dict(cfg.pretrain), cfg.model.cache_dir), body)
+        built = to_dict(cfg.pretrain)
+        if corpus is not None:  # another corpus than `pretrain.task`'s: the corpus counts, that config does not
+            built = {**{k: v for k, v in built.items() if k != "task"}, "corpus": corpus_fingerprint(corpus)}
+        return self._timed("pretrain", _fingerprint("builtin", built, cfg.model.cache_dir), body)
 
     def _stage_sft(self) -> dict[str, Any]:
         cfg = self.config

@@ -34,7 +34,7 @@ from llm_gym.infra.configio import ConfigError, to_dict
 from llm_gym.infra.distributed import Distributed
 from llm_gym.infra.runfolder import RunFolderError, check_writable_folder, read_json
 from llm_gym.models.policy import Policy
-from llm_gym.tasks.review import ReviewTaskConfig
+from llm_gym.tasks.review import ReviewTask, ReviewTaskConfig
 
 __all__ = ["LoadedTask", "chat_tokenizer", "check_inputs", "check_task", "code_fingerprint", "config_advice", "folder_fingerprint", "load_task", "make_env",
            "make_oracle", "oracle_fingerprint", "read_comparisons", "read_state", "resolve_reward", "sample_queries",
@@ -54,6 +54,11 @@ class LoadedTask(NamedTuple):
     """Per data part ("prompts", "eval_prompts", "demonstrations"): a hash of what it holds, so editing a file
     or the environment's data reruns what depends on it; "gold" and "env_reward": the judges by name and code
     (`code_fingerprint`). "builtin" for the built-in task's, fixed by `pretrain.task`."""
+    corpus: Task | None
+    """The task whose pretraining text the built-in model learns (`build_builtin_model`'s `task`): the environment's
+    own task when it has pretraining text (the chain sums' worksheets; a review task of another `task_config`), or
+    None for the review corpus that `pretrain.task` generates (the built-in review task as configured, and any task
+    without pretraining text)."""
     vector_spec: EnvSpec | None
     """The registration the RL runs batch (`gymnasium.make_vec` through its vector entry point, with the kwargs it
     was made with); None when the run trains on a generic `PromptBanditVecEnv` over the task instead (a prompts
@@ -197,7 +202,7 @@ def load_task(spec: TaskSpec, builtin: ReviewTaskConfig, tokenizer: Any = None) 
     if spec.gold:  # user code, met for the first time: tried now, not at the first labelled comparison
         _try_reward(gold, "task.gold", spec.gold, merged)
     # the built-in task's data and judges are fixed by `pretrain.task`, upstream of every stage: named, not hashed
-    builtin = spec.env == BUILTIN_ENV and not spec.env_kwargs
+    default = spec.env == BUILTIN_ENV and not spec.env_kwargs
     fingerprints = {}
     for part in _DATA_PARTS:
         path = getattr(spec, part)
@@ -206,24 +211,34 @@ def load_task(spec: TaskSpec, builtin: ReviewTaskConfig, tokenizer: Any = None) 
             if part == "demonstrations":
                 fields.append(("completion_field", spec.completion_field, "completion"))
             fingerprints[part] = _file_fingerprint(path, *fields)
-        elif builtin:
+        elif default:
             fingerprints[part] = "builtin"
         else:  # the data themselves, whatever environment or reward they came with
             items = getattr(merged, part)
             text = "\x1e".join(d.prompt + "\x1f" + d.completion if part == "demonstrations" else d for d in items)
             fingerprints[part] = _hash_bytes(text.encode())
     # the judges, by name and code, for the stages they score (labels, gold-paid runs, the evaluation)
-    fingerprints["gold"] = "builtin" if builtin and not spec.gold else code_fingerprint(gold)
-    fingerprints["env_reward"] = "builtin" if builtin else code_fingerprint(reward)
+    fingerprints["gold"] = "builtin" if default and not spec.gold else code_fingerprint(gold)
+    fingerprints["env_reward"] = "builtin" if default else code_fingerprint(reward)
     if spec.prompts or spec.gold:  # the environment would hand out its own prompts and report its own gold
         vector_spec = None
-    return LoadedTask(merged, reward, fingerprints, vector_spec)
+    return LoadedTask(merged, reward, fingerprints, _corpus(task, builtin), vector_spec)
 
 
-def _make_kwargs(env_id: str) -> set[str]:
-    """The keyword arguments the environment registered as `env_id` takes (empty when that cannot be read)."""
+def _corpus(task: Task, builtin: ReviewTaskConfig) -> Task | None:
+    """The task whose corpus the built-in model learns (see `LoadedTask.corpus`); a review task is passed as it is, so
+    its model keeps the review model's cache folder."""
+    if isinstance(task, ReviewTask):
+        return None if task.config == builtin else task
+    return task if task.pretrain_texts else None
+
+
+def _make_kwargs(env_id: str, vector: bool = False) -> set[str]:
+    """The keyword arguments the environment registered as `env_id` (its vector entry point with `vector`) takes
+    (empty when that cannot be read)."""
     try:
-        entry = gymnasium.spec(env_id).entry_point
+        spec = gymnasium.spec(env_id)
+        entry = spec.vector_entry_point if vector else spec.entry_point
         target = gymnasium.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
         return set(inspect.signature(target).parameters)
     except (gymnasium.error.Error, ImportError, AttributeError, TypeError, ValueError):
@@ -483,7 +498,11 @@ def make_env(loaded: LoadedTask, reward_fn: RewardFn, num_envs: int, dist: Distr
     if loaded.vector_spec is None:
         return PromptBanditVecEnv(loaded.task.prompts, reward, num_envs=num_envs, gold_fn=loaded.task.gold,
                                   group_size=group_size)
-    extra = {"group_size": group_size} if group_size > 1 else {}
+    extra: dict[str, Any] = {"group_size": group_size} if group_size > 1 else {}
+    if "gold_fn" not in loaded.vector_spec.kwargs and "gold_fn" in _make_kwargs(loaded.vector_spec.id, vector=True):
+        # the judge the environment found for itself (an "answer:..." reward's checker) goes on reporting info["gold"]
+        # now that another reward is paid
+        extra["gold_fn"] = loaded.task.gold
     try:
         return gymnasium.make_vec(loaded.vector_spec, num_envs=num_envs, vectorization_mode="vector_entry_point",
                                   reward_fn=reward, **extra)

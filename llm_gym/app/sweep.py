@@ -318,11 +318,12 @@ def default_metric(config: Any, verifiable: bool | None = None) -> str:
     Args:
         config: the `ExperimentConfig`.
         verifiable: whether the task's gold judge verifies answers (`llm_gym.core.metrics.verifies_answers`);
-            None = find out from `config.task.gold` when it is an import path (the object there is imported,
-            not called), else False (a task's own judge is known only once its environment is made).
+            None = find out: from `config.task.gold` when it is an import path (the object there is imported,
+            not called), else from the judge of the task's environment (made once; llm_gym/Arithmetic-v0 and
+            llm_gym/ReasoningGym-v0 verify answers, as does an "answer:..." reward on llm_gym/PromptBandit-v0).
     """
     if verifiable is None:
-        verifiable = _gold_verifies_answers(config.task.gold)
+        verifiable = _gold_verifies_answers(config.task.gold) if config.task.gold else _env_verifies_answers(config)
     key = "accuracy_sampled" if verifiable else "gold"
     stages = set(config.stages)
     for stage, names in (("ppo", config.ppo), ("agent", config.agent), ("preference_loop", config.preference_loop)):
@@ -345,6 +346,20 @@ def _gold_verifies_answers(import_path: str) -> bool:
     except (ImportError, AttributeError):
         return False  # the run itself reports the bad path, with its fix
     return verifies_answers(judge)
+
+
+def _env_verifies_answers(config: Any) -> bool:
+    """Whether the gold judge of the experiment's environment verifies answers (False when it cannot be made: the run
+    itself then reports why, with its fix)."""
+    from llm_gym.app.stages import chat_tokenizer, load_task
+    from llm_gym.core.data import DatasetError
+    from llm_gym.core.metrics import verifies_answers
+
+    try:
+        loaded = load_task(config.task, config.pretrain.task, chat_tokenizer(config.model.name_or_path))
+    except (ConfigError, DatasetError):
+        return False
+    return verifies_answers(loaded.task.gold)
 
 
 def _check_metric(metric: str, columns: Sequence[str]) -> None:
@@ -470,7 +485,8 @@ def _warm_model_cache(config_path: str | PathLike[str], points: Sequence[SweepPo
     import torch
 
     from llm_gym.app.config import ExperimentConfig
-    from llm_gym.tasks.tiny_lm import build_builtin_model, find_builtin_model
+    from llm_gym.app.stages import load_task
+    from llm_gym.tasks.tiny_lm import build_builtin_model, corpus_fingerprint, find_builtin_model
 
     extra = [f"model.cache_dir={json.dumps(os.fspath(cache_dir))}"] if cache_dir is not None else []
     seen: set[str] = set()
@@ -478,18 +494,20 @@ def _warm_model_cache(config_path: str | PathLike[str], points: Sequence[SweepPo
         cfg = load_config(ExperimentConfig, config_path, [*extra, *point.overrides])
         if cfg.model.name_or_path or "pretrain" not in cfg.stages:
             continue
-        key = json.dumps([to_dict(cfg.pretrain), cfg.model.cache_dir], sort_keys=True)
+        corpus = load_task(cfg.task, cfg.pretrain.task).corpus  # the model the pipeline will build: on which text
+        key = json.dumps([to_dict(cfg.pretrain), cfg.model.cache_dir, corpus and corpus_fingerprint(corpus)],
+                         sort_keys=True)
         if key in seen:
             continue
         seen.add(key)
         cache = cfg.model.cache_dir or None
-        if find_builtin_model(cfg.pretrain, cache) is None:
+        if find_builtin_model(cfg.pretrain, cache, corpus) is None:
             emit("building the pretrained model once, before the parallel runs start")
             threads = torch.get_num_threads()
             if cfg.threads:
                 torch.set_num_threads(cfg.threads)
             try:
-                build_builtin_model(cfg.pretrain, cache_dir=cache)
+                build_builtin_model(cfg.pretrain, cache_dir=cache, task=corpus)
             finally:
                 torch.set_num_threads(threads)
 

@@ -12,6 +12,7 @@ callables, as every llm_gym reward is). Checking happens in two steps, each conf
 | ``"whole"`` | the whole completion, stripped | it is blank |
 | ``"marker"`` | the text after the *last* ``marker`` (default ``"Answer:"``, matched case-insensitively) up to the end of that line, stripped | no marker, or nothing after it |
 | ``"tag"`` | the text inside the *last* ``<answer>...</answer>`` pair (the tag name is configurable), stripped | no closed pair, or an empty one |
+| ``"last_number"`` | the last number written (``"7 - 2 = 5"`` -> ``"5"``; a ``-`` or ``−`` right before digits and after a space or the start is its sign: ``"= -3"`` -> ``"-3"``; ``.5``, ``1e5`` and ``1,234.5`` are whole numbers, never their tails), as GSM8K graders read a worked answer | no number (digits inside a word, ``"x2"``, are not one) |
 
 The last occurrence counts because a model that reasons first may write a tentative answer
 before its final one (reasoning-gym's `extract_answer` also takes the last ``<answer>`` tag).
@@ -68,9 +69,9 @@ __all__ = ["ANSWER_SPEC_PREFIX", "AnswerChecker", "Check", "CheckStats", "MATCHE
            "RULES", "checker_from_spec", "exact_match", "extract_answer", "is_answer_spec", "numeric_match", "parse_number",
            "regex_match"]
 
-Rule: TypeAlias = Literal["whole", "marker", "tag"]
+Rule: TypeAlias = Literal["whole", "marker", "tag", "last_number"]
 Match: TypeAlias = Literal["exact", "numeric", "regex"]
-RULES: tuple[str, ...] = ("whole", "marker", "tag")
+RULES: tuple[str, ...] = ("whole", "marker", "tag", "last_number")
 """The extraction rules (see the module docstring)."""
 MATCHES: tuple[str, ...] = ("exact", "numeric", "regex")
 """The ways to compare an extracted answer with its reference."""
@@ -84,10 +85,16 @@ MAX_NUMBER_CHARS = 100_000
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+# a number that is not the tail of a longer token ("x2", ".5" read as "5", "1e5" as "5", "1,0005" as "005"): a sign
+# only where it cannot be an operator ("= -3", "= −3" with U+2212; not the "- 2" of "7 - 2"), digits in any script
+# (\d is Unicode-aware; parse_number maps them), thousands groups, a decimal part, an exponent
+_LAST_NUMBER_RE = re.compile(r"(?<![\w.,])(?:(?<![\w.,\-−])[-−])?(?:\d+(?:,\d{3})*(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?(?!\w)(?![,.]\d)")
+
+
 def _check_rule(rule: str) -> None:
     if rule not in RULES:
         raise ValueError(f"unknown extraction rule {rule!r}; use one of {list(RULES)} (whole completion, text after a "
-                         "marker such as 'Answer:', or an <answer>...</answer> tag)")
+                         "marker such as 'Answer:', an <answer>...</answer> tag, or the last number written)")
 
 
 def extract_answer(completion: str, rule: Rule | str = "marker", *, marker: str = "Answer:",
@@ -111,6 +118,11 @@ def extract_answer(completion: str, rule: Rule | str = "marker", *, marker: str 
     if rule == "whole":
         text = completion.strip()
         return text or None
+    if rule == "last_number":
+        last = None
+        for last in _LAST_NUMBER_RE.finditer(completion):  # linear in the completion; a huge number is then refused
+            pass                                             # by parse_number, whole, never read cut short
+        return last.group().replace("−", "-") if last else None
     if rule == "marker":
         if not marker:
             raise ValueError("marker must be a non-empty string such as 'Answer:'")

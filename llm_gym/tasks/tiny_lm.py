@@ -1,14 +1,15 @@
-"""The built-in tiny language model: a BPE tokenizer and a GPT-2-style model pretrained on the review corpus.
+"""The built-in tiny language model: a BPE tokenizer and a GPT-2-style model pretrained on a task's corpus.
 
 No weights can be downloaded on the machines llm_gym is built for, so the default demo,
 the tests and the benchmarks use a model built here: a byte-level BPE tokenizer trained
-(with the `tokenizers` library that transformers uses) on the synthetic review corpus of
-`llm_gym.tasks.review`, and a small GPT-2 pretrained on that corpus with the ordinary next-token
-loss. The result is saved with `save_pretrained` in a cache folder and is loaded only
+(with the `tokenizers` library that transformers uses) on a task's pretraining text, by
+default the synthetic review corpus of `llm_gym.tasks.review` (any `Task` with
+`pretrain_texts` will do: the chain sums of `llm_gym.tasks.arithmetic`, say), and a small
+GPT-2 pretrained on that corpus with the ordinary next-token loss. The result is saved with `save_pretrained` in a cache folder and is loaded only
 through `from_pretrained`, the same path a Hub model takes, so nothing downstream knows
 it is local.
 
-The cache folder is `$LLM_GYM_CACHE`, else `~/.cache/llm_gym`; a folder per config hash,
+The cache folder is `$LLM_GYM_CACHE`, else `~/.cache/llm_gym`; a folder per hash of the config and the corpus,
 written to a temporary folder and renamed into place (`llm_gym.infra.atomic`), so an
 interrupted build never leaves a half-written model behind; what a killed build leaves (a
 temporary folder, or a rebuild cut short between its renames) is repaired by the next lookup.
@@ -35,6 +36,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from llm_gym.core.task import Task
 from llm_gym.infra.atomic import atomic_dir, recover_dir
 from llm_gym.infra.configio import check_finite
 from llm_gym.infra.logger import Logger
@@ -46,6 +48,7 @@ __all__ = [
     "TinyLMConfig",
     "PretrainReport",
     "build_builtin_model",
+    "corpus_fingerprint",
     "find_builtin_model",
     "default_cache_dir",
     "task_fingerprint",
@@ -69,7 +72,8 @@ class TinyLMConfig:
     """Architecture and pretraining budget of the built-in model (the defaults take about a minute on 2 cores)."""
 
     task: ReviewTaskConfig = field(default_factory=ReviewTaskConfig)
-    """The corpus the tokenizer and the model are trained on."""
+    """The built-in review task, whose corpus the tokenizer and the model are trained on unless another task is given
+    to `build_builtin_model`."""
     vocab_size: int = 1024
     """BPE vocabulary size, special tokens included."""
     n_layer: int = 3
@@ -112,28 +116,46 @@ class TinyLMConfig:
         task = ReviewTaskConfig(n_pretrain=1500, n_heldout=200, n_prompts=100, n_eval_prompts=40, n_demonstrations=100)
         return cls(task=task, vocab_size=512, n_layer=1, n_head=2, n_embd=32, train_steps=80, batch_size=16, seq_len=48)
 
-    def cache_key(self) -> str:
+    def cache_key(self, corpus: str | None = None) -> str:
         """A short hash of everything that determines the built model.
 
-        It covers the config *and* the text the task generator produces for it, so a change
-        to the generator (a new template, a fixed word list) builds a new model instead of
-        silently reusing one pretrained on the old corpus.
+        It covers the config *and* the text it is trained on (`corpus`, a `corpus_fingerprint`; by
+        default the review task's for `self.task`), so a change to a task generator (a new template,
+        a fixed word list) builds a new model instead of silently reusing one pretrained on the old corpus.
         """
-        blob = json.dumps(
-            {"v": _FORMAT_VERSION, "corpus": task_fingerprint(self.task), **dataclasses.asdict(self)}, sort_keys=True
-        )
+        if corpus is None:
+            fields = {"corpus": task_fingerprint(self.task), **dataclasses.asdict(self)}
+        else:  # another task's corpus: the review task's config plays no part
+            fields = {"corpus": corpus, **{k: v for k, v in dataclasses.asdict(self).items() if k != "task"}}
+        blob = json.dumps({"v": _FORMAT_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def corpus_fingerprint(task: Task) -> str:
+    """sha256 of the text a model is built from: `task`'s pretraining and held-out text."""
+    h = hashlib.sha256()
+    for part in (task.pretrain_texts, task.heldout_texts):
+        h.update("\x1e".join(part).encode() + b"\x1d")
+    return h.hexdigest()
 
 
 @lru_cache(maxsize=8)
 def task_fingerprint(config: ReviewTaskConfig) -> str:
-    """sha256 of every text the task generator produces for `config` (what the model is trained on)."""
+    """sha256 of every text the review task generator produces for `config` (what the model is trained on)."""
     task = generate_review_task(config)
     h = hashlib.sha256()
     for part in (task.pretrain_texts, task.heldout_texts, task.prompts, task.eval_prompts):
         h.update("\x1e".join(part).encode())
     h.update("\x1e".join(d.prompt + "\x1f" + d.completion for d in task.demonstrations).encode())
     return h.hexdigest()
+
+
+def _cache_path(root: Path, config: TinyLMConfig, task: Task | None) -> Path:
+    """The cache folder of the model `config` builds on `task`'s corpus (None or a `ReviewTask`: the review corpus)."""
+    if task is None or isinstance(task, ReviewTask):
+        review = config if task is None else dataclasses.replace(config, task=task.config)
+        return root / f"review-gpt2-{review.cache_key()}"
+    return root / f"tiny-gpt2-{config.cache_key(corpus_fingerprint(task))}"
 
 
 class PretrainReport(NamedTuple):
@@ -202,7 +224,7 @@ def _pretrain(model: GPT2LMHeadModel, stream: np.ndarray, config: TinyLMConfig, 
         opt.step()
         sched.step()
         if logger is not None and (step % 50 == 0 or step == config.train_steps - 1):
-            logger.record("train/pretrain_loss", float(loss))
+            logger.record("train/pretrain_loss", loss.item())
             logger.record("train/pretrain_lr", sched.get_last_lr()[0])
             logger.dump(step)
     model.eval()
@@ -212,11 +234,13 @@ class _BuiltMeanwhile(Exception):
     """Raised inside a cache write to abandon it: another process has saved the same model meanwhile."""
 
 
-def find_builtin_model(config: TinyLMConfig | None = None, cache_dir: str | PathLike[str] | None = None) -> PretrainReport | None:
-    """The cached built-in model for `config`, or None if it has not been built yet."""
+def find_builtin_model(config: TinyLMConfig | None = None, cache_dir: str | PathLike[str] | None = None,
+                       task: Task | None = None) -> PretrainReport | None:
+    """The cached built-in model for `config` (pretrained on `task`'s corpus; None = the review task's), or None if
+    it has not been built yet."""
     config = config or TinyLMConfig()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = recover_dir(root / f"review-gpt2-{config.cache_key()}")
+    path = recover_dir(_cache_path(root, config, task))
     report_file = path / _REPORT_FILE
     if not report_file.exists():
         return None
@@ -229,7 +253,7 @@ def build_builtin_model(
     cache_dir: str | PathLike[str] | None = None,
     logger: Logger | None = None,
     rebuild: bool = False,
-    task: ReviewTask | None = None,
+    task: Task | None = None,
 ) -> PretrainReport:
     """Return the built-in pretrained model, building and caching it on first use.
 
@@ -238,24 +262,32 @@ def build_builtin_model(
         cache_dir: where built models live; `default_cache_dir()` by default.
         logger: receives `train/pretrain_loss` during a build.
         rebuild: build again even if a cached model exists.
-        task: the already generated task for `config.task` (saves regenerating it).
+        task: the task whose `pretrain_texts` are the corpus (its `heldout_texts` measure perplexity; without any,
+            the last 5% of the corpus is held out); None = the review task generated from `config.task`.
 
     Returns:
         A `PretrainReport`; load the model with `Policy.from_pretrained(report.path)`.
     """
     config = config or TinyLMConfig()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = root / f"review-gpt2-{config.cache_key()}"
-    found = find_builtin_model(config, cache_dir)
+    path = _cache_path(root, config, task)
+    found = find_builtin_model(config, cache_dir, task)
     if found is not None and not rebuild:
         return found
 
     t0 = time.perf_counter()
     task = task if task is not None else generate_review_task(config.task)
-    if task.config != config.task:
-        raise ValueError("the task passed in was generated from another ReviewTaskConfig than config.task")
+    if isinstance(task, ReviewTask):  # the config records the review corpus it was built on
+        config = dataclasses.replace(config, task=task.config)
+    corpus, heldout = list(task.pretrain_texts), list(task.heldout_texts)
+    if not corpus:
+        raise ValueError(f"the task ({type(task).__name__}) has no pretraining text to build the built-in model on; "
+                         "give the experiment a model (model.name_or_path) or the task pretrain_texts")
+    if not heldout:  # perplexity needs text the model never trained on
+        cut = max(1, len(corpus) // 20) if len(corpus) > 1 else 0
+        corpus, heldout = (corpus[:-cut], corpus[-cut:]) if cut else (corpus, corpus)
     torch.manual_seed(config.seed)
-    tokenizer = train_tokenizer(task.pretrain_texts, config.vocab_size)
+    tokenizer = train_tokenizer(corpus, config.vocab_size)
     model_config = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=config.n_positions,
@@ -267,13 +299,15 @@ def build_builtin_model(
         pad_token_id=tokenizer.pad_token_id,
     )
     model = GPT2LMHeadModel(model_config).to(default_device())
-    ppl_before = perplexity(model, tokenizer, task.heldout_texts)
-    stream = np.fromiter((t for d in encode_documents(tokenizer, task.pretrain_texts) for t in d[1:]), dtype=np.int64)
+    ppl_before = perplexity(model, tokenizer, heldout)
+    stream = np.fromiter((t for d in encode_documents(tokenizer, corpus) for t in d[1:]), dtype=np.int64)
     stream = np.concatenate([[tokenizer.bos_token_id], stream])
     if len(stream) <= config.seq_len:
-        raise ValueError(f"the corpus has {len(stream)} tokens, fewer than seq_len={config.seq_len}; generate more text")
+        raise ValueError(f"the corpus has {len(stream)} tokens, fewer than seq_len={config.seq_len}: too little text "
+                         "to pretrain a model on; give the task more pretrain_texts, lower pretrain.seq_len, or start "
+                         "from a model of your own (model.name_or_path)")
     _pretrain(model, stream, config, logger)
-    ppl_after = perplexity(model, tokenizer, task.heldout_texts)
+    ppl_after = perplexity(model, tokenizer, heldout)
     seconds = time.perf_counter() - t0
 
     try:
@@ -284,6 +318,7 @@ def build_builtin_model(
             tokenizer.save_pretrained(tmp)
             info = {
                 "config": dataclasses.asdict(config),
+                "corpus": "review" if isinstance(task, ReviewTask) else corpus_fingerprint(task),
                 "perplexity_before": ppl_before,
                 "perplexity_after": ppl_after,
                 "seconds": seconds,
@@ -293,6 +328,6 @@ def build_builtin_model(
     except _BuiltMeanwhile:
         # another process built the same config first: keep its copy, which a reader may be loading now
         _log.info("%s was built by another process meanwhile; keeping that copy", path)
-        return find_builtin_model(config, cache_dir) or PretrainReport(path, ppl_before, ppl_after, seconds, cached=True)
+        return find_builtin_model(config, cache_dir, task) or PretrainReport(path, ppl_before, ppl_after, seconds, cached=True)
     _log.info("built %s: perplexity %.1f -> %.2f in %.0fs", path, ppl_before, ppl_after, seconds)
     return PretrainReport(path, ppl_before, ppl_after, seconds, cached=False)

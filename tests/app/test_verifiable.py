@@ -4,19 +4,17 @@ what a run's fingerprint holds."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from doubles import tiny_experiment_dict
 from llm_gym.app.config import ExperimentConfig
 from llm_gym.app.pipeline import Pipeline
-from llm_gym.infra.configio import apply_overrides, from_dict
-
-pytest.importorskip("reasoning_gym")
+from llm_gym.infra.configio import from_dict
 
 
 def test_a_reasoning_gym_task_runs_end_to_end_with_accuracy_and_pass_at_k(tmp_path, model_cache, tiny_model) -> None:
+    pytest.importorskip("reasoning_gym")  # the optional extra (installed by `make test`); the other test needs none
     data = tiny_experiment_dict(model_cache)
     data.update(stages=["pretrain", "sft", "ppo", "evaluation"])
     data["task"] = {"env": "llm_gym/ReasoningGym-v0",
@@ -24,6 +22,9 @@ def test_a_reasoning_gym_task_runs_end_to_end_with_accuracy_and_pass_at_k(tmp_pa
     data["ppo"] = {"rg": {**data["ppo"]["ppo"], "iterations": 1, "checkpoint_every": 0, "reward": "env"}}
     data["evaluation"] = {"prompts": 4, "samples_per_prompt": 2, "pass_k": [1, 2], "sampling": {"max_new_tokens": 4}}
     summary = Pipeline(from_dict(ExperimentConfig, data), tmp_path / "run").run()
+    events: list[str] = []
+    Pipeline(from_dict(ExperimentConfig, data), tmp_path / "run", on_event=events.append).run()
+    assert not [e for e in events if e.endswith("] running")]  # the same experiment again: every stage reused
     rows = summary["rows"]
     assert set(rows) == {"pretrained", "sft", "rg"}
     for row in ("pretrained", "rg"):  # a random tiny model is (almost surely) never right: 0, but reported

@@ -39,9 +39,33 @@ def test_the_module_examples_run() -> None:
     ("<answer>4", "tag", None),  # never closed
     ("<answer>  </answer>", "tag", None),
     ("no tags", "tag", None),
+    (" 7 - 2 + 7 = 5 + 7 = 12", "last_number", "12"),  # a sum worked step by step: its result
+    (" 14", "last_number", "14"),
+    ("so it is = -3.", "last_number", "-3"),  # a sign after a space is the number's
+    ("7 - 2", "last_number", "2"),  # "- 2" is an operator and a number
+    ("a-3", "last_number", "3"),  # a hyphen after a word is not a sign
+    ("about 1,234.5 in all", "last_number", "1,234.5"),
+    ("٣ + ٤ = ٧", "last_number", "٧"),  # digits of any script; numeric matching reads them
+    ("no digits here", "last_number", None),
+    ("the answer is .5", "last_number", ".5"),  # not the "5" of ".5"
+    ("x = 1e5", "last_number", "1e5"),  # not the "5" of "1e5"
+    ("= \u22123", "last_number", "-3"),  # the minus sign U+2212 is a sign
+    ("1,0005", "last_number", None),  # not a number, and not its tail "005"
+    ("12,34", "last_number", None),
+    ("x2 and y3", "last_number", None),  # identifiers, not numbers
+    ("", "last_number", None),
 ])
 def test_extraction_rules(completion: str, rule: str, expected: str | None) -> None:
     assert extract_answer(completion, rule) == expected
+
+
+def test_last_number_in_a_huge_completion() -> None:
+    huge = "1" * (answers.MAX_NUMBER_CHARS * 3) + " = 5"
+    assert extract_answer(huge, "last_number") == "5"
+    assert AnswerChecker({"p": "5"}, "numeric", rule="last_number")(["p"], [huge]).tolist() == [1.0]
+    # a huge last number is read whole and refused as a number, never cut to a tail that happens to be right
+    cut = "1" + "0" * answers.MAX_NUMBER_CHARS + "12"
+    assert AnswerChecker({"p": "12"}, "numeric", rule="last_number")(["p"], [cut]).tolist() == [0.0]
 
 
 def test_extraction_marker_and_tag_are_configurable() -> None:
@@ -50,7 +74,7 @@ def test_extraction_marker_and_tag_are_configurable() -> None:
 
 
 def test_extraction_configuration_errors() -> None:
-    with pytest.raises(ValueError, match="unknown extraction rule 'last'.*whole"):
+    with pytest.raises(ValueError, match="unknown extraction rule 'last'.*whole.*last number"):
         extract_answer("x", "last")
     with pytest.raises(ValueError, match="marker must be a non-empty"):
         extract_answer("x", "marker", marker="")

@@ -363,3 +363,31 @@ def test_answer_reward_needs_answers(tmp_path) -> None:
         PromptBanditEnv(_problems(tmp_path), reward_fn="answer:fuzzy")
     with pytest.raises(DatasetError, match="not a number"):
         PromptBanditEnv(_problems(tmp_path, [{"prompt": "q", "answer": "Paris"}]), reward_fn="answer:numeric")
+
+
+def test_an_answer_checking_judge_says_in_info_what_it_found() -> None:
+    """With a judge that checks answers, `info` holds the reference, the extracted answer and whether there was none:
+    a completion with nothing to extract scores 0 and is counted, never raised, in both forms."""
+    records = [{"prompt": "2 + 2 =", "answer": "4"}, {"prompt": "3 + 4 =", "answer": "7"}]
+    env = PromptBanditEnv(records, reward_fn="answer:numeric:marker")
+    env.reset(seed=0, options={"index": 0})
+    _, reward, _, _, info = env.step("Answer: 4")
+    assert (reward, info["gold"], info["answer"], info["extracted"], info["unextractable"]) == (1.0, 1.0, "4", "4", False)
+    env.reset(options={"index": 1})
+    _, reward, _, _, info = env.step("I think seven")
+    assert (reward, info["answer"], info["extracted"], info["unextractable"]) == (0.0, "7", None, True)
+
+    vec = PromptBanditVecEnv(records, reward_fn=lambda p, c: [0.5] * len(c), num_envs=3, gold_fn="answer:numeric:whole")
+    prompts, _ = vec.reset(seed=0)
+    right = {"2 + 2 =": " 4", "3 + 4 =": " 7"}
+    _, rewards, _, _, info = vec.step([right[prompts[0]], "", " 1e999999999999999999999"])
+    assert rewards.tolist() == [0.5] * 3  # another reward paid; the checker still reports
+    assert info["gold"].tolist() == [1.0, 0.0, 0.0]
+    assert info["extracted"].tolist() == [right[prompts[0]].strip(), None, "1e999999999999999999999"]
+    assert info["unextractable"].tolist() == [False, True, False]
+    assert info["answer"].tolist() == [{"2 + 2 =": "4", "3 + 4 =": "7"}[p] for p in prompts]
+    assert "dataset" not in info  # only a judge that knows its items' datasets (reasoning-gym's) adds it
+
+    plain = PromptBanditEnv(["a"], reward_fn=lambda p, c: [1.0] * len(c))
+    plain.reset(seed=0)
+    assert "extracted" not in plain.step("x")[4]  # no answer-checking judge: nothing added

@@ -203,3 +203,16 @@ def test_the_module_example_runs() -> None:
 
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_scorer_fingerprint_is_the_same_for_the_same_items_in_any_process() -> None:
+    """A run's fingerprint holds the scorer's: it must not depend on where the datasets sit in memory (it did: every
+    rerun of a reasoning-gym experiment reran its RL runs), and must change with the items."""
+    from llm_gym.envs.reasoning_gym import build_reasoning_task
+
+    one = build_reasoning_task("chain_sum", 6, 0, min_terms=2, max_terms=2)
+    two = build_reasoning_task("chain_sum", 6, 0, min_terms=2, max_terms=2)
+    assert one.scorer is not two.scorer and one.scorer.fingerprint() == two.scorer.fingerprint()
+    assert build_reasoning_task("chain_sum", 6, 1, min_terms=2, max_terms=2).scorer.fingerprint() != one.scorer.fingerprint()
+    assert build_reasoning_task("chain_sum", 6, 0, min_terms=2, max_terms=2,
+                                rule="tag").scorer.fingerprint() != one.scorer.fingerprint()
