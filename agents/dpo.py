@@ -619,10 +619,10 @@ class DPO(Agent):
 
     def _sequence_logps(self, batch: _Batch, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, K) `log pi(y|x)` by `model` (the policy's, or its data-parallel wrapper) and `log pi_ref(y|x)`."""
-        policy_tokens = self.policy.evaluate(*batch.tensors, _MODEL_DISTRIBUTION, model=model).logprobs
+        policy_tokens = self.policy.evaluate(*batch.tensors, _MODEL_DISTRIBUTION, model=model, entropy="none").logprobs
         with torch.no_grad():
             ref_batch = (t.to(self.reference.device) for t in batch.tensors)
-            ref_tokens = self.reference.evaluate(*ref_batch, _MODEL_DISTRIBUTION).logprobs
+            ref_tokens = self.reference.evaluate(*ref_batch, _MODEL_DISTRIBUTION, entropy="none").logprobs
         # the sum over the completion's tokens and its EOS (masked positions are 0)
         return policy_tokens.sum(-1)[batch.index], ref_tokens.sum(-1).to(policy_tokens.device)[batch.index]
 

@@ -121,6 +121,10 @@ class OnPolicyConfig:
     gradient_accumulation_steps: int = 1
     """Each minibatch is processed in this many micro-batches before one optimizer step (less memory;
     the same update: losses are normalised by the whole minibatch)."""
+    fused_adamw: bool = False
+    """AdamW as one fused kernel per step (torch's `fused=True`) instead of its multi-tensor form: faster on large
+    models, and its results differ from the default's in the last bit, so it is an option. The default multi-tensor
+    form (`foreach=True`) computes exactly what the per-parameter loop does, in fewer passes over memory."""
 
     def __post_init__(self) -> None:
         check_finite(self, allow_inf=("kl_explosion",))  # kl_explosion = inf: never warn
@@ -134,6 +138,9 @@ class OnPolicyConfig:
         for key in ("learning_rate", "max_grad_norm", "target_kl", "score_scale", "kl_explosion"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"{name}.{key} must be > 0, got {getattr(self, key)!r}")
+        for key in ("adaptive_kl", "whiten_scores", "fused_adamw"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{name}.{key} must be true or false, got {getattr(self, key)!r}")
         if self.kl_estimator not in ("k1", "k2", "k3"):
             raise ValueError(f"{name}.kl_estimator must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
         for key in ("kl_coef", "ptx_coef"):
@@ -228,6 +235,12 @@ class OnPolicyAgent(Agent):
     """Whether the snapshot keeps the policy's hidden states (a value head reads them)."""
     divergence_hint: ClassVar[str] = "lower learning_rate, check the reward for extreme values, or enable whiten_scores"
 
+    @property
+    def entropy_in_loss(self) -> bool:
+        """Whether the loss uses the policy's entropy (PPO's bonus, when `ent_coef` is not 0): only then is the
+        full-vocabulary entropy differentiated; otherwise it is computed for the logs alone, without a graph."""
+        return False
+
     def __init__(
         self,
         policy: Policy,
@@ -281,7 +294,8 @@ class OnPolicyAgent(Agent):
         self.kl_ctl: FixedKLController = make_kl_controller(config.kl_coef, config.adaptive_kl, config.target_kl,
                                                             config.kl_horizon)
         self._build_modules()
-        self.optimizer = torch.optim.AdamW(self._param_groups(), eps=1e-5)
+        fast = {"fused": True} if config.fused_adamw else {"foreach": True}
+        self.optimizer = torch.optim.AdamW(self._param_groups(), eps=1e-5, **fast)
         # training forwards go through the data-parallel wrappers (the modules themselves otherwise)
         self._train_model, _ = dist.prepare(policy.model)
         self.update_step = UpdateStep(self.optimizer, [self._train_model, *self._prepare_modules()], distributed=dist,
@@ -336,7 +350,7 @@ class OnPolicyAgent(Agent):
         (through the data-parallel wrapper) by default; PPO adds its values."""
         return self.policy.evaluate(ro.prompt_ids[idx], ro.prompt_mask[idx], ro.completion_ids[idx],
                                     ro.completion_mask[idx], self.config.sampling, with_hidden=self.needs_hidden,
-                                    model=self._train_model)
+                                    model=self._train_model, entropy="grad" if self.entropy_in_loss else "value")
 
     def _loss(self, out: Any, mb: dict[str, torch.Tensor],
               mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -114,6 +114,10 @@ class PPO(OnPolicyAgent):
     algorithm = "ppo"
     needs_hidden = True
 
+    @property
+    def entropy_in_loss(self) -> bool:
+        return self.config.ent_coef != 0
+
     def _build_modules(self) -> None:
         self.value_head = ValueHead(self.policy.model.config.hidden_size).to(self.policy.device)
 

@@ -635,6 +635,7 @@ class Policy:
         config: SamplingConfig = SamplingConfig(),
         with_hidden: bool = False,
         model: torch.nn.Module | None = None,
+        entropy: Literal["grad", "value", "none"] = "grad",
     ) -> Evaluation:
         """One forward pass over prompt + completion: per-token log-probs, entropies and (optionally) hidden states.
 
@@ -642,7 +643,12 @@ class Policy:
         the sampling distribution of `config`. Differentiable when grad is enabled (PPO's
         ratio and value head use this); masked positions are 0. `model` runs the forward pass
         instead of `self.model` (the data-parallel wrapper of the same model, when training).
+        `entropy`: "grad" (differentiable, for a loss with an entropy bonus), "value" (computed
+        without a graph: a loss that does not use it skips the backward pass through the whole
+        vocabulary) or "none" (not computed: zeros; for log-probs alone, as the reference's).
         """
+        if entropy not in ("grad", "value", "none"):
+            raise ValueError(f"entropy must be 'grad', 'value' or 'none', got {entropy!r}")
         ids = torch.cat([prompt_ids, completion_ids], dim=1)
         mask = torch.cat([prompt_mask, completion_mask], dim=1)
         positions = position_ids(mask)
@@ -658,12 +664,16 @@ class Policy:
         logp = torch.log_softmax(process_logits(out.logits[:, :-1].float(), config), dim=-1)
         token_logp = logp.gather(-1, completion_ids[..., None]).squeeze(-1)
         keep = completion_mask.bool()
-        # entropy of the (filtered) sampling distribution; filtered tokens (p = 0) add nothing
-        plogp = torch.where(torch.isfinite(logp), logp.exp() * logp, torch.zeros_like(logp))
-        entropy = -plogp.sum(-1)
-        hidden = out.hidden_states[-1][:, -steps - 1 : -1] if with_hidden else None
         zero = torch.zeros_like(token_logp)
-        return Evaluation(torch.where(keep, token_logp, zero), torch.where(keep, entropy, zero), hidden)
+        if entropy == "none":
+            ent = zero
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and entropy == "grad"):
+                # entropy of the (filtered) sampling distribution; filtered tokens (p = 0) add nothing
+                plogp = torch.where(torch.isfinite(logp), logp.exp() * logp, torch.zeros_like(logp))
+                ent = -plogp.sum(-1)
+        hidden = out.hidden_states[-1][:, -steps - 1 : -1] if with_hidden else None
+        return Evaluation(torch.where(keep, token_logp, zero), torch.where(keep, ent, zero), hidden)
 
     def log_probs(
         self,
@@ -699,7 +709,7 @@ class Policy:
             raise TypeError("log_probs takes a Rollout, or the four tensors (prompt_ids, prompt_mask, completion_ids, "
                             "completion_mask) that Policy.encode_pairs returns")
         config = config if config is not None else SamplingConfig()
-        return self.evaluate(prompt_ids, prompt_mask, completion_ids, completion_mask, config).logprobs
+        return self.evaluate(prompt_ids, prompt_mask, completion_ids, completion_mask, config, entropy="none").logprobs
 
 
 def _load_with_adapter(folder: Path, is_trainable: bool, model_kwargs: dict[str, object]) -> tuple[Any, str | Path]:

@@ -87,3 +87,26 @@ def test_checkpoints_name_their_algorithm(policy: Policy, tmp_path) -> None:
 
     with pytest.raises(ValueError, match=r"is a toy checkpoint; load it with that algorithm's class \(not ppo\)"):
         PPO.load(tmp_path / "ckpt", env=agent.env)
+
+
+def test_the_optimizer_is_adamw_in_its_multi_tensor_form_or_fused(policy: Policy) -> None:
+    """The default multi-tensor AdamW computes what the per-parameter loop does, bit for bit (the PPO golden test pins
+    it); `fused_adamw` swaps in the fused kernel, which runs the same loop."""
+    agent = make(policy)
+    assert agent.optimizer.defaults["foreach"] is True and not agent.optimizer.defaults["fused"]
+    fused = make(Policy.from_pretrained(policy.model.name_or_path), fused_adamw=True)
+    assert fused.optimizer.defaults["fused"] is True
+    before = [p.detach().clone() for p in fused.policy.model.parameters()]
+    fused.learn(total_steps=8)
+    assert any(not torch.equal(a, p) for a, p in zip(before, fused.policy.model.parameters()))
+    with pytest.raises(ValueError, match="fused_adamw"):
+        ToyConfig(fused_adamw="yes")  # type: ignore[arg-type]
+
+
+def test_only_a_loss_with_an_entropy_bonus_differentiates_the_entropy(policy: Policy) -> None:
+    from llm_gym.agents import PPO, PPOConfig
+
+    assert not make(policy).entropy_in_loss
+    env = PromptBanditVecEnv(PROMPTS, lambda p, c: [1.0] * len(c), num_envs=8)
+    assert not PPO(policy, env, PPOConfig(minibatch_size=8), rng=np.random.default_rng(0)).entropy_in_loss
+    assert PPO(policy, env, PPOConfig(minibatch_size=8, ent_coef=0.01), rng=np.random.default_rng(0)).entropy_in_loss

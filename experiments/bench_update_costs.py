@@ -1,0 +1,116 @@
+"""Two costs of the PPO update that buy nothing by default, measured at the built-in size and at GPT-2-small's (124M).
+
+1. **The optimizer step.** AdamW's per-parameter loop (torch's CPU default) against its multi-tensor form
+   (`foreach=True`, what the on-policy agents now use: the same numbers, bit for bit) and its fused kernel
+   (`OnPolicyConfig.fused_adamw`, last-bit differences).
+2. **The entropy's backward pass.** The full-vocabulary entropy differentiated although `ent_coef` is 0 (the
+   old default), against it computed without a graph for the logs (`Policy.evaluate(entropy="value")`, what the
+   agents do now unless PPO's entropy bonus is on): one training forward and backward of a PPO minibatch.
+
+The variants alternate in one process (A, B, C, A, B, C...), so a busy machine slows them alike; medians of
+`--repeats`, and each variant's time as a ratio of the old default's. The 124M model is GPT-2 small's shape
+(12 x 768, 50,257-token vocabulary), random-init and built here: no download.
+
+    python experiments/bench_update_costs.py                          # the built-in model
+    python experiments/bench_update_costs.py --model gpt2-small --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from llm_gym import TinyLMConfig, build_builtin_model, default_device
+from llm_gym.models.policy import Policy, SamplingConfig
+
+
+def make_model(name: str, device: torch.device) -> torch.nn.Module:
+    if name == "builtin":
+        return Policy.from_pretrained(build_builtin_model(TinyLMConfig()).path, device=device).model
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)).to(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def alternate(variants: dict[str, callable], repeats: int, device: torch.device) -> dict[str, float]:
+    for fn in variants.values():  # warm-up: allocations, kernel selection
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            times[name].append(timed(fn, device))
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["builtin", "gpt2-small"], default="builtin")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--minibatch", type=int, default=8)
+    parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--device", default=None, help="default: CUDA when present, else CPU")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device) if args.device else default_device()
+    model = make_model(args.model, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    n = sum(p.numel() for p in params)
+    print(f"== bench_update_costs: {args.model}, {n / 1e6:.1f}M parameters, {device}, {torch.get_num_threads()} thread(s), "
+          f"medians of {args.repeats} alternating ==")
+
+    # 1. the optimizer step (random gradients; the state is built by the warm-up step)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g).to(device) * 1e-3
+    optimizers = {"loop (old default)": torch.optim.AdamW(params, eps=1e-5, foreach=False),
+                  "foreach (new default)": torch.optim.AdamW(params, eps=1e-5, foreach=True),
+                  "fused (fused_adamw)": torch.optim.AdamW(params, eps=1e-5, fused=True)}
+    steps = alternate({k: opt.step for k, opt in optimizers.items()}, args.repeats, device)
+    base = steps["loop (old default)"]
+    print("optimizer step")
+    for k, v in steps.items():
+        print(f"  {k:<24}{v:>9.3f} s   {v / base:>5.2f}x the old default")
+    del optimizers
+
+    # 2. one training forward + backward of a PPO minibatch, with and without the entropy's backward
+    vocab = model.config.vocab_size
+    b, tp, tc = args.minibatch, args.prompt_tokens, args.new_tokens
+    prompt = torch.randint(0, vocab, (b, tp), generator=g).to(device)
+    completion = torch.randint(0, vocab, (b, tc), generator=g).to(device)
+    ones_p, ones_c = torch.ones_like(prompt), torch.ones_like(completion)
+    advantages = torch.randn(b, tc, generator=g).to(device)
+    policy = Policy.__new__(Policy)  # the scoring code alone: evaluate() needs only the model
+    policy.model = model
+
+    def update(entropy: str) -> None:
+        model.zero_grad(set_to_none=True)
+        ev = Policy.evaluate(policy, prompt, ones_p, completion, ones_c, SamplingConfig(), entropy=entropy)
+        loss = -(ev.logprobs * advantages).mean() - 0.0 * ev.entropy.mean()  # ent_coef = 0, as PPO's default
+        loss.backward()
+
+    model.train()
+    passes = alternate({"entropy differentiated (old)": lambda: update("grad"),
+                        "entropy for the logs (new)": lambda: update("value")}, args.repeats, device)
+    base = passes["entropy differentiated (old)"]
+    print(f"training forward + backward, {b} x ({tp} + {tc}) tokens")
+    for k, v in passes.items():
+        print(f"  {k:<30}{v:>9.3f} s   {v / base:>5.2f}x the old default")
+
+
+if __name__ == "__main__":
+    main()
