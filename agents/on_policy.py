@@ -58,6 +58,7 @@ from llm_gym.infra.configio import check_finite
 from llm_gym.infra.distributed import Distributed, MixedPrecision, check_training_options
 from llm_gym.infra.logger import Logger
 from llm_gym.infra.update import UpdateStep
+from llm_gym.models.lm import checkpointed_layers, enable_gradient_checkpointing
 from llm_gym.models.policy import Evaluation, Policy, Rollout, SamplingConfig
 
 __all__ = ["LossReduction", "OnPolicyAgent", "OnPolicyConfig", "RunningMoments"]
@@ -121,6 +122,10 @@ class OnPolicyConfig:
     gradient_accumulation_steps: int = 1
     """Each minibatch is processed in this many micro-batches before one optimizer step (less memory;
     the same update: losses are normalised by the whole minibatch)."""
+    gradient_checkpointing: bool = False
+    """Recompute each transformer layer's activations in the backward pass instead of keeping them (Hugging Face's
+    gradient checkpointing): less memory in the update for about a third more compute; the same gradients. The
+    update still runs with dropout off."""
     fused_adamw: bool = False
     """AdamW as one fused kernel per step (torch's `fused=True`) instead of its multi-tensor form: faster on large
     models, and its results differ from the default's in the last bit, so it is an option. The default multi-tensor
@@ -138,7 +143,7 @@ class OnPolicyConfig:
         for key in ("learning_rate", "max_grad_norm", "target_kl", "score_scale", "kl_explosion"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"{name}.{key} must be > 0, got {getattr(self, key)!r}")
-        for key in ("adaptive_kl", "whiten_scores", "fused_adamw"):
+        for key in ("adaptive_kl", "whiten_scores", "fused_adamw", "gradient_checkpointing"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"{name}.{key} must be true or false, got {getattr(self, key)!r}")
         if self.kl_estimator not in ("k1", "k2", "k3"):
@@ -294,6 +299,8 @@ class OnPolicyAgent(Agent):
         self.kl_ctl: FixedKLController = make_kl_controller(config.kl_coef, config.adaptive_kl, config.target_kl,
                                                             config.kl_horizon)
         self._build_modules()
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(policy.model)
         fast = {"fused": True} if config.fused_adamw else {"foreach": True}
         self.optimizer = torch.optim.AdamW(self._param_groups(), eps=1e-5, **fast)
         # training forwards go through the data-parallel wrappers (the modules themselves otherwise)
@@ -438,7 +445,8 @@ class OnPolicyAgent(Agent):
 
         t = time.perf_counter()
         prepared = self._advantages(snapshot, extra)
-        train_stats = self._update(snapshot, prepared, len(experience.scores))
+        with checkpointed_layers(self.policy.model, cfg.gradient_checkpointing):
+            train_stats = self._update(snapshot, prepared, len(experience.scores))
         timings["update"] = time.perf_counter() - t
         self._last_experience = experience
         return self._finish_iteration(snapshot, train_stats, timings)

@@ -1,4 +1,5 @@
-"""Two costs of the PPO update that buy nothing by default, measured at the built-in size and at GPT-2-small's (124M).
+"""Two costs of the PPO update that buy nothing by default, and what gradient checkpointing trades, measured at the
+built-in size and at GPT-2-small's (124M).
 
 1. **The optimizer step.** AdamW's per-parameter loop (torch's CPU default) against its multi-tensor form
    (`foreach=True`, what the on-policy agents now use: the same numbers, bit for bit) and its fused kernel
@@ -6,6 +7,9 @@
 2. **The entropy's backward pass.** The full-vocabulary entropy differentiated although `ent_coef` is 0 (the
    old default), against it computed without a graph for the logs (`Policy.evaluate(entropy="value")`, what the
    agents do now unless PPO's entropy bonus is on): one training forward and backward of a PPO minibatch.
+3. **Gradient checkpointing** (`OnPolicyConfig.gradient_checkpointing`): the same forward and backward with the
+   layers' activations recomputed instead of kept: its time, and the rise of the resident set (CUDA: allocated)
+   memory above its level before the pass.
 
 The variants alternate in one process (A, B, C, A, B, C...), so a busy machine slows them alike; medians of
 `--repeats`, and each variant's time as a ratio of the old default's. The 124M model is GPT-2 small's shape
@@ -25,6 +29,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from llm_gym import TinyLMConfig, build_builtin_model, default_device
+from llm_gym.infra.memory import PeakMemory
+from llm_gym.models.lm import checkpointed_layers, enable_gradient_checkpointing
 from llm_gym.models.policy import Policy, SamplingConfig
 
 
@@ -103,13 +109,28 @@ def main() -> None:
         loss = -(ev.logprobs * advantages).mean() - 0.0 * ev.entropy.mean()  # ent_coef = 0, as PPO's default
         loss.backward()
 
-    model.train()
+    model.eval()  # as the agents' updates run: dropout off
     passes = alternate({"entropy differentiated (old)": lambda: update("grad"),
                         "entropy for the logs (new)": lambda: update("value")}, args.repeats, device)
     base = passes["entropy differentiated (old)"]
     print(f"training forward + backward, {b} x ({tp} + {tc}) tokens")
     for k, v in passes.items():
         print(f"  {k:<30}{v:>9.3f} s   {v / base:>5.2f}x the old default")
+
+    # 3. gradient checkpointing: time and memory of the same pass
+    enable_gradient_checkpointing(model)
+    peaks: dict[str, list[float]] = {"kept": [], "checkpointed": []}
+
+    def measured(on: bool) -> None:
+        with checkpointed_layers(model, on), PeakMemory(interval=0.005) as memory:
+            update("value")
+        cuda = memory.cuda_peak_mb
+        peaks["checkpointed" if on else "kept"].append(cuda if cuda is not None else memory.peak_rss_mb - memory.start_rss_mb)
+
+    passes = alternate({"kept": lambda: measured(False), "checkpointed": lambda: measured(True)}, args.repeats, device)
+    print("activations kept vs checkpointed (the same pass; memory: peak rise of the resident set, or CUDA peak)")
+    for k, v in passes.items():
+        print(f"  {k:<30}{v:>9.3f} s   {v / passes['kept']:>5.2f}x   {np.median(peaks[k]):>8.0f} MB")
 
 
 if __name__ == "__main__":

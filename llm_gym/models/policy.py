@@ -660,6 +660,7 @@ class Policy:
             position_ids=positions,
             logits_to_keep=steps + 1,
             output_hidden_states=with_hidden,
+            use_cache=False,  # one pass, nothing to continue from: no key/value cache to build (or to recompute)
         )
         logp = torch.log_softmax(process_logits(out.logits[:, :-1].float(), config), dim=-1)
         token_logp = logp.gather(-1, completion_ids[..., None]).squeeze(-1)

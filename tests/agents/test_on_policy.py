@@ -110,3 +110,34 @@ def test_only_a_loss_with_an_entropy_bonus_differentiates_the_entropy(policy: Po
     env = PromptBanditVecEnv(PROMPTS, lambda p, c: [1.0] * len(c), num_envs=8)
     assert not PPO(policy, env, PPOConfig(minibatch_size=8), rng=np.random.default_rng(0)).entropy_in_loss
     assert PPO(policy, env, PPOConfig(minibatch_size=8, ent_coef=0.01), rng=np.random.default_rng(0)).entropy_in_loss
+
+
+def test_gradient_checkpointing_recomputes_layers_with_dropout_off_and_changes_nothing(tiny_model) -> None:
+    """The same parameters after an iteration with and without checkpointing (to float noise), the layers really
+    checkpointed during the update (not while sampling), and dropout still off: with dropout on, the first minibatch's
+    ratio pi/pi_old would not be 1."""
+    from llm_gym.agents import PPO, PPOConfig
+
+    results = []
+    for on in (False, True):
+        policy = Policy.from_pretrained(tiny_model.path)
+        for module in policy.model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.5  # dropout that would show
+        env = PromptBanditVecEnv(PROMPTS, lambda p, c: [float(c.count("e")) for c in c], num_envs=8)
+        config = PPOConfig(sampling=SamplingConfig(max_new_tokens=6), minibatch_size=8, n_epochs=1, learning_rate=1e-2,
+                           log_samples_every=0, gradient_checkpointing=on)
+        agent = PPO(policy, env, config, rng=np.random.default_rng(0), logger=Logger(None))
+        calls: list[int] = []
+        layers = [m for m in policy.model.modules() if type(m).__name__ == "GPT2Block" and m.gradient_checkpointing]
+        assert bool(layers) == on
+        for layer in layers:  # count the recomputations the layers ask for
+            inner = layer._gradient_checkpointing_func
+            layer._gradient_checkpointing_func = lambda *a, _f=inner, **k: (calls.append(1), _f(*a, **k))[1]
+        stats = agent.train_iteration()
+        assert stats["train/approx_kl"] == pytest.approx(0.0, abs=1e-6)  # one epoch, one minibatch: ratio 1
+        assert len(calls) == (len(layers) if on else 0)  # one minibatch: each layer checkpointed once
+        assert not any(m.training for m in policy.model.modules())  # eval mode restored everywhere
+        results.append([p.detach().clone() for p in policy.model.parameters()])
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, atol=1e-6)
