@@ -127,9 +127,10 @@ class OnPolicyConfig:
     gradient checkpointing): less memory in the update for about a third more compute; the same gradients. The
     update still runs with dropout off."""
     fused_adamw: bool = False
-    """AdamW as one fused kernel per step (torch's `fused=True`) instead of its multi-tensor form: faster on large
-    models, and its results differ from the default's in the last bit, so it is an option. The default multi-tensor
-    form (`foreach=True`) computes exactly what the per-parameter loop does, in fewer passes over memory."""
+    """AdamW as one fused kernel per step (torch's `fused=True`) instead of its multi-tensor form: 0.2x the step at
+    124M on CPU, and results that differ from the default's in the last bit, so it is an option (its learning result
+    matches the default's within seed noise: `experiments/README.md`). The default multi-tensor form (`foreach=True`)
+    computes exactly what the per-parameter loop does, in fewer passes over memory."""
 
     def __post_init__(self) -> None:
         check_finite(self, allow_inf=("kl_explosion",))  # kl_explosion = inf: never warn
