@@ -58,7 +58,7 @@ from llm_gym.infra.configio import check_finite
 from llm_gym.infra.distributed import Distributed, MixedPrecision, check_training_options
 from llm_gym.infra.logger import Logger
 from llm_gym.infra.update import UpdateStep
-from llm_gym.models.lm import checkpointed_layers, enable_gradient_checkpointing
+from llm_gym.models.lm import checkpointable_layers, checkpointed_layers
 from llm_gym.models.policy import Evaluation, Policy, Rollout, SamplingConfig
 
 __all__ = ["LossReduction", "OnPolicyAgent", "OnPolicyConfig", "RunningMoments"]
@@ -124,14 +124,13 @@ class OnPolicyConfig:
     the same update: losses are normalised by the whole minibatch)."""
     gradient_checkpointing: bool = False
     """Recompute each transformer layer's activations in the backward pass instead of keeping them (Hugging Face's
-    gradient checkpointing): less memory in the update for a second forward pass of each layer (at 124M on CPU:
-    1.10x the time, 0.63x the memory rise of a minibatch; `experiments/README.md`); the same gradients. The update
-    still runs with dropout off."""
+    gradient checkpointing, through `torch.utils.checkpoint` on each layer): less memory in the update for a second
+    forward pass of each layer (at 124M on CPU: 1.12x the time, a quarter of a minibatch's memory rise;
+    `experiments/README.md`); the same gradients. The update still runs with dropout off, in every architecture."""
     fused_adamw: bool = False
-    """AdamW as one fused kernel per step (torch's `fused=True`) instead of its multi-tensor form: 0.2x the step at
-    124M on CPU, and results that differ from the default's in the last bit, so it is an option (its learning result
-    matches the default's within seed noise: `experiments/README.md`). The default multi-tensor form (`foreach=True`)
-    computes exactly what the per-parameter loop does, in fewer passes over memory."""
+    """AdamW as one fused kernel per step (torch's `fused=True`; on CPU it needs torch >= 2.4): 0.18x-0.20x the
+    step of torch's default at 124M on CPU, and results that differ from the default's in the last bit, so it is an
+    option (its learning result matches the default's within seed noise: `experiments/README.md`)."""
 
     def __post_init__(self) -> None:
         check_finite(self, allow_inf=("kl_explosion",))  # kl_explosion = inf: never warn
@@ -302,9 +301,17 @@ class OnPolicyAgent(Agent):
                                                             config.kl_horizon)
         self._build_modules()
         if config.gradient_checkpointing:
-            enable_gradient_checkpointing(policy.model)
-        fast = {"fused": True} if config.fused_adamw else {"foreach": True}
-        self.optimizer = torch.optim.AdamW(self._param_groups(), eps=1e-5, **fast)
+            checkpointable_layers(policy.model)  # a model without such layers is refused now, not at the first update
+        # torch's own choice unless fused: the per-parameter loop on CPU, the multi-tensor form on CUDA (on CPU the
+        # multi-tensor form measured 0.84x-0.95x the loop's step at 124M, once 2.27x: not worth its temporaries)
+        fast = {"fused": True} if config.fused_adamw else {}
+        try:
+            self.optimizer = torch.optim.AdamW(self._param_groups(), eps=1e-5, **fast)
+        except (RuntimeError, ValueError) as exc:
+            if not config.fused_adamw:
+                raise
+            raise ValueError(f"{type(config).__name__}.fused_adamw: this torch ({torch.__version__}) has no fused AdamW "
+                             f"for these parameters ({exc}); set fused_adamw = false, or use torch >= 2.4 on CPU") from exc
         # training forwards go through the data-parallel wrappers (the modules themselves otherwise)
         self._train_model, _ = dist.prepare(policy.model)
         self.update_step = UpdateStep(self.optimizer, [self._train_model, *self._prepare_modules()], distributed=dist,

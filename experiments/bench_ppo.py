@@ -9,14 +9,15 @@ RLHF libraries. Medians over `--iterations` after one warm-up iteration.
 
 `--model gpt2-small` is GPT-2 small's shape (12 layers x 768, 50,257-token vocabulary, 124M parameters), random-init
 and built here (no download), with the built-in tokenizer padded to that vocabulary; its prompts are the review
-task's. Model FLOPs (Kaplan et al. 2020's 2N per token forward, 6N forward and backward, N the parameters without
-the position and token embeddings but with the LM head, which is tied to the token embedding):
+task's. Model FLOPs (Kaplan et al. 2020's 2N per token forward, 6N forward and backward; N = B, the transformer body without
+the embedding tables, at every token, plus H, the LM head tied to the token embedding, only where logits are taken):
 
-    generation  2N x (prompt + new tokens) x prompts         (the KV cache: each token once)
-    reference   2 x 2N x (prompt + new tokens) x prompts     (the reference's pass and the policy's own)
-    update      epochs x 6N x (prompt + new tokens) x prompts
+    generation  (2B x (prompt + new tokens) + 2H x new tokens) x prompts         (the KV cache: each token once)
+    reference   2 x F, F = (2B x (prompt + new tokens) + 2H x (new tokens + 1)) x prompts   (reference's and policy's)
+    update      epochs x 3F
 
-Attention's own FLOPs (quadratic in length) are left out: at 48 tokens they are under 2% of these.
+Attention's own FLOPs (quadratic in length) are left out: at 48 tokens they are under 2% of these. With `--reward rm`
+the reward model's forward is in the scoring time but not in the FLOPs, and its weights are one more copy in memory.
 
     python experiments/bench_ppo.py                                   # gold-scorer reward, built-in model
     python experiments/bench_ppo.py --reward rm                       # a reward model (the built-in backbone) as reward
@@ -122,13 +123,19 @@ def main() -> None:
             prompt_tokens.append(float(agent._last_experience.rollout.prompt_mask.sum()) / args.prompts)
     total = [sum(times[k][i] for k in PHASES) for i in range(args.iterations)]
 
-    # N: the parameters a token's forward multiplies by (the tied LM head counts, the position table does not)
+    # N: the parameters a token's forward multiplies by, without the embedding tables; the LM head (tied to the
+    # token embedding) counted only where logits are computed: at the completion's positions (scoring passes keep
+    # `new tokens + 1` of them; sampling, one per new token)
     m = policy.model
     n_all = sum(p.numel() for p in m.parameters())
-    n = n_all - m.transformer.wpe.weight.numel()
+    head = m.lm_head.weight.numel()
+    body = n_all - m.transformer.wpe.weight.numel() - head
     tokens = args.prompts * (float(np.median(prompt_tokens)) + args.new_tokens)
-    flops = {"generation": 2 * n * tokens, "scoring": 0.0, "reference": 2 * 2 * n * tokens,
-             "update": args.epochs * 6 * n * tokens}
+    logits_at = args.prompts * (args.new_tokens + 1)
+    forward = 2 * body * tokens + 2 * head * logits_at
+    flops = {"generation": 2 * body * tokens + 2 * head * args.prompts * args.new_tokens, "scoring": 0.0,
+             "reference": 2 * forward, "update": args.epochs * 3 * forward}
+    n = body + head
     # fp32 state of the parameters' size: the policy, its reference, the gradients and AdamW's two moments
     copies = 5
 

@@ -1,15 +1,16 @@
 """Two costs of the PPO update that buy nothing by default, and what gradient checkpointing trades, measured at the
 built-in size and at GPT-2-small's (124M).
 
-1. **The optimizer step.** AdamW's per-parameter loop (torch's CPU default) against its multi-tensor form
-   (`foreach=True`, what the on-policy agents now use: the same numbers, bit for bit) and its fused kernel
+1. **The optimizer step.** AdamW's per-parameter loop (torch's CPU default, the agents' default) against its
+   multi-tensor form (`foreach=True`: the same numbers, bit for bit) and its fused kernel
    (`OnPolicyConfig.fused_adamw`, last-bit differences).
 2. **The entropy's backward pass.** The full-vocabulary entropy differentiated although `ent_coef` is 0 (the
    old default), against it computed without a graph for the logs (`Policy.evaluate(entropy="value")`, what the
    agents do now unless PPO's entropy bonus is on): one training forward and backward of a PPO minibatch.
 3. **Gradient checkpointing** (`OnPolicyConfig.gradient_checkpointing`): the same forward and backward with the
-   layers' activations recomputed instead of kept: its time, and the rise of the resident set (CUDA: allocated)
-   memory above its level before the pass.
+   layers' activations recomputed instead of kept: its time, and the rise of the resident set above its level
+   before the pass (on CUDA: the peak allocated). The resident set is one process's, whose allocator keeps what it
+   freed, so the rise depends on what ran before: read it as a comparison of the two variants in this run.
 
 The variants alternate in one process (A, B, C, A, B, C...), so a busy machine slows them alike; medians of
 `--repeats`, and each variant's time as a ratio of the old default's. The 124M model is GPT-2 small's shape
@@ -30,7 +31,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from llm_gym import TinyLMConfig, build_builtin_model, default_device
 from llm_gym.infra.memory import PeakMemory
-from llm_gym.models.lm import checkpointed_layers, enable_gradient_checkpointing
+from llm_gym.models.lm import checkpointed_layers
 from llm_gym.models.policy import Policy, SamplingConfig
 
 
@@ -83,14 +84,14 @@ def main() -> None:
     g = torch.Generator(device="cpu").manual_seed(0)
     for p in params:
         p.grad = torch.randn(p.shape, generator=g).to(device) * 1e-3
-    optimizers = {"loop (old default)": torch.optim.AdamW(params, eps=1e-5, foreach=False),
-                  "foreach (new default)": torch.optim.AdamW(params, eps=1e-5, foreach=True),
+    optimizers = {"loop (default on CPU)": torch.optim.AdamW(params, eps=1e-5, foreach=False),
+                  "foreach": torch.optim.AdamW(params, eps=1e-5, foreach=True),
                   "fused (fused_adamw)": torch.optim.AdamW(params, eps=1e-5, fused=True)}
     steps = alternate({k: opt.step for k, opt in optimizers.items()}, args.repeats, device)
-    base = steps["loop (old default)"]
+    base = steps["loop (default on CPU)"]
     print("optimizer step")
     for k, v in steps.items():
-        print(f"  {k:<24}{v:>9.3f} s   {v / base:>5.2f}x the old default")
+        print(f"  {k:<24}{v:>9.3f} s   {v / base:>5.2f}x the loop")
     del optimizers
 
     # 2. one training forward + backward of a PPO minibatch, with and without the entropy's backward
@@ -118,7 +119,6 @@ def main() -> None:
         print(f"  {k:<30}{v:>9.3f} s   {v / base:>5.2f}x the old default")
 
     # 3. gradient checkpointing: time and memory of the same pass
-    enable_gradient_checkpointing(model)
     peaks: dict[str, list[float]] = {"kept": [], "checkpointed": []}
 
     def measured(on: bool) -> None:

@@ -11,13 +11,15 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_gym.models.text import TokenBatch, append_eos, encode, pad_right
 
-__all__ = ["checkpointed_layers", "document_batch", "enable_gradient_checkpointing", "encode_documents", "labelled_tokens",
+__all__ = ["checkpointable_layers", "checkpointed_layers", "document_batch", "encode_documents", "labelled_tokens",
            "lm_loss", "perplexity"]
 
 
@@ -40,7 +42,7 @@ def lm_loss(
 ) -> torch.Tensor:
     """Next-token cross-entropy of `model` on a `document_batch` (moved to the model's device)."""
     device = next(model.parameters()).device
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits.float()
     return torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(device), ignore_index=-100,
         reduction=reduction,
@@ -73,46 +75,51 @@ def perplexity(
     return math.exp(total_nll / total_tokens)
 
 
-def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
-    """Turn on Hugging Face's gradient checkpointing (non-reentrant, so frozen inputs and LoRA work) on `model`, a
-    causal LM or a PEFT model around one.
+_UNSET = object()
+
+
+def checkpointable_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer layers of a Hugging Face model (a PEFT model around one too) that gradient checkpointing
+    recomputes: its `GradientCheckpointingLayer`s.
 
     Raises:
-        ValueError: the model does not support it (its class has no gradient checkpointing).
+        ValueError: the model has none (its architecture does not support checkpointing).
     """
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if not getattr(target, "supports_gradient_checkpointing", False):
-        raise ValueError(f"{type(target).__name__} does not support gradient checkpointing; set gradient_checkpointing "
-                         "= false")
-    kwargs = {"use_reentrant": False}
-    if hasattr(target, "activation_checkpointing_enable"):  # its name from transformers 5.x on
-        target.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    if hasattr(target, "enable_input_require_grads"):  # checkpointed layers need an input that requires grad (LoRA)
-        target.enable_input_require_grads()
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no layers gradient checkpointing can recompute; set "
+                         "gradient_checkpointing = false")
+    return layers
 
 
 @contextlib.contextmanager
 def checkpointed_layers(model: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Let the checkpointed layers of a model in eval mode checkpoint, with dropout still off.
+    """Within the block, each transformer layer of `model` keeps only its inputs and recomputes its activations in the
+    backward pass (`torch.utils.checkpoint`, non-reentrant: frozen inputs and LoRA work), where gradients are on.
 
-    Hugging Face checkpoints a layer only when *the layer itself* is in training mode; the RL updates
-    run the model in eval mode (dropout off, so that the ratio is 1 before the first step). This sets
-    the training flag of the checkpointed layers alone, not of their children (attention and MLP keep
-    dropout off), for the duration of the block.
+    The layers are wrapped as they are, in whatever mode they are in: the RL updates run the model in eval mode
+    (dropout off, so that the ratio is 1 before the first step), and so does the recomputation. Hugging Face's own
+    checkpointing is not used because it runs only in training mode, and some layers (OPT's, Falcon's...) apply
+    dropout in their own forward whenever they are in training mode.
     """
-    def checkpointed(m: torch.nn.Module) -> bool:
-        return getattr(m, "gradient_checkpointing", False) is True
+    layers = checkpointable_layers(model) if enabled else []
+    previous = [layer.__dict__.get("forward", _UNSET) for layer in layers]  # an instance forward (a hook's) stays
+    for layer in layers:
+        forward = layer.forward
 
-    # the layers: checkpointed modules with no checkpointed module inside (not the model that holds them)
-    layers = [m for m in model.modules() if checkpointed(m) and not any(checkpointed(c) for c in m.modules() if c is not m)
-              ] if enabled else []
-    flags = [m.training for m in layers]
-    for m in layers:
-        m.training = True
+        def recomputed(*args: Any, _forward: Any = forward, **kwargs: Any) -> Any:
+            if not torch.is_grad_enabled():
+                return _forward(*args, **kwargs)
+            return torch.utils.checkpoint.checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+        layer.forward = recomputed  # an instance attribute over the class's forward, removed below
     try:
         yield
     finally:
-        for m, flag in zip(layers, flags):
-            m.training = flag
+        for layer, before in zip(layers, previous):
+            if before is _UNSET:
+                del layer.forward
+            else:
+                layer.forward = before

@@ -670,8 +670,10 @@ class Policy:
             ent = zero
         else:
             with torch.set_grad_enabled(torch.is_grad_enabled() and entropy == "grad"):
-                # entropy of the (filtered) sampling distribution; filtered tokens (p = 0) add nothing
-                plogp = torch.where(torch.isfinite(logp), logp.exp() * logp, torch.zeros_like(logp))
+                # entropy of the (filtered) sampling distribution; filtered tokens (p = 0, log p = -inf) add nothing,
+                # and are masked before the product: 0 * -inf would make every gradient NaN
+                finite = torch.isfinite(logp)
+                plogp = logp.exp() * logp.masked_fill(~finite, 0.0)
                 ent = -plogp.sum(-1)
         hidden = out.hidden_states[-1][:, -steps - 1 : -1] if with_hidden else None
         return Evaluation(torch.where(keep, token_logp, zero), torch.where(keep, ent, zero), hidden)

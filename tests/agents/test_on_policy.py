@@ -89,11 +89,11 @@ def test_checkpoints_name_their_algorithm(policy: Policy, tmp_path) -> None:
         PPO.load(tmp_path / "ckpt", env=agent.env)
 
 
-def test_the_optimizer_is_adamw_in_its_multi_tensor_form_or_fused(policy: Policy) -> None:
-    """The default multi-tensor AdamW computes what the per-parameter loop does, bit for bit (the PPO golden test pins
-    it); `fused_adamw` swaps in the fused kernel, which runs the same loop."""
+def test_the_optimizer_is_torchs_adamw_or_its_fused_kernel(policy: Policy) -> None:
+    """By default torch's own AdamW implementation (the PPO golden test pins its parameters); `fused_adamw` swaps in
+    the fused kernel, which trains too."""
     agent = make(policy)
-    assert agent.optimizer.defaults["foreach"] is True and not agent.optimizer.defaults["fused"]
+    assert agent.optimizer.defaults["foreach"] is None and not agent.optimizer.defaults["fused"]
     fused = make(Policy.from_pretrained(policy.model.name_or_path), fused_adamw=True)
     assert fused.optimizer.defaults["fused"] is True
     before = [p.detach().clone() for p in fused.policy.model.parameters()]
@@ -112,32 +112,71 @@ def test_only_a_loss_with_an_entropy_bonus_differentiates_the_entropy(policy: Po
     assert PPO(policy, env, PPOConfig(minibatch_size=8, ent_coef=0.01), rng=np.random.default_rng(0)).entropy_in_loss
 
 
-def test_gradient_checkpointing_recomputes_layers_with_dropout_off_and_changes_nothing(tiny_model) -> None:
+def _with_dropout(name: str, tiny_model, tmp_path) -> Policy:
+    """The smoke GPT-2 with its dropout at 0.5, or a random-init OPT (whose layers apply dropout in their own forward,
+    keyed on their own training flag) over the built-in tokenizer: models where dropout in the update would show."""
+    if name == "gpt2":
+        policy = Policy.from_pretrained(tiny_model.path)
+        for module in policy.model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.5
+        return policy
+    from transformers import AutoTokenizer, OPTConfig, OPTForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model.path)
+    torch.manual_seed(0)
+    config = OPTConfig(vocab_size=len(tokenizer), hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                       word_embed_proj_dim=32, max_position_embeddings=128, dropout=0.5, attention_dropout=0.5,
+                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id)
+    OPTForCausalLM(config).save_pretrained(tmp_path / "opt")
+    tokenizer.save_pretrained(tmp_path / "opt")
+    return Policy.from_pretrained(tmp_path / "opt")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "opt"])
+def test_gradient_checkpointing_recomputes_layers_with_dropout_off_and_changes_nothing(arch, tiny_model, tmp_path,
+                                                                                     monkeypatch) -> None:
     """The same parameters after an iteration with and without checkpointing (to float noise), the layers really
-    checkpointed during the update (not while sampling), and dropout still off: with dropout on, the first minibatch's
-    ratio pi/pi_old would not be 1."""
+    recomputed in the update (not while sampling), and dropout still off, also in OPT's layers, which apply it in
+    their own forward: with dropout on, the first minibatch's ratio pi/pi_old would not be 1."""
+    from torch.utils import checkpoint
+
     from llm_gym.agents import PPO, PPOConfig
 
     results = []
     for on in (False, True):
-        policy = Policy.from_pretrained(tiny_model.path)
-        for module in policy.model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.5  # dropout that would show
+        policy = _with_dropout(arch, tiny_model, tmp_path)
         env = PromptBanditVecEnv(PROMPTS, lambda p, c: [float(c.count("e")) for c in c], num_envs=8)
         config = PPOConfig(sampling=SamplingConfig(max_new_tokens=6), minibatch_size=8, n_epochs=1, learning_rate=1e-2,
                            log_samples_every=0, gradient_checkpointing=on)
         agent = PPO(policy, env, config, rng=np.random.default_rng(0), logger=Logger(None))
         calls: list[int] = []
-        layers = [m for m in policy.model.modules() if type(m).__name__ == "GPT2Block" and m.gradient_checkpointing]
-        assert bool(layers) == on
-        for layer in layers:  # count the recomputations the layers ask for
-            inner = layer._gradient_checkpointing_func
-            layer._gradient_checkpointing_func = lambda *a, _f=inner, **k: (calls.append(1), _f(*a, **k))[1]
+        original = checkpoint.checkpoint
+        monkeypatch.setattr(checkpoint, "checkpoint", lambda *a, **k: (calls.append(1), original(*a, **k))[1])
         stats = agent.train_iteration()
+        monkeypatch.undo()
         assert stats["train/approx_kl"] == pytest.approx(0.0, abs=1e-6)  # one epoch, one minibatch: ratio 1
-        assert len(calls) == (len(layers) if on else 0)  # one minibatch: each layer checkpointed once
-        assert not any(m.training for m in policy.model.modules())  # eval mode restored everywhere
+        layers = [m for m in policy.model.modules() if type(m).__name__ in ("GPT2Block", "OPTDecoderLayer")]
+        assert len(calls) == (len(layers) if on else 0)  # one minibatch: each layer recomputed once, not while sampling
+        assert not any(m.training for m in policy.model.modules()) and not any("forward" in vars(m) for m in layers)
         results.append([p.detach().clone() for p in policy.model.parameters()])
     for a, b in zip(*results):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_an_entropy_bonus_reaches_the_gradient_also_with_top_k_sampling(policy: Policy) -> None:
+    """ent_coef > 0 changes the update (the entropy is differentiated), and stays finite when top-k filtering puts
+    -inf in the log-probs (0 * -inf in the entropy's backward pass would make every gradient NaN)."""
+    from llm_gym.agents import PPO, PPOConfig
+
+    results = []
+    for ent_coef in (0.0, 0.5):
+        fresh = Policy.from_pretrained(policy.model.name_or_path)
+        env = PromptBanditVecEnv(PROMPTS, lambda p, c: [float(c.count("e")) for c in c], num_envs=8)
+        config = PPOConfig(sampling=SamplingConfig(max_new_tokens=6, top_k=5), minibatch_size=8, n_epochs=1,
+                           learning_rate=1e-2, log_samples_every=0, ent_coef=ent_coef)
+        PPO(fresh, env, config, rng=np.random.default_rng(0), logger=Logger(None)).train_iteration()
+        results.append([p.detach().clone() for p in fresh.model.parameters()])
+        assert all(torch.isfinite(p).all() for p in results[-1])
+    assert any(not torch.equal(a, b) for a, b in zip(*results))
