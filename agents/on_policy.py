@@ -373,7 +373,8 @@ class OnPolicyAgent(Agent):
         """The algorithm's loss on one micro-batch, averaged as `loss_reduction` says.
 
         Args:
-            out: what `_forward` returned for the micro-batch (with gradients).
+            out: what `_forward` returned for the micro-batch (with gradients; its entropy has them only when
+                `entropy_in_loss` is True: a loss that uses the entropy overrides that property).
             mb: the tensors `_advantages` returned, plus `old_logprobs` and `ref_logprobs`, indexed by the micro-batch.
             mask: (b, T) float completion mask of the micro-batch.
 
