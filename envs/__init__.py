@@ -10,6 +10,7 @@ environment code) and the names the folder exports:
     prompt_bandit.py   PromptBanditEnv / PromptBanditVecEnv: any prompt dataset + any reward function
     review.py          the built-in review task as a ready-made prompt bandit
     arithmetic.py      the built-in verifiable task (chain sums, paid 1 for the right number) as a prompt bandit
+    generated.py       what those two share: their generated task, once per config, and a split's prompts
     reasoning_gym.py   ReasoningGymEnv / ReasoningGymVecEnv: reasoning-gym's problems, paid its score_answer
                        (needs `pip install llm-gym[reasoning]`, imported only when one is made)
     wrappers.py        LearnedRewardWrapper: any Gymnasium env paying a learned reward, its own kept in info["true_reward"]

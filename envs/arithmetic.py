@@ -17,12 +17,12 @@ task (held-out sums, demonstrations, the corpus the built-in model is pretrained
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Any
 
 from llm_gym.core.reward import RewardFn
 from llm_gym.tasks.arithmetic import ArithmeticTask, ArithmeticTaskConfig, generate_arithmetic_task
 
+from llm_gym.envs.generated import generated_task, split_prompts
 from llm_gym.envs.prompt_bandit import PromptBanditEnv, PromptBanditVecEnv
 
 __all__ = ["ArithmeticEnv", "ArithmeticVecEnv"]
@@ -30,27 +30,10 @@ __all__ = ["ArithmeticEnv", "ArithmeticVecEnv"]
 TaskConfigLike = ArithmeticTaskConfig | Mapping[str, Any] | None
 
 
-@lru_cache(maxsize=4)
-def _generated(config: ArithmeticTaskConfig) -> ArithmeticTask:
-    return generate_arithmetic_task(config)
-
-
 def arithmetic_task(task_config: TaskConfigLike = None) -> ArithmeticTask:
     """The generated task for a config (an `ArithmeticTaskConfig`, its fields as a table from a config file, or
-    None for the defaults)."""
-    if isinstance(task_config, Mapping):
-        try:
-            task_config = ArithmeticTaskConfig(**task_config)
-        except TypeError as exc:
-            fields = list(ArithmeticTaskConfig.__dataclass_fields__)
-            raise TypeError(f"task_config: {exc}; ArithmeticTaskConfig takes {fields}") from exc
-    return _generated(task_config or ArithmeticTaskConfig())
-
-
-def _split(task: ArithmeticTask, split: str) -> list[str]:
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    return task.prompts if split == "train" else task.eval_prompts
+    None for the defaults), generated once per config."""
+    return generated_task(ArithmeticTaskConfig, generate_arithmetic_task, task_config)
 
 
 class ArithmeticEnv(PromptBanditEnv):
@@ -67,7 +50,7 @@ class ArithmeticEnv(PromptBanditEnv):
                  max_completion_chars: int = 64, render_mode: str | None = None) -> None:
         task = arithmetic_task(task_config)
         gold = task.gold  # this environment's own checker (its last_checks are this environment's)
-        super().__init__(_split(task, split), reward_fn=reward_fn if reward_fn is not None else gold,
+        super().__init__(split_prompts(task, split), reward_fn=reward_fn if reward_fn is not None else gold,
                          gold_fn=gold, max_completion_chars=max_completion_chars, render_mode=render_mode)
         self.task = task
 
@@ -79,7 +62,7 @@ class ArithmeticVecEnv(PromptBanditVecEnv):
                  task_config: TaskConfigLike = None, max_completion_chars: int = 64, group_size: int = 1) -> None:
         task = arithmetic_task(task_config)
         gold = task.gold
-        super().__init__(_split(task, split), reward_fn=reward_fn if reward_fn is not None else gold,
+        super().__init__(split_prompts(task, split), reward_fn=reward_fn if reward_fn is not None else gold,
                          num_envs=num_envs, gold_fn=gold, max_completion_chars=max_completion_chars,
                          group_size=group_size)
         self.task = task

@@ -11,37 +11,25 @@ text, the gold scorer), which is what `llm-gym run` reads from it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Any
 
 from llm_gym.core.reward import RewardFn
 from llm_gym.tasks.review import GoldScorer, ReviewTask, ReviewTaskConfig, generate_review_task
 
+from llm_gym.envs.generated import generated_task, split_prompts
 from llm_gym.envs.prompt_bandit import PromptBanditEnv, PromptBanditVecEnv
 
 __all__ = ["ReviewSentimentEnv", "ReviewSentimentVecEnv", "review_prompts"]
 
-_SPLITS = ("train", "eval")
-
-
-@lru_cache(maxsize=4)
-def _task(config: ReviewTaskConfig) -> ReviewTask:
-    return generate_review_task(config)
-
 
 def _review_task(task_config: ReviewTaskConfig | Mapping[str, Any] | None) -> ReviewTask:
     """The generated task for a config (a `ReviewTaskConfig`, or its fields as a table from a config file)."""
-    if isinstance(task_config, Mapping):
-        task_config = ReviewTaskConfig(**task_config)
-    return _task(task_config or ReviewTaskConfig())
+    return generated_task(ReviewTaskConfig, generate_review_task, task_config)
 
 
 def review_prompts(split: str = "train", task_config: ReviewTaskConfig | Mapping[str, Any] | None = None) -> list[str]:
     """The built-in task's training (`"train"`) or held-out (`"eval"`) prompts."""
-    if split not in _SPLITS:
-        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
-    task = _review_task(task_config)
-    return task.prompts if split == "train" else task.eval_prompts
+    return split_prompts(_review_task(task_config), split)
 
 
 class ReviewSentimentEnv(PromptBanditEnv):
