@@ -71,11 +71,16 @@ class ArithmeticTaskConfig:
                 raise ValueError(f"ArithmeticTaskConfig.{name} must be >= {least}, got {value}")
         if self.max_terms < self.min_terms:
             raise ValueError(f"ArithmeticTaskConfig.max_terms ({self.max_terms}) must be >= min_terms ({self.min_terms})")
-        distinct = sum(2 ** (k - 1) * (self.max_value + 1) ** k for k in range(self.min_terms, self.max_terms + 1))
+        distinct = sum(_sums_of(k, self.max_value) for k in range(self.min_terms, self.max_terms + 1))
         needed = self.n_prompts + self.n_eval_prompts
         if needed > distinct // 2:
             raise ValueError(f"ArithmeticTaskConfig: {needed} distinct prompts asked of only {distinct} possible sums; "
                              "raise max_value or max_terms, or ask for fewer prompts")
+
+
+def _sums_of(terms: int, max_value: int) -> int:
+    """How many distinct sums of `terms` numbers from 0..max_value there are (each of the terms - 1 signs + or -)."""
+    return 2 ** (terms - 1) * (max_value + 1) ** terms
 
 
 def _answer(problem: str) -> int:
@@ -91,7 +96,7 @@ def _problems(rng: random.Random, config: ArithmeticTaskConfig) -> Iterator[str]
     """An endless stream of random sums ``"a + b - c"``, uniform over every distinct sum (so a k-term sum is drawn as
     often as there are k-term sums: every list, and every split of one, has the same mix of lengths)."""
     sizes = range(config.min_terms, config.max_terms + 1)
-    weights = [2 ** (k - 1) * (config.max_value + 1) ** k for k in sizes]
+    weights = [_sums_of(k, config.max_value) for k in sizes]
     while True:
         k = rng.choices(sizes, weights)[0]
         parts = [str(rng.randint(0, config.max_value))]
@@ -152,11 +157,11 @@ def generate_arithmetic_task(config: ArithmeticTaskConfig | None = None) -> Arit
     def stream(name: str) -> random.Random:  # str seeds are hashed with SHA-512: stable across processes
         return random.Random(f"llm_gym.arithmetic/{config.seed}/{name}")
 
-    used: set[str] = set()
-    eval_problems = _distinct(_problems(stream("eval_prompts"), config), config.n_eval_prompts, used)
-    train_problems = _distinct(_problems(stream("prompts"), config), config.n_prompts, used)
-    # the corpus holds none of the prompts: the RL runs train on sums the model has not read, as it is evaluated
-    held_out = set(eval_problems) | set(train_problems)
+    # every prompt, held-out or training, goes into `asked`; the corpus holds none of them, so the RL runs train on
+    # sums the model has not read, as it is evaluated
+    asked: set[str] = set()
+    eval_problems = _distinct(_problems(stream("eval_prompts"), config), config.n_eval_prompts, asked)
+    train_problems = _distinct(_problems(stream("prompts"), config), config.n_prompts, asked)
 
     def worksheets(name: str, n: int) -> list[str]:
         rng, problems, texts = stream(name), _problems(stream(name + "/problems"), config), []
@@ -164,7 +169,7 @@ def generate_arithmetic_task(config: ArithmeticTaskConfig | None = None) -> Arit
             sheet: list[str] = []
             for _ in range(rng.randint(1, config.sums_per_document)):
                 problem = next(problems)
-                while problem in held_out:
+                while problem in asked:
                     problem = next(problems)
                 sheet.append(f"{problem} = {_answer(problem)}")
             texts.append("\n".join(sheet))
