@@ -46,14 +46,18 @@ from llm_gym.infra.memory import PeakMemory
 PHASES = ("generation", "scoring", "reference", "update")
 
 
+def gpt2_small_config(**special_tokens: int) -> GPT2Config:
+    """GPT-2 small's shape: 12 layers x 768, 12 heads, a 50,257-token vocabulary, 1,024 positions (124M parameters)."""
+    return GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024, **special_tokens)
+
+
 def gpt2_small(builtin: Path, folder: Path) -> Path:
     """GPT-2 small's shape, random-init, saved with the built-in tokenizer padded to its 50,257 tokens."""
     tokenizer = AutoTokenizer.from_pretrained(builtin)
     tokenizer.add_tokens([f"<pad{i}>" for i in range(50257 - len(tokenizer))])
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=len(tokenizer), n_positions=1024,
-                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
+    config = gpt2_small_config(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                               pad_token_id=tokenizer.pad_token_id)
     GPT2LMHeadModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -27,8 +27,9 @@ import time
 
 import numpy as np
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 
+from bench_ppo import gpt2_small_config  # beside this script: the one definition of the 124M shape
 from llm_gym import TinyLMConfig, build_builtin_model, default_device
 from llm_gym.infra.memory import PeakMemory
 from llm_gym.models.lm import checkpointed_layers
@@ -39,7 +40,7 @@ def make_model(name: str, device: torch.device) -> torch.nn.Module:
     if name == "builtin":
         return Policy.from_pretrained(build_builtin_model(TinyLMConfig()).path, device=device).model
     torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)).to(device)
+    return GPT2LMHeadModel(gpt2_small_config()).to(device)
 
 
 def timed(fn, device: torch.device) -> float:
