@@ -1,4 +1,5 @@
-"""Benchmark: tokens/second of `Policy.sample` against a bare `model.generate` on the same model.
+"""Benchmark: tokens/second of `Policy.sample` against a bare `model.generate` on the same model, with model FLOPs,
+GFLOP/s against a matmul peak measured in the same run, and peak memory.
 
 What is measured
     One batch of prompts from the built-in review task (16 by default, of varied length, so
@@ -28,9 +29,17 @@ Making the two do the same work
     * The runs alternate (A, B, A, B, ...) after one warm-up of each, so drift on a shared
       machine hits both sides alike; the ratio uses medians.
 
+Model FLOPs and the peak
+    Each call's FLOPs are counted as `bench_ppo.py` counts generation (`generation_flops`: 2 x the body's parameters
+    per prompt and new token, the LM head only at the sampled positions; the prompt length is the batch's mean number
+    of real tokens); GFLOP/s is that over the median seconds, and its share is of the matmul peak of the dtype the run
+    computes in (`--mixed-precision bf16`: both sides under bf16 autocast), measured in the same run. Peak memory is
+    the resident set (and on CUDA the allocated peak) over the timed calls.
+
 Run
     .venv/bin/python experiments/bench_sampling.py                # default built-in model
     .venv/bin/python experiments/bench_sampling.py --smoke        # tiny model, seconds to build
+    .venv/bin/python experiments/bench_sampling.py --model gpt2-small --device cuda --mixed-precision bf16   # 124M
 """
 
 from __future__ import annotations
@@ -38,46 +47,46 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import tempfile
 import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 import transformers
 from transformers import GenerationConfig
 
-from llm_gym import Policy, SamplingConfig, TinyLMConfig, build_builtin_model, default_device, generate_review_task
+from bench_ppo import add_run_arguments, body_parameters, describe_peaks, generation_flops, matmul_peaks, model_folder, percent
+from bench_ppo import run_settings, sync
+from llm_gym import Policy, SamplingConfig, generate_review_task
+from llm_gym.infra.distributed import Distributed
+from llm_gym.infra.memory import PeakMemory
 
 TARGET = 0.90  # policy tokens/s must be >= 90% of generate's
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cache-dir", default=None, help="where the built-in model is built/cached (default: llm_gym's default cache)")
-    p.add_argument("--smoke", action="store_true", help="use TinyLMConfig.smoke() (a tiny model; not for results)")
+    add_run_arguments(p)
+    p.add_argument("--smoke", action="store_true", help="the same as --model smoke")
     p.add_argument("--batch", type=int, default=16, help="prompts per batch")
     p.add_argument("--new-tokens", type=int, default=32, help="new tokens per prompt (exactly, on both sides)")
     p.add_argument("--repeats", type=int, default=7, help="timed runs of each side (after one warm-up each)")
-    p.add_argument("--device", default=None, help="torch device (default: CUDA if available, else CPU)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="base seed of the samples")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def main() -> None:
-    args = parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device) if args.device else default_device()
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    """Run the benchmark, print its report; returns the key figures (for `bench_all.py`)."""
+    args = parse_args(argv)
+    device, precision = run_settings(args)
     n_new, batch = args.new_tokens, args.batch
+    model_name = "smoke" if args.smoke else args.model
 
     # ---------------------------------------------------------------- model and prompts
-    config = TinyLMConfig.smoke() if args.smoke else TinyLMConfig()
-    report = build_builtin_model(config, cache_dir=args.cache_dir)
-    policy = Policy.from_pretrained(report.path, device=device)
+    scratch = tempfile.TemporaryDirectory()
+    path, config = model_folder(model_name, args.cache_dir, Path(scratch.name))
+    policy = Policy.from_pretrained(path, device=device)
     model, tok = policy.model, policy.tokenizer
     model.eval()
     prompts = generate_review_task(config.task).prompts[:batch]
@@ -124,52 +133,67 @@ def main() -> None:
                 assert any(t != tok.pad_token_id for t in rest), "generate stopped a row at EOS; EOS stopping is still on"
         return new
 
-    def timed(fn, seed: int) -> tuple[float, torch.Tensor]:
-        sync(device)
-        t0 = time.perf_counter()
-        tokens = fn(seed)
-        sync(device)
+    def run(fn: Callable[[int], torch.Tensor], seed: int) -> tuple[float, torch.Tensor]:
+        with Distributed.autocast(precision, device):
+            sync(device)
+            t0 = time.perf_counter()
+            tokens = fn(seed)
+            sync(device)
         return time.perf_counter() - t0, tokens
 
     # ---------------------------------------------------------------- warm-up, then interleaved timing
     # The warm-up runs also compare the samples: with the same seed both draw from the same
     # distribution with one multinomial per step, so (on CPU at least) they mostly pick the
     # same tokens -- a direct check that the two do the same work.
-    _, warm_policy = timed(run_policy, args.seed)
-    _, warm_generate = timed(run_generate, args.seed)
+    _, warm_policy = run(run_policy, args.seed)
+    _, warm_generate = run(run_generate, args.seed)
     same_tokens = int((warm_policy == warm_generate).sum())
+    peaks = matmul_peaks(device, precision)
+    peak = peaks["bf16" if precision == "bf16" else "fp32"]
     times = {"policy.sample": [], "model.generate": []}
     eos_seen = {"policy.sample": 0, "model.generate": 0}
-    for r in range(args.repeats):
-        seed = args.seed + 1 + r
-        for name, fn in (("policy.sample", run_policy), ("model.generate", run_generate)):
-            seconds, tokens = timed(fn, seed)
-            times[name].append(seconds)
-            eos_seen[name] += int((tokens == tok.eos_token_id).sum())  # EOS drawn mid-row, sampling went on
+    with PeakMemory() as memory:
+        for r in range(args.repeats):
+            seed = args.seed + 1 + r
+            for name, fn in (("policy.sample", run_policy), ("model.generate", run_generate)):
+                seconds, tokens = run(fn, seed)
+                times[name].append(seconds)
+                eos_seen[name] += int((tokens == tok.eos_token_id).sum())  # EOS drawn mid-row, sampling went on
 
     # ---------------------------------------------------------------- report
     n_params = sum(p.numel() for p in model.parameters())
+    flops = generation_flops(body_parameters(model), model.get_input_embeddings().weight.numel(), batch,
+                             float(lengths.float().mean()), n_new)
+    dtype = "bf16" if precision == "bf16" else "fp32"
     print("== bench_sampling: Policy.sample vs model.generate ==")
     print(f"device        {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f" ({platform.processor() or platform.machine()})"))
     print(f"versions      python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"threads       {torch.get_num_threads()}")
-    print(f"model         {report.path.name} ({'smoke' if args.smoke else 'default'} config), {n_params:,} parameters, "
-          f"{config.n_layer} layers x {config.n_embd} hidden, vocab {len(tok)}")
+    print(f"model         {model_name} ({path.name}), {n_params:,} parameters, "
+          f"{model.config.n_layer} layers x {model.config.n_embd} hidden, vocab {len(tok)}; precision {dtype}")
     print(f"batch         {batch} prompts, {int(lengths.min())}-{int(lengths.max())} tokens (padded to {prompt_ids.shape[1]}), "
-          f"{n_new} new tokens each = {batch * n_new} tokens per call")
+          f"{n_new} new tokens each = {batch * n_new} tokens per call, {flops / 1e9:.4g} GFLOP")
     print(f"repeats       {args.repeats} per side, interleaved, after 1 warm-up each")
     print(f"same samples  {same_tokens}/{batch * n_new} tokens identical between the two (warm-up, seed {args.seed})")
-    print(f"{'':16}{'median s':>10}{'min s':>10}{'tok/s (median)':>16}{'tok/s (best)':>14}{'EOS sampled':>13}")
+    print(f"matmul peak   {describe_peaks(peaks, device)}; shares below of the {dtype} peak")
+    print(f"{'':16}{'median s':>10}{'min s':>10}{'tok/s (median)':>16}{'tok/s (best)':>14}{'GFLOP/s':>10}{'of peak':>9}"
+          f"{'EOS sampled':>13}")
     rate = {}
     for name, ts in times.items():
         med, best = statistics.median(ts), min(ts)
         rate[name] = batch * n_new / med
-        print(f"{name:16}{med:>10.4f}{best:>10.4f}{rate[name]:>16,.0f}{batch * n_new / best:>14,.0f}{eos_seen[name]:>13}")
+        gflops = flops / med / 1e9
+        print(f"{name:16}{med:>10.4g}{best:>10.4g}{rate[name]:>16,.0f}{batch * n_new / best:>14,.0f}{gflops:>10.4g}"
+              f"{percent(gflops / peak):>9}{eos_seen[name]:>13}")
     ratio = rate["policy.sample"] / rate["model.generate"]
     best_ratio = min(times["model.generate"]) / min(times["policy.sample"])
     verdict = "PASS" if ratio >= TARGET else "FAIL"
     print(f"ratio         policy/generate tokens/s = {ratio:.3f} (median-based; best-of: {best_ratio:.3f}), target >= {TARGET:.2f}: {verdict}")
-
+    cuda = f", CUDA peak {memory.cuda_peak_mb:,.0f} MB" if memory.cuda_peak_mb is not None else ""
+    print(f"peak memory   {memory.peak_rss_mb:,.0f} MB resident{cuda}")
+    scratch.cleanup()
+    policy_gflops = flops / statistics.median(times["policy.sample"]) / 1e9
+    return {"tokens_per_s": rate["policy.sample"], "ratio": ratio, "gflops": policy_gflops, "share": policy_gflops / peak}
 
 if __name__ == "__main__":
     main()

@@ -17,43 +17,38 @@ The variants alternate in one process (A, B, C, A, B, C...), so a busy machine s
 (12 x 768, 50,257-token vocabulary), random-init and built here: no download.
 
     python experiments/bench_update_costs.py                          # the built-in model
+    python experiments/bench_update_costs.py --model smoke --repeats 1 # the smoke-sized model: wiring only
     python experiments/bench_update_costs.py --model gpt2-small --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from transformers import GPT2LMHeadModel
 
-from bench_ppo import gpt2_small_config  # beside this script: the one definition of the 124M shape
+from bench_ppo import gpt2_config, timed  # beside this script: the one definition of GPT-2's shapes
 from llm_gym import TinyLMConfig, build_builtin_model, default_device
 from llm_gym.infra.memory import PeakMemory
 from llm_gym.models.lm import checkpointed_layers
 from llm_gym.models.policy import Policy, SamplingConfig
 
 
-def make_model(name: str, device: torch.device) -> torch.nn.Module:
-    if name == "builtin":
-        return Policy.from_pretrained(build_builtin_model(TinyLMConfig()).path, device=device).model
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(gpt2_small_config()).to(device)
+def make_model(name: str, device: torch.device, cache_dir: str | None) -> torch.nn.Module:
+    """The model measured: the built-in one (default or smoke size, from the cache) or GPT-2 small's shape, random-init
+    in memory (no tokenizer needed: the inputs are random ids)."""
+    if name == "gpt2-small":
+        torch.manual_seed(0)
+        return GPT2LMHeadModel(gpt2_config("gpt2-small")).to(device)
+    config = TinyLMConfig.smoke() if name == "smoke" else TinyLMConfig()
+    return Policy.from_pretrained(build_builtin_model(config, cache_dir=cache_dir).path, device=device).model
 
 
-def timed(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
-
-
-def alternate(variants: dict[str, callable], repeats: int, device: torch.device) -> dict[str, float]:
+def alternate(variants: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median seconds of each variant, run in turn (A, B, C, A, B, C...) `repeats` times after one warm-up each."""
     for fn in variants.values():  # warm-up: allocations, kernel selection
         fn()
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -63,22 +58,25 @@ def alternate(variants: dict[str, callable], repeats: int, device: torch.device)
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    """Run the benchmark, print its report; returns each cheaper variant's time as a ratio of the old default's (for
+    `bench_all.py`)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["builtin", "gpt2-small"], default="builtin")
+    parser.add_argument("--model", choices=["builtin", "smoke", "gpt2-small"], default="builtin")
+    parser.add_argument("--cache-dir", default=None, help="where the built-in model is built and cached")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--minibatch", type=int, default=8)
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--device", default=None, help="default: CUDA when present, else CPU")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device) if args.device else default_device()
-    model = make_model(args.model, device)
+    model = make_model(args.model, device, args.cache_dir)
     params = [p for p in model.parameters() if p.requires_grad]
     n = sum(p.numel() for p in params)
-    print(f"== bench_update_costs: {args.model}, {n / 1e6:.1f}M parameters, {device}, {torch.get_num_threads()} thread(s), "
+    print(f"== bench_update_costs: {args.model}, {n:,} parameters, {device}, {torch.get_num_threads()} thread(s), "
           f"medians of {args.repeats} alternating ==")
 
     # 1. the optimizer step (random gradients; the state is built by the warm-up step)
@@ -92,7 +90,7 @@ def main() -> None:
     base = steps["loop (default on CPU)"]
     print("optimizer step")
     for k, v in steps.items():
-        print(f"  {k:<24}{v:>9.3f} s   {v / base:>5.2f}x the loop")
+        print(f"  {k:<24}{v:>9.4g} s   {v / base:>5.2f}x the loop")
     del optimizers
 
     # 2. one training forward + backward of a PPO minibatch, with and without the entropy's backward
@@ -115,9 +113,10 @@ def main() -> None:
     passes = alternate({"entropy differentiated (old)": lambda: update("grad"),
                         "entropy for the logs (new)": lambda: update("value")}, args.repeats, device)
     base = passes["entropy differentiated (old)"]
+    entropy_for_logs = passes["entropy for the logs (new)"] / base
     print(f"training forward + backward, {b} x ({tp} + {tc}) tokens")
     for k, v in passes.items():
-        print(f"  {k:<30}{v:>9.3f} s   {v / base:>5.2f}x the old default")
+        print(f"  {k:<30}{v:>9.4g} s   {v / base:>5.2f}x the old default")
 
     # 3. gradient checkpointing: time and memory of the same pass
     peaks: dict[str, list[float]] = {"kept": [], "checkpointed": []}
@@ -131,7 +130,9 @@ def main() -> None:
     passes = alternate({"kept": lambda: measured(False), "checkpointed": lambda: measured(True)}, args.repeats, device)
     print("activations kept vs checkpointed (the same pass; memory: peak rise of the resident set, or CUDA peak)")
     for k, v in passes.items():
-        print(f"  {k:<30}{v:>9.3f} s   {v / passes['kept']:>5.2f}x   {np.median(peaks[k]):>8.0f} MB")
+        print(f"  {k:<30}{v:>9.4g} s   {v / passes['kept']:>5.2f}x   {np.median(peaks[k]):>8.0f} MB")
+    return {"fused_step": steps["fused (fused_adamw)"] / steps["loop (default on CPU)"],
+            "entropy_for_logs": entropy_for_logs, "checkpointed": passes["checkpointed"] / passes["kept"]}
 
 
 if __name__ == "__main__":

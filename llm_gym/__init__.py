@@ -54,6 +54,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["PretrainReport", "TinyLMConfig", "build_builtin_model", "default_cache_dir", "find_builtin_model",
                      "train_tokenizer"], "llm_gym.tasks.tiny_lm"),
     **dict.fromkeys(["Distributed"], "llm_gym.infra.distributed"),
+    **dict.fromkeys(["keep_freed_memory"], "llm_gym.infra.allocator"),
     **dict.fromkeys(["Logger", "make_run_dir"], "llm_gym.infra.logger"),
     **dict.fromkeys(["ConfigError", "load_config"], "llm_gym.infra.configio"),
     **dict.fromkeys(["PolicyReport", "evaluate_policy", "kl_to_reference", "win_rate"], "llm_gym.app.evaluation"),

@@ -419,9 +419,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from llm_gym.core.data import DatasetError
     from llm_gym.feedback.oracles import NoAnswersError
     from llm_gym.feedback.store import StoreError
+    from llm_gym.infra.allocator import keep_freed_memory_from_env
     from llm_gym.infra.configio import ConfigError
     from llm_gym.infra.runfolder import RunFolderError  # CheckpointError is one
 
+    keep_freed_memory_from_env()  # large tensors reuse freed memory instead of page-faulting (infra/allocator.py)
     hf_logging.disable_progress_bar()  # "Loading weights" bars on every from_pretrained drown the stage lines
     if "" not in sys.path and os.getcwd() not in sys.path:
         # as `python -m llm_gym` does: a config's "my_pkg.rewards:fn" or "my_pkg.envs:Env-v0" may live in this folder

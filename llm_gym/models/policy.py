@@ -668,13 +668,18 @@ class Policy:
         zero = torch.zeros_like(token_logp)
         if entropy == "none":
             ent = zero
-        else:
-            with torch.set_grad_enabled(torch.is_grad_enabled() and entropy == "grad"):
-                # entropy of the (filtered) sampling distribution; filtered tokens (p = 0, log p = -inf) add nothing,
-                # and are masked before the product: 0 * -inf would make every gradient NaN
-                finite = torch.isfinite(logp)
-                plogp = logp.exp() * logp.masked_fill(~finite, 0.0)
+        elif entropy == "value" or not torch.is_grad_enabled():
+            with torch.no_grad():
+                # the same numbers as the masked form below, in place over one vocabulary-sized buffer instead of
+                # four: a filtered token's 0 * -inf = NaN becomes the 0 the mask would have given
+                plogp = logp.exp().mul_(logp).nan_to_num_(nan=0.0)
                 ent = -plogp.sum(-1)
+        else:  # "grad", under autograd
+            # entropy of the (filtered) sampling distribution; filtered tokens (p = 0, log p = -inf) add nothing,
+            # and are masked before the product: 0 * -inf would make every gradient NaN
+            finite = torch.isfinite(logp)
+            plogp = logp.exp() * logp.masked_fill(~finite, 0.0)
+            ent = -plogp.sum(-1)
         hidden = out.hidden_states[-1][:, -steps - 1 : -1] if with_hidden else None
         return Evaluation(torch.where(keep, token_logp, zero), torch.where(keep, ent, zero), hidden)
 

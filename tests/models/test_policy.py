@@ -250,19 +250,23 @@ def test_sampling_uses_the_current_cache_api_without_deprecation_warnings(policy
     assert torch.allclose(rollout.logprobs, policy.log_probs(rollout, config), atol=1e-5)
 
 
-def test_evaluate_computes_the_entropy_only_as_far_as_asked(policy: Policy) -> None:
+@pytest.mark.parametrize("config", [SamplingConfig(max_new_tokens=5), SamplingConfig(max_new_tokens=5, top_k=5, top_p=0.9)],
+                         ids=["full", "top-k-top-p"])
+def test_evaluate_computes_the_entropy_only_as_far_as_asked(policy: Policy, config: SamplingConfig) -> None:
     """"grad": differentiable (an entropy bonus in the loss); "value": the same numbers without a graph (for the logs,
-    so no backward pass runs through the vocabulary); "none": not computed (log-probs alone, as the reference's)."""
-    ro = policy.sample(["the film was", "my phone"], SamplingConfig(max_new_tokens=5), seed=0)
-    tensors = (ro.prompt_ids, ro.prompt_mask, ro.completion_ids, ro.completion_mask)
+    so no backward pass runs through the vocabulary), filtered tokens included; "none": not computed (log-probs
+    alone, as the reference's)."""
+    ro = policy.sample(["the film was", "my phone"], config, seed=0)
+    tensors = (ro.prompt_ids, ro.prompt_mask, ro.completion_ids, ro.completion_mask, config)
     grad = policy.evaluate(*tensors, entropy="grad")
     value = policy.evaluate(*tensors, entropy="value")
     none = policy.evaluate(*tensors, entropy="none")
     assert grad.entropy.requires_grad and not value.entropy.requires_grad
     assert torch.equal(grad.entropy.detach(), value.entropy) and bool((value.entropy > 0).any())
+    assert bool(torch.isfinite(value.entropy).all())
     assert torch.equal(none.entropy, torch.zeros_like(none.entropy))
     for ev in (value, none):  # the log-probs are the same, and differentiable, whatever the entropy
         assert torch.equal(ev.logprobs.detach(), grad.logprobs.detach()) and ev.logprobs.requires_grad
-    assert torch.equal(policy.log_probs(ro), grad.logprobs.detach())
+    assert torch.equal(policy.log_probs(ro, config), grad.logprobs.detach())
     with pytest.raises(ValueError, match="entropy must be 'grad', 'value' or 'none'"):
         policy.evaluate(*tensors, entropy="yes")  # type: ignore[arg-type]

@@ -1,0 +1,285 @@
+"""llm_gym's PPO iteration against TRL's PPOTrainer on the same work, in one run, iterations alternating.
+
+The work (issue 18): 16 prompts of exactly 16 tokens, 32 new tokens each (no early stop), a reward model of the
+policy's size, 4 PPO epochs of minibatch 8 (8 optimizer steps), at GPT-2 small's shape (124M parameters, random
+init, built here from the built-in tokenizer; nothing is downloaded) or at the built-in size.
+
+Contestants, one iteration each per round, in turn (A, B, C, A, B, C, ...), after one warm-up iteration each:
+
+    --precision fp32 (default)
+        llm_gym fp32              PPO with its defaults (the path whose result the golden test pins)
+        TRL fp32 stock            trl 1.12's `trl.experimental.ppo.PPOTrainer` as shipped, but `bf16=False`
+        TRL fp32 no gc.collect    the same, its two `gc.collect()` calls per iteration made no-ops (this trainer's)
+    --precision bf16
+        llm_gym bf16+fused        `mixed_precision="bf16"`, `fused_adamw=True` (the fast options; their learning
+                                  result: experiments/bf16_learning.py and the arithmetic study)
+        llm_gym fp32              its default again, for the bf16 speed-up in the same run
+        TRL bf16 stock            PPOTrainer with all its defaults (`bf16=True` is TRL's default)
+        TRL bf16 no gc.collect    the same without its gc.collect calls
+
+TRL's config also defaults to `gradient_checkpointing=True`, but PPOTrainer's own `train()` never turns it on
+(Trainer's loop would); the script prints whether it is active. TRL's `train()` is one loop, so each trainer runs
+in its own thread and hands control back at every `on_step_end` (a baton: only one contestant computes at any
+time). A TRL iteration is timed from the moment it gets the baton to its next `on_step_end`: its own work plus the
+previous iteration's clean-up (`gc.collect`, `del`s), which is part of what an iteration costs. The reference and
+the reward model are shared by the TRL trainers (they are frozen), to fit the contestants in memory.
+
+Model FLOPs per iteration (Kaplan et al. 2020's 2N per token forward, 6N forward and backward; B = the
+transformer body without embedding tables, H = the LM head, counted where logits are computed; T = prompt + new
+tokens, n = new tokens, P = prompts):
+
+    both        generation P (2B T + 2H n); reward model P 2B T
+    llm_gym     reference and old log-probs 2 P (2B T + 2H (n + 1)); update 4 epochs x 3 x the same forward
+                (the value head sits on the policy's detached features: no second network)
+    TRL         reference P (2B T + 2H T) (logits at every position); value model P 2B T;
+                update 4 x 3 x P (2B T + 2H T + 2B T) (policy and a separate value network)
+
+TRL is not a dependency of llm_gym: install it for this script only, `pip install trl==1.12.0` (1.12 is the last
+release that ships PPO). `--keep-freed-memory` applies `llm_gym.keep_freed_memory()` (the `llm-gym` command's
+default; process-wide, so both sides get it).
+
+    python experiments/bench_trl.py --model gpt2-small --threads 2 --iterations 3
+    python experiments/bench_trl.py --model gpt2-small --threads 2 --iterations 3 --keep-freed-memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import sys
+import tempfile
+import threading
+import time
+import types
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ppo import MODELS, exact_length_prompts, matmul_peak, model_folder  # noqa: E402  (shared with bench_ppo.py)
+
+from llm_gym import Policy, RewardModel, SamplingConfig, generate_review_task  # noqa: E402
+from llm_gym import keep_freed_memory  # noqa: E402
+from llm_gym.agents import PPO, PPOConfig  # noqa: E402
+from llm_gym.envs import PromptBanditVecEnv  # noqa: E402
+from llm_gym.models.text import encode  # noqa: E402
+
+
+class Contestant:
+    """One side of the race: `step()` runs one training iteration and returns its seconds."""
+
+    name: str
+
+    def step(self) -> float:
+        raise NotImplementedError
+
+
+class LlmGymContestant(Contestant):
+    def __init__(self, name: str, agent: PPO) -> None:
+        self.name, self.agent = name, agent
+
+    def step(self) -> float:
+        t = time.perf_counter()
+        self.agent.train_iteration()
+        return time.perf_counter() - t
+
+
+class TRLContestant(Contestant, TrainerCallback):
+    """A TRL trainer whose `train()` runs in its own thread and yields at every `on_step_end`."""
+
+    def __init__(self, name: str, make_trainer: Callable[[], object], threads: int) -> None:
+        self.name = name
+        self.trainer = make_trainer()
+        self.trainer.add_callback(self)
+        for quiet in (transformers.PrinterCallback, transformers.ProgressCallback):  # no metrics dict per iteration
+            self.trainer.remove_callback(quiet)
+        self._go, self._done = threading.Semaphore(0), threading.Semaphore(0)
+        self._started = 0.0
+        self._last = 0.0
+        self._error: BaseException | None = None
+        self._threads = threads
+        self.thread = threading.Thread(target=self._train, name=name, daemon=True)
+        self.thread.start()
+
+    def _train(self) -> None:
+        torch.set_num_threads(self._threads)  # the intra-op thread count is per thread
+        self._go.acquire()
+        self._started = time.perf_counter()
+        try:
+            self.trainer.train()
+        except BaseException as err:  # handed to the main thread
+            self._error = err
+        self._done.release()
+
+    def on_step_end(self, args, state, control, **kwargs):  # TrainerCallback
+        self._last = time.perf_counter() - self._started
+        self._done.release()
+        self._go.acquire()
+        self._started = time.perf_counter()
+        return control
+
+    def step(self) -> float:
+        self._go.release()
+        self._done.acquire()
+        if self._error is not None:
+            raise RuntimeError(f"{self.name} failed") from self._error
+        return self._last
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=MODELS, default="gpt2-small")
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--minibatch", type=int, default=8)
+    parser.add_argument("--iterations", type=int, default=3, help="timed iterations per contestant (after 1 warm-up)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--keep-freed-memory", action="store_true", help="apply llm_gym.keep_freed_memory() first")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="fp32: llm_gym's default path against TRL with bf16=False; bf16: llm_gym's bf16 + fused "
+                             "AdamW against TRL's own default (bf16=True)")
+    parser.add_argument("--only", default=None, help="comma-separated contestant names to run (default: all)")
+    args = parser.parse_args()
+    try:
+        import trl
+        from trl.experimental.ppo import PPOConfig as TRLPPOConfig
+        from trl.experimental.ppo import PPOTrainer
+        from trl.experimental.ppo import ppo_trainer as trl_ppo_module
+    except ImportError as err:
+        raise SystemExit(f"this benchmark needs TRL 1.12 (not a dependency of llm_gym): pip install trl==1.12.0 ({err})")
+    kept = keep_freed_memory() if args.keep_freed_memory else False
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+
+    scratch = tempfile.TemporaryDirectory()
+    path, config = model_folder(args.model, args.cache_dir, Path(scratch.name) / "model")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    task = generate_review_task(config.task)
+    # the same prompts on both sides: texts of exactly --prompt-tokens tokens as llm_gym encodes them, and those ids
+    texts = exact_length_prompts(tokenizer, task.prompts, args.prompt_tokens)[: 4 * args.prompts]
+    ids = encode(tokenizer, texts)
+
+    # llm_gym: one shared reward model; each agent its own policy (and reference copy)
+    rm = RewardModel.from_pretrained(path, device=device)
+    rm.eval()
+
+    def llm_gym_agent(**options) -> PPO:
+        ppo = PPOConfig(sampling=SamplingConfig(max_new_tokens=args.new_tokens, stop_at_eos=False),
+                        n_epochs=args.epochs, minibatch_size=args.minibatch, log_samples_every=0, **options)
+        env = PromptBanditVecEnv(texts, rm, num_envs=args.prompts)
+        return PPO(Policy.from_pretrained(path, device=device), env, ppo, rng=np.random.default_rng(0))
+
+    # TRL: one shared reference and reward model; each trainer its own policy and value network
+    import datasets
+
+    tokenizer.padding_side = "left"
+    dataset = datasets.Dataset.from_dict({"input_ids": ids})
+    trl_ref = AutoModelForCausalLM.from_pretrained(path)
+    trl_rm = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    real_collect = gc.collect
+    no_gc_threads: set[str] = set()
+    # the module's `gc` seen by TRL's train(): a no-op collect for the trainer without gc, the real one otherwise
+    trl_ppo_module.gc = types.SimpleNamespace(
+        collect=lambda *a: 0 if threading.current_thread().name in no_gc_threads else real_collect(*a))
+
+    def trl_trainer(out: str, bf16: bool) -> Callable[[], object]:
+        """TRL's PPOTrainer on the same work, its defaults otherwise (`bf16=True` is its own default)."""
+        def make():
+            trl_args = TRLPPOConfig(
+                output_dir=f"{scratch.name}/{out}", bf16=bf16, per_device_train_batch_size=args.prompts, gradient_accumulation_steps=1,
+                num_mini_batches=args.prompts // args.minibatch, num_ppo_epochs=args.epochs,
+                response_length=args.new_tokens, local_rollout_forward_batch_size=args.prompts,
+                total_episodes=args.prompts * (args.iterations + 2), stop_token=None, missing_eos_penalty=None,
+                num_sample_generations=0, report_to="none", save_strategy="no", logging_steps=10**6,
+                use_cpu=True, seed=0, disable_tqdm=True)
+            return PPOTrainer(
+                args=trl_args, processing_class=tokenizer,
+                model=AutoModelForCausalLM.from_pretrained(path), ref_model=trl_ref, reward_model=trl_rm,
+                value_model=AutoModelForSequenceClassification.from_pretrained(path, num_labels=1),
+                train_dataset=dataset)
+        return make
+
+    bf16 = args.precision == "bf16"
+    ours = ("llm_gym bf16+fused", dict(mixed_precision="bf16", fused_adamw=True)) if bf16 else ("llm_gym fp32", {})
+    tag = "bf16" if bf16 else "fp32"
+    builders: dict[str, Callable[[], Contestant]] = {
+        ours[0]: lambda: LlmGymContestant(ours[0], llm_gym_agent(**ours[1])),
+        # in the bf16 run, llm_gym's fp32 default too: the bf16 speed-up measured in the same run
+        **({"llm_gym fp32": lambda: LlmGymContestant("llm_gym fp32", llm_gym_agent())} if bf16 else {}),
+        f"TRL {tag} stock": lambda: TRLContestant(f"TRL {tag} stock", trl_trainer("stock", bf16), args.threads),
+        f"TRL {tag} no gc.collect": lambda: TRLContestant(
+            f"TRL {tag} no gc.collect", trl_trainer("nogc", bf16), args.threads),
+    }
+    no_gc_threads.update(name for name in builders if "no gc.collect" in name)
+    wanted = set(args.only.split(",")) if args.only else None
+    contestants = [build() for name, build in builders.items() if wanted is None or name in wanted]
+
+    peaks = {"fp32": matmul_peak(device)}
+    if bf16:
+        peaks["bf16"] = matmul_peak(device, dtype=torch.bfloat16)
+    peak = peaks[tag]
+    for c in contestants:  # warm-up
+        c.step()
+    times: dict[str, list[float]] = {c.name: [] for c in contestants}
+    for _ in range(args.iterations):
+        for c in contestants:
+            times[c.name].append(c.step())
+            print(f"  {c.name:<34}{times[c.name][-1]:8.2f} s", flush=True)
+
+    # model FLOPs (see the docstring)
+    lm = AutoModelForCausalLM.from_pretrained(path)
+    n_all = sum(p.numel() for p in lm.parameters())
+    head = lm.get_output_embeddings().weight.numel()
+    body = n_all - head - sum(p.numel() for n_, p in lm.named_parameters() if n_.endswith("wpe.weight"))
+    del lm
+    P, n, T = args.prompts, args.new_tokens, args.prompt_tokens + args.new_tokens
+    generation = P * (2 * body * T + 2 * head * n)
+    reward = P * 2 * body * T
+    ours_forward = P * (2 * body * T + 2 * head * (n + 1))
+    flops = {
+        "llm_gym": generation + reward + 2 * ours_forward + args.epochs * 3 * ours_forward,
+        "TRL": generation + reward + P * (2 * body * T + 2 * head * T) + P * 2 * body * T
+        + args.epochs * 3 * P * (2 * body * T + 2 * head * T + 2 * body * T),
+    }
+
+    print("== bench_trl: one PPO iteration, llm_gym vs TRL, alternating in one run ==")
+    print(f"device        cpu ({platform.machine()}), threads {args.threads}; matmul peak "
+          + ", ".join(f"{k} {v:,.0f}" for k, v in peaks.items()) + " GFLOP/s (2048 x 2048, measured now; a row's share "
+          "is of its own precision's peak)")
+    print(f"versions      torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")
+    print(f"allocator     {'keep_freed_memory() applied' if kept else 'glibc default'}")
+    trl_side = [c for c in contestants if isinstance(c, TRLContestant)]
+    if trl_side:  # its config says gradient_checkpointing=True, but PPOTrainer's own train() never turns it on
+        on = {c.trainer.model.policy.is_gradient_checkpointing for c in trl_side}
+        print(f"TRL           bf16={bf16}; gradient checkpointing active: {sorted(on)} "
+              f"(config: {trl_side[0].trainer.args.gradient_checkpointing})")
+    print(f"model         {args.model}: {n_all:,} parameters; work: {P} prompts x ({args.prompt_tokens} + {n}) tokens, "
+          f"reward model of the same size, {args.epochs} epochs, minibatch {args.minibatch}")
+    print(f"{'contestant':<34}{'median s':>10}{'min':>8}{'max':>8}{'TFLOP':>8}{'GFLOP/s':>9}{'of peak':>9}"
+          f"{'/ llm_gym':>10}")
+    base = float(np.median(times[ours[0]])) if ours[0] in times else None
+    for name, ts in times.items():
+        med = float(np.median(ts))
+        f = flops["TRL" if name.startswith("TRL") else "llm_gym"]
+        peak_of = peaks["fp32"] if name == "llm_gym fp32" else peak
+        ratio = f"{med / base:.2f}x" if base else "-"
+        print(f"{name:<34}{med:>10.2f}{min(ts):>8.2f}{max(ts):>8.2f}{f / 1e12:>8.2f}{f / med / 1e9:>9.1f}"
+              f"{f / med / 1e9 / peak_of:>8.0%}{ratio:>10}")
+    if bf16 and {"llm_gym fp32", ours[0]} <= times.keys():
+        print(f"llm_gym bf16 + fused AdamW is {np.median(times['llm_gym fp32']) / np.median(times[ours[0]]):.2f}x as fast as "
+              "its fp32 default in this run (the issue's bf16 bar: >= 1.5x)")
+    print(f"(median of {args.iterations} alternating iterations each; the last column is that row's time over "
+          f"{ours[0]}'s; the issue's bars: TRL stock >= 2.5x, TRL without gc.collect >= 2x)")
+    scratch.cleanup()
+
+
+if __name__ == "__main__":
+    main()
