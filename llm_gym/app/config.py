@@ -160,7 +160,17 @@ class OracleSpec:
     """`synthetic`: the task's gold judge under Bradley-Terry noise; `recorded`: replay the comparison file `path`
     (its comparisons are the training set); `terminal`: a person answers at the keyboard."""
     temperature: float = 1.0
-    """Synthetic oracle: Bradley-Terry / Plackett-Luce temperature in gold-score units (0 = noiseless)."""
+    """Synthetic oracle: Bradley-Terry / Plackett-Luce temperature in gold-score units (0 = noiseless). Its meaning
+    depends on the judge's units (on the built-in task 1.0 with 10% flips gives labels that agree with the gold order
+    only 63% of the time): `agreement` chooses it instead."""
+    agreement: float | None = None
+    """Synthetic oracle: instead of `temperature`, how often the labels should agree with the gold order, in
+    (0.5, 1 - flip_prob]. Human labellers agree with each other about 0.73 of the time (InstructGPT 72.6 +- 1.5%,
+    Ouyang et al. 2022; Stiennon et al. 2020 73 +- 4%), so 0.73 makes a human-like labeller. The temperature that
+    gives it is found on the reward-model stage's own queries (all of them, answered before or not, so a resumed
+    stage gets the same one) and recorded in the stage's result (`oracle_temperature`, `calibration`); a preference
+    loop's oracle finds it on its first round's queries. None: labels drawn at `temperature`. Leave `temperature` at
+    its default with it (1.0 is then unused): a different temperature is refused as a contradiction."""
     flip_prob: float = 0.1
     """Synthetic oracle: probability of inverting a pairwise label (Christiano et al.'s random answers)."""
     tie_margin: float = 0.0
@@ -205,6 +215,22 @@ class OracleSpec:
                 f"OracleSpec needs temperature >= 0, flip_prob in [0, 1], tie_margin >= 0; got "
                 f"{self.temperature}, {self.flip_prob}, {self.tie_margin}"
             )
+        if self.agreement is not None:
+            if isinstance(self.agreement, bool) or not isinstance(self.agreement, (int, float)):
+                raise ValueError(f"OracleSpec.agreement must be a number in (0.5, 1] or None, got {self.agreement!r}")
+            if self.temperature != OracleSpec.temperature:
+                raise ValueError(
+                    f"OracleSpec: set temperature ({self.temperature}) or agreement ({self.agreement}), not both: "
+                    "agreement chooses the temperature that gives it; remove temperature (or agreement)")
+            if not 0.5 < self.agreement <= 1:
+                raise ValueError(f"OracleSpec.agreement must be in (0.5, 1] (0.5 is chance), got {self.agreement}; "
+                                 "0.73 is how often human labellers agree")
+            if self.agreement > 1 - self.flip_prob + 1e-12:  # as SyntheticOracle allows
+                raise ValueError(
+                    f"OracleSpec.agreement = {self.agreement} is out of reach with flip_prob = {self.flip_prob}: the "
+                    f"labels agree with the gold order at most 1 - flip_prob = {1 - self.flip_prob:.4g} of the time; "
+                    f"lower flip_prob to at most {1 - self.agreement:.4g}, or agreement to at most "
+                    f"{1 - self.flip_prob:.4g}")
 
 
 @dataclass(frozen=True)

@@ -68,8 +68,8 @@ from llm_gym.agents.preference_loop import DisagreementSelector, PreferenceLoop,
 from llm_gym.agents.sft import SFTTrainer
 from llm_gym.app.config import STAGES, AgentStage, ExperimentConfig, LoopStage, PPOStage
 from llm_gym.app.evaluation import evaluate_policy
-from llm_gym.app.stages import (LoadedTask, chat_tokenizer, check_inputs, check_task, code_fingerprint,
-                                folder_fingerprint, load_task, make_env, make_oracle, oracle_fingerprint, read_state, resolve_reward, sample_queries, store_for)
+from llm_gym.app.stages import (LoadedTask, calibrate_labeller, chat_tokenizer, check_inputs, check_task, code_fingerprint,
+                                folder_fingerprint, labeller_figures, load_task, make_env, make_oracle, oracle_fingerprint, read_state, resolve_reward, sample_queries, store_for)
 from llm_gym.app.summary import build_summary
 from llm_gym.core.data import DatasetError
 from llm_gym.core.metrics import verifies_answers
@@ -392,6 +392,9 @@ class Pipeline:
             oracle = make_oracle(cfg.oracle, gold, np.random.default_rng(cfg.seed), self.input_fn, self.chat_tokenizer)
             sources = {"pretrained": self._need("pretrain")["result"]["path"], "sft": self._sft_path()}
             queries = sample_queries(cfg, oracle, self.prompts, sources, self.device)
+            # a labeller calibrated to a target agreement finds its temperature on all the stage's queries, those
+            # answered in an earlier run included: a resumed stage labels the rest at the same temperature
+            calibrate_labeller(oracle, queries)
             # labels persist across runs: the store is append-only and never deleted, and a
             # query already answered there is not asked again (a resumed run keeps every answer)
             # a recorded file by its content: edited, its answers go into a fresh store (the old one is moved aside)
@@ -402,10 +405,11 @@ class Pipeline:
                 todo = [q for q in queries if q.query_id not in answered]
                 collect(oracle, todo, store)
                 ids = {q.query_id for q in queries}
-                return len(queries), [c for c in store.comparisons() if c.query_id in ids]
+                comparisons = [c for c in store.comparisons() if c.query_id in ids]
+                return len(queries), comparisons, labeller_figures(oracle, comparisons)
 
         def body() -> dict[str, Any]:
-            n_queries, comparisons = self.dist.main_process_only(label)()  # one labeller, one store
+            n_queries, comparisons, labeller = self.dist.main_process_only(label)()  # one labeller, one store
             store = self.out / "labels.sqlite"
             if not comparisons:
                 raise NoAnswersError(
@@ -430,7 +434,7 @@ class Pipeline:
             self.dist.main_process_only(rm.save)(path)
             return {"in_run_folder": True, "path": self._rel(path), "labels": len(comparisons), "queries_posed": n_queries,
                     "query_ids": sorted({c.query_id for c in comparisons}),  # what DPO learns from too
-                    "ensemble": rm_cfg.members > 1, **{k: float(v) for k, v in metrics.items()}}
+                    "ensemble": rm_cfg.members > 1, **labeller, **{k: float(v) for k, v in metrics.items()}}
 
         return self._timed("reward_model", fp, body)
 

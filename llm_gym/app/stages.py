@@ -7,6 +7,7 @@ task: the built-in review task, an environment a user registered, or files.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -23,7 +24,7 @@ import numpy as np
 from llm_gym.agents.lm_preferences import CompletionSource
 from llm_gym.app.config import BUILTIN_ENV, STAGES, ExperimentConfig, OracleSpec, TaskSpec
 from llm_gym.core.data import DatasetError, load_demonstrations, load_prompts
-from llm_gym.core.preferences import Query
+from llm_gym.core.preferences import Comparison, Query
 from llm_gym.core.reward import RewardFn, _name, check_reward_fn, resolve_reward_fn
 from llm_gym.core.task import PromptTask, Task
 from llm_gym.envs.prompt_bandit import PromptBanditVecEnv
@@ -36,9 +37,9 @@ from llm_gym.infra.runfolder import RunFolderError, check_writable_folder, read_
 from llm_gym.models.policy import Policy
 from llm_gym.tasks.review import ReviewTask, ReviewTaskConfig
 
-__all__ = ["LoadedTask", "chat_tokenizer", "check_inputs", "check_task", "code_fingerprint", "config_advice", "folder_fingerprint", "load_task", "make_env",
-           "make_oracle", "oracle_fingerprint", "read_comparisons", "read_state", "resolve_reward", "sample_queries",
-           "store_for"]
+__all__ = ["LoadedTask", "calibrate_labeller", "chat_tokenizer", "check_inputs", "check_task", "code_fingerprint",
+           "config_advice", "folder_fingerprint", "labeller_figures", "load_task", "make_env", "make_oracle",
+           "oracle_fingerprint", "read_comparisons", "read_state", "resolve_reward", "sample_queries", "store_for"]
 
 _DATA_PARTS = ("prompts", "eval_prompts", "demonstrations")
 
@@ -307,6 +308,8 @@ def oracle_fingerprint(spec: OracleSpec, gold: str = "builtin") -> dict[str, Any
     for name in spec.field_names():  # the field names only as far as they change what is read (older runs have none)
         if spec.kind != "recorded" or settings[name] == getattr(defaults, name):
             del settings[name]
+    if spec.agreement is None:  # the temperature form, as runs from before `agreement` existed saw it
+        del settings["agreement"]
     if spec.kind == "synthetic" and gold != "builtin":  # its labels are the judge's: another judge, other labels
         settings["gold"] = gold
     if spec.kind == "recorded":
@@ -520,11 +523,37 @@ def make_oracle(spec: OracleSpec, gold: RewardFn | None, rng: np.random.Generato
     if spec.kind == "synthetic":
         if gold is None:  # check_task refuses this before a stage runs
             raise ConfigError('oracle.kind = "synthetic" needs a gold judge; the task has none')
+        if spec.agreement is not None:  # the temperature is chosen for it (`calibrate_labeller`)
+            return SyntheticOracle(gold, rng=rng, agreement=spec.agreement, flip_prob=spec.flip_prob,
+                                   tie_margin=spec.tie_margin)
         return SyntheticOracle(gold, rng=rng, temperature=spec.temperature, flip_prob=spec.flip_prob,
                                tie_margin=spec.tie_margin)
     if spec.kind == "recorded":
         return read_comparisons(spec, tokenizer)
     return TerminalOracle(input_fn=input_fn)
+
+
+def calibrate_labeller(oracle: PreferenceOracle, queries: Sequence[Query]) -> None:
+    """Choose a synthetic labeller's temperature for its target agreement on `queries` (nothing for other oracles).
+
+    A stage passes every query it poses, those answered in an earlier run included, before it answers the pending
+    ones: the temperature depends on the stage's queries only, so a resumed stage labels at the same one."""
+    if isinstance(oracle, SyntheticOracle) and oracle.agreement is not None:
+        oracle.calibrate(queries)
+
+
+def labeller_figures(oracle: PreferenceOracle, comparisons: Sequence[Comparison]) -> dict[str, Any]:
+    """A synthetic labeller's figures for a stage's result: the temperature its labels were drawn at
+    (`oracle_temperature`), how often `comparisons`' labels agree with the gold order (`label_agreement`, over
+    `label_pairs` implied pairs, the pairs the gold order ties left out) and, when the temperature was chosen for a
+    target agreement, the `Calibration` (`calibration`). Empty for other oracles."""
+    if not isinstance(oracle, SyntheticOracle):
+        return {}
+    rate, pairs = oracle.agreement_of(comparisons)
+    figures: dict[str, Any] = {"oracle_temperature": oracle.temperature, "label_agreement": rate, "label_pairs": pairs}
+    if oracle.calibration is not None:
+        figures["calibration"] = dataclasses.asdict(oracle.calibration)
+    return figures
 
 
 def sample_queries(config: ExperimentConfig, oracle: PreferenceOracle, prompts: Sequence[str],

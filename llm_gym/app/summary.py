@@ -69,7 +69,8 @@ def build_summary(config: ExperimentConfig, state: dict[str, Any], out: Path) ->
         row = {"stage": key, "wall_seconds": result.get("seconds"), "peak_rss_mb": result.get("peak_rss_mb")}
         if key == "reward_model":
             row.update(labels=labels, heldout_accuracy=result.get("heldout_accuracy"),
-                       gold_agreement=result.get("gold_agreement"))
+                       gold_agreement=result.get("gold_agreement"), label_agreement=result.get("label_agreement"),
+                       oracle_temperature=result.get("oracle_temperature"))
         else:
             row.update(evaluation.get(name, {}))
             if "labels" in result:  # a preference loop's own labels, or DPO's

@@ -10,7 +10,9 @@ batch loses nothing already answered.
 Oracles here:
 
 * `SyntheticOracle`: a gold scorer plays the human, with calibrated noise (Bradley-Terry
-  temperature, random flips as in Christiano et al. 2017, ties).
+  temperature, random flips as in Christiano et al. 2017, ties); the temperature is given, or
+  chosen so that the labels agree with the gold order as often as people agree with each other
+  (``agreement=0.73``, `HUMAN_AGREEMENT`: InstructGPT, Stiennon et al.).
 * `RecordedOracle`: replays labelled comparisons from a file or records in memory, in the
   common layouts (``prompt/chosen/rejected``, HH-RLHF's implicit prompt, TRL's conversational
   records, K-way ranks; see `llm_gym.feedback.recorded`).
@@ -32,6 +34,7 @@ import math
 import sys
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from collections.abc import Callable, Iterator, Sequence
 from os import PathLike
 from typing import Any, TextIO
@@ -44,7 +47,8 @@ from llm_gym.core.reward import RewardFn, score_batch
 from llm_gym.feedback.recorded import load_comparisons, self_comparison
 from llm_gym.feedback.store import PreferenceStore
 
-__all__ = ["NoAnswersError", "PreferenceOracle", "SyntheticOracle", "RecordedOracle", "TerminalOracle", "collect"]
+__all__ = ["HUMAN_AGREEMENT", "Calibration", "NoAnswersError", "PreferenceOracle", "SyntheticOracle", "RecordedOracle",
+           "TerminalOracle", "collect", "expected_agreement", "temperature_for_agreement"]
 
 
 class NoAnswersError(ValueError):
@@ -128,6 +132,36 @@ def collect(oracle: PreferenceOracle, queries: Sequence[Query], store: Preferenc
 # --------------------------------------------------------------------------------------
 
 
+HUMAN_AGREEMENT = 0.73
+"""How often human labellers agree with one another, the agreement a synthetic labeller is calibrated to when it
+stands in for people: 72.6 +- 1.5% between InstructGPT's labellers (Ouyang et al. 2022), 73 +- 4% between
+researchers in Stiennon et al. 2020 (labeller-researcher 77 +- 2%)."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a `SyntheticOracle` built from a target agreement chose, and on what (its `calibration`).
+
+    Attributes:
+        target: the agreement with the gold order asked for.
+        temperature: the Bradley-Terry / Plackett-Luce temperature that gives it, in gold-score units (0 = noiseless).
+        expected_agreement: the exact expected agreement at `temperature` on the calibration queries (within 1e-6 of
+            `target`; no Monte Carlo).
+        pairs: the implied pairs it was measured on: one per pairwise query, C(K,2) per K-way query, ties left out.
+        ties: the implied pairs left out because the gold order does not order them: a pairwise query whose gold
+            scores are within `tie_margin` (it is answered as a tie), or two completions of a K-way query with exactly
+            equal gold scores.
+        queries: the calibration queries.
+    """
+
+    target: float
+    temperature: float
+    expected_agreement: float
+    pairs: int
+    ties: int
+    queries: int
+
+
 class SyntheticOracle(PreferenceOracle):
     """A gold scorer playing the human labeller, with calibrated noise.
 
@@ -159,17 +193,46 @@ class SyntheticOracle(PreferenceOracle):
     ``flip_prob=0.5`` gives rankings that carry no information. ``flip_prob > 0.5`` has no
     K-way meaning and is refused for K-way queries.
 
+    **Calibrated by agreement.** A temperature is in gold-score units, so what it means depends on the scorer
+    (on the built-in task, ``temperature=1`` with 10% flips gives labels that agree with the gold order only 63%
+    of the time). Built with ``agreement=`` instead, the oracle chooses the temperature at which its labels agree
+    with the gold order on that share of the comparisons it is asked: human labellers agree with one another
+    about 73% of the time (`HUMAN_AGREEMENT`: InstructGPT 72.6 +- 1.5%, Ouyang et al. 2022; Stiennon et al. 2020
+    73 +- 4%). `calibrate` scores a sample of the queries (e.g. all a stage will ask, or the policy's own
+    completions) and solves for the temperature; without it, the first batch given to `answer` is that sample.
+    The agreement counted is that of every implied pair the gold order orders: a pair with gold difference ``d``
+    agrees with probability ``(1 - f) sigmoid(|d| / T) + f (1 - sigmoid(|d| / T))``, for a pairwise query and
+    for each of the C(K,2) pairs of a K-way ranking alike (with Gumbel noise every implied pair has the
+    Bradley-Terry marginal, and a random permutation orders it right half the time); see `expected_agreement`.
+    Pairwise queries within `tie_margin` (answered as ties) and K-way pairs with equal gold scores are left out.
+    Calibrating draws no random numbers, so the answers do not depend on whether `calibrate` was called or
+    `answer` calibrated on its first batch.
+
     Every query gets an answer. All completions of a batch are scored in one call to
     `scorer` (a reward model runs on batches).
 
     Args:
         scorer: any `RewardFn`, e.g. `llm_gym.GoldScorer()`.
         rng: the source of all randomness (required: a run must be reproducible).
-        temperature: Bradley-Terry / Plackett-Luce temperature in score units; 0 = noiseless.
+        temperature: Bradley-Terry / Plackett-Luce temperature in score units; 0 = noiseless. 1.0 when neither it
+            nor `agreement` is given.
+        agreement: instead of `temperature`: the share, in (0.5, 1 - flip_prob], of the pairs the gold order orders
+            on which the labels should agree with it (`HUMAN_AGREEMENT` = 0.73 for a human-like labeller).
         flip_prob: probability in [0, 1] of inverting a pairwise label (see above).
         tie_margin: pairwise score differences up to this are answered as ties.
         name: the labeller id written into answers.
         clock: time source for ``answered_at``.
+
+    Attributes:
+        temperature: the temperature answers are drawn at; with `agreement`, None until calibrated.
+        calibration: the `Calibration` that chose it (None for the temperature form and before calibrating).
+
+    >>> from llm_gym.core.preferences import Query
+    >>> scorer = lambda prompts, completions: [float(c) for c in completions]  # the score is the text
+    >>> oracle = SyntheticOracle(scorer, rng=np.random.default_rng(0), agreement=0.73)
+    >>> report = oracle.calibrate([Query("p", ("1.0", "0.0")), Query("p", ("0.0", "3.0"))])
+    >>> round(report.temperature, 3), round(report.expected_agreement, 4), report.pairs
+    (1.887, 0.73, 2)
     """
 
     def __init__(
@@ -177,7 +240,8 @@ class SyntheticOracle(PreferenceOracle):
         scorer: RewardFn,
         *,
         rng: np.random.Generator,
-        temperature: float = 1.0,
+        temperature: float | None = None,
+        agreement: float | None = None,
         flip_prob: float = 0.0,
         tie_margin: float = 0.0,
         name: str = "synthetic",
@@ -189,25 +253,95 @@ class SyntheticOracle(PreferenceOracle):
             raise TypeError(
                 f"rng must be a numpy Generator, got {type(rng).__name__}; pass rng=np.random.default_rng(seed)"
             )
-        _check_number("temperature", temperature, 0.0, math.inf, "0 means noiseless, 1.0 is the default")
+        if temperature is not None and agreement is not None:
+            raise ValueError(
+                f"give temperature or agreement, not both (got temperature={temperature!r}, agreement={agreement!r}): "
+                "agreement chooses the temperature that makes the labels agree with the gold order that often"
+            )
+        if agreement is None:
+            temperature = 1.0 if temperature is None else temperature
+            _check_number("temperature", temperature, 0.0, math.inf, "0 means noiseless, 1.0 is the default")
         flip_hint = "it is a probability; 0.05 matches Christiano et al.'s 10% random answers"
         _check_number("flip_prob", flip_prob, 0.0, 1.0, flip_hint)
         _check_number("tie_margin", tie_margin, 0.0, math.inf, "0 makes only exactly equal scores tie")
+        if agreement is not None:
+            _check_agreement(agreement, float(flip_prob))
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string (the labeller id), got {name!r}")
         self.scorer = scorer
         self.rng = rng
-        self.temperature = float(temperature)
+        self.agreement = None if agreement is None else float(agreement)
+        self.temperature: float | None = None if temperature is None else float(temperature)  # None: not calibrated yet
+        self.calibration: Calibration | None = None
         self.flip_prob = float(flip_prob)
         self.tie_margin = float(tie_margin)
         self.name = name
         self.clock = clock
 
     def __repr__(self) -> str:
-        return (
-            f"SyntheticOracle({self.scorer!r}, temperature={self.temperature}, flip_prob={self.flip_prob}, "
-            f"tie_margin={self.tie_margin}, name={self.name!r})"
-        )
+        if self.agreement is None:
+            noise = f"temperature={self.temperature}"
+        else:
+            noise = f"agreement={self.agreement}"
+        text = (f"SyntheticOracle({self.scorer!r}, {noise}, flip_prob={self.flip_prob}, tie_margin={self.tie_margin}, "
+                f"name={self.name!r}")
+        if self.agreement is not None:
+            text += f", calibration={self.calibration!r}"
+        return text + ")"
+
+    def calibrate(self, queries: Sequence[Query]) -> Calibration:
+        """Choose the temperature at which the labels agree with the gold order as often as `agreement` asks.
+
+        Scores `queries` with the scorer (one batched call) and solves for the temperature by bisection on its
+        logarithm (the expected agreement falls as the temperature grows), exactly, without drawing random
+        numbers. Calling it again recalibrates on the new queries. `answer` calls it on its first batch when it
+        was not called before.
+
+        Returns:
+            The `Calibration`, also kept as `calibration` (and the temperature as `temperature`).
+
+        Raises:
+            ValueError: the oracle was built with a fixed temperature; no queries; or no pair of them is ordered
+                by the gold scores (every one a tie).
+        """
+        if self.agreement is None:
+            raise ValueError(
+                f"this oracle was built with a fixed temperature={self.temperature}; build it with agreement=... "
+                f"(e.g. {HUMAN_AGREEMENT}, human labellers' agreement) to have the temperature chosen"
+            )
+        queries = list(queries)
+        if not queries:
+            raise ValueError("calibrate needs queries to measure the agreement on; got none")
+        return self._calibrate(queries, self._score(queries))
+
+    def agreement_of(self, comparisons: Sequence[Comparison]) -> tuple[float, int]:
+        """How often the labels of `comparisons` order their completions as this oracle's gold scorer does.
+
+        Counts the implied pairs the gold order orders, as `calibrate` does (a pairwise comparison within
+        `tie_margin`, and K-way pairs with equal gold scores, are left out); a tied label on such a pair counts as
+        a disagreement. Labels from any labeller can be measured, the oracle's own included.
+
+        Returns:
+            (the share of agreeing pairs, NaN when no pair is counted; the number of pairs counted).
+        """
+        comparisons = list(comparisons)
+        if not comparisons:
+            return math.nan, 0
+        prompts = [c.prompt for c in comparisons for _ in c.completions]
+        completions = [x for c in comparisons for x in c.completions]
+        scores = score_batch(self.scorer, prompts, completions)
+        agree = total = start = 0
+        for c in comparisons:
+            s = scores[start : start + len(c.completions)]
+            start += len(c.completions)
+            ranks = np.asarray(c.ranks)
+            i, j = np.triu_indices(len(s), k=1)
+            gap = s[i] - s[j]
+            counted = np.abs(gap) > self.tie_margin if len(s) == 2 else gap != 0
+            label = np.sign(ranks[j] - ranks[i])  # +1: the label puts i above j
+            agree += int(np.sum(counted & (label == np.sign(gap))))
+            total += int(np.sum(counted))
+        return (agree / total if total else math.nan), total
 
     def answer(self, queries: Sequence[Query]) -> Iterator[Answer]:
         """Yield an answer to every query, in order (see the class docstring for the noise model)."""
@@ -219,15 +353,37 @@ class SyntheticOracle(PreferenceOracle):
                 f"flip_prob={self.flip_prob} > 0.5 is defined for pairwise queries only (it inverts labels); "
                 "for K-way rankings use flip_prob <= 0.5 (0.5 = uniformly random rankings)"
             )
-        prompts = [q.prompt for q in queries for _ in q.completions]
-        completions = [c for q in queries for c in q.completions]
-        scores = score_batch(self.scorer, prompts, completions)  # one batched call for the whole batch
+        scores = self._score(queries)  # one batched call for the whole batch
+        if self.agreement is not None and self.calibration is None:
+            self._calibrate(queries, scores)  # draws no random numbers: the answers are those after calibrate()
         start = 0
         for q in queries:
             s = scores[start : start + q.k]
             start += q.k
             ranks = self._pairwise(s) if q.k == 2 else self._ranking(s)
             yield Answer(q.query_id, ranks, self.name, answered_at=self.clock())
+
+    def _score(self, queries: list[Query]) -> np.ndarray:
+        prompts = [q.prompt for q in queries for _ in q.completions]
+        completions = [c for q in queries for c in q.completions]
+        return score_batch(self.scorer, prompts, completions)
+
+    def _calibrate(self, queries: list[Query], scores: np.ndarray) -> Calibration:
+        assert self.agreement is not None
+        gaps, ties = _ordered_gaps(scores, [q.k for q in queries], self.tie_margin)
+        if not len(gaps):
+            raise ValueError(
+                f"cannot calibrate on these {len(queries)} queries: the gold scores order none of their {ties} pairs "
+                f"(every pairwise difference is within tie_margin={self.tie_margin}, every K-way score equal); "
+                "calibrate on queries whose completions differ, or lower tie_margin"
+            )
+        temperature = temperature_for_agreement(gaps, self.agreement, self.flip_prob)
+        self.temperature = temperature
+        self.calibration = Calibration(
+            target=self.agreement, temperature=temperature,
+            expected_agreement=expected_agreement(gaps, temperature, self.flip_prob),
+            pairs=len(gaps), ties=ties, queries=len(queries))
+        return self.calibration
 
     def _pairwise(self, s: np.ndarray) -> tuple[int, ...]:
         # Draw both numbers for every query, so the random stream does not depend on the scores.
@@ -258,6 +414,106 @@ class SyntheticOracle(PreferenceOracle):
         ranks = np.empty(k, dtype=int)
         ranks[order] = np.arange(k)
         return tuple(int(r) for r in ranks)
+
+
+def expected_agreement(gaps: Sequence[float] | np.ndarray, temperature: float, flip_prob: float) -> float:
+    """The expected share of pairs a `SyntheticOracle` orders as the gold scores do, each pair given by its gold gap.
+
+    A pair with gold difference ``|d| > 0`` is ordered right by Bradley-Terry with probability
+    ``sigmoid(|d| / T)``, and the label is then inverted with probability ``f``, so it agrees with
+    ``(1 - f) sigmoid(|d| / T) + f (1 - sigmoid(|d| / T))``. The same holds for each implied pair of a K-way
+    ranking: with Plackett-Luce's Gumbel noise two completions are ordered by the difference of two Gumbels, which
+    is logistic (the Bradley-Terry marginal), and the random permutation that replaces the ranking with
+    probability ``2f`` orders them right half the time: ``(1 - 2f) sigmoid + f``, the same. The result is the mean
+    over the pairs. ``temperature=0`` orders every pair right before the flips: ``1 - f``.
+
+    >>> round(expected_agreement([1.0, 2.0], temperature=1.0, flip_prob=0.1), 6)  # (0.684847 + 0.804638) / 2
+    0.744742
+    """
+    g = np.asarray(gaps, dtype=np.float64)
+    if g.ndim != 1 or not len(g) or not np.all(g > 0) or not np.all(np.isfinite(g)):
+        raise ValueError("gaps must be a non-empty list of finite gold differences |d| > 0 (ties left out)")
+    if temperature == 0.0:
+        right = np.ones_like(g)
+    else:
+        right = 1.0 / (1.0 + np.exp(-g / temperature))
+    return float(np.mean(flip_prob + (1.0 - 2.0 * flip_prob) * right))
+
+
+def temperature_for_agreement(gaps: Sequence[float] | np.ndarray, agreement: float, flip_prob: float) -> float:
+    """The temperature at which `expected_agreement` on `gaps` is `agreement` (within 1e-6), by bisection on log T.
+
+    For ``flip_prob < 0.5`` the expected agreement falls monotonically from ``1 - flip_prob`` at ``T = 0`` towards
+    0.5 as T grows, so every target in (0.5, 1 - flip_prob] has one temperature; ``1 - flip_prob`` itself is
+    ``T = 0``.
+
+    >>> round(temperature_for_agreement([1.0, 2.0], agreement=0.744742, flip_prob=0.1), 4)
+    1.0
+
+    Raises:
+        ValueError: `agreement` out of that range (the message says how to reach it), or no gaps.
+    """
+    _check_agreement(agreement, flip_prob)
+    g = np.asarray(gaps, dtype=np.float64)
+    ceiling = 1.0 - flip_prob
+
+    def mean_agreement(t: float) -> float:
+        return expected_agreement(g, t, flip_prob)
+
+    if agreement >= ceiling - 1e-12 or mean_agreement(float(np.min(g)) / 60) < agreement:  # sigmoid(60) = 1 - 9e-27
+        return 0.0
+    lo = hi = float(np.median(g))  # agreement(lo) >= target >= agreement(hi)
+    while mean_agreement(lo) < agreement:
+        lo /= 2
+    while mean_agreement(hi) > agreement:
+        hi *= 2
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        value = mean_agreement(mid)
+        if abs(value - agreement) < 1e-7 or hi / lo < 1 + 1e-12:
+            return mid
+        if value > agreement:
+            lo = mid
+        else:
+            hi = mid
+    return math.sqrt(lo * hi)
+
+
+def _ordered_gaps(scores: np.ndarray, ks: Sequence[int], tie_margin: float) -> tuple[np.ndarray, int]:
+    """|gold difference| of every implied pair the gold order orders, and how many pairs it does not (ties).
+
+    A pairwise query within `tie_margin` is answered as a tie; a K-way ranking is strict (`tie_margin` does not
+    apply), so only its pairs with equal scores are ties."""
+    gaps, ties, start = [], 0, 0
+    for k in ks:
+        s = scores[start : start + k]
+        start += k
+        i, j = np.triu_indices(k, k=1)
+        gap = np.abs(s[i] - s[j])
+        ordered = gap > tie_margin if k == 2 else gap > 0
+        gaps.append(gap[ordered])
+        ties += int(np.sum(~ordered))
+    return np.concatenate(gaps) if gaps else np.empty(0), ties
+
+
+def _check_agreement(agreement: object, flip_prob: float) -> None:
+    hint = f"it is the share of pairs the labels order as the gold scores do; {HUMAN_AGREEMENT} is human labellers'"
+    _check_number("agreement", agreement, 0.5, 1.0, hint)
+    assert isinstance(agreement, (int, float, np.integer, np.floating))
+    if agreement == 0.5:
+        raise ValueError(f"agreement must be in (0.5, 1], got 0.5: that is chance, a labeller whose answers carry no "
+                         f"information; {hint}")
+    ceiling = 1.0 - flip_prob
+    if ceiling <= 0.5:
+        raise ValueError(f"agreement={agreement} is out of reach with flip_prob={flip_prob}: a labeller that inverts "
+                         f"that share of its labels agrees with the gold order at most half the time; lower flip_prob "
+                         f"below {1 - agreement:.4g}")
+    if agreement > ceiling + 1e-12:
+        raise ValueError(
+            f"agreement={agreement} is out of reach with flip_prob={flip_prob}: the labels agree with the gold order "
+            f"on at most 1 - flip_prob = {ceiling:.4g} of the pairs (temperature 0, every flip a wrong label) and "
+            f"on 0.5 as the temperature grows, so the reachable agreements are (0.5, {ceiling:.4g}]; lower flip_prob "
+            f"to at most {1 - agreement:.4g}, or ask for agreement <= {ceiling:.4g}")
 
 
 def _sigmoid(x: float) -> float:

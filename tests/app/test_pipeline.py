@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -17,9 +18,11 @@ from llm_gym import PreferenceStore
 from llm_gym.agents.checkpoint import CheckpointError
 from llm_gym.agents.ppo import PPO
 from llm_gym.app.cli import main
-from llm_gym.infra.configio import ConfigError, apply_overrides, from_dict, load_config
-from llm_gym.app.config import ExperimentConfig, PPOStage
+from llm_gym.infra.configio import ConfigError, apply_overrides, from_dict, load_config, to_dict
+from llm_gym.app.config import ExperimentConfig, OracleSpec, PPOStage
 from llm_gym.app.pipeline import Pipeline
+from llm_gym.app.stages import oracle_fingerprint
+from llm_gym.feedback.oracles import SyntheticOracle
 from llm_gym.app.summary import format_summary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -429,3 +432,60 @@ def test_a_copied_run_folder_reads_its_own_results_and_a_damaged_policy_is_refus
     with pytest.raises(CheckpointError, match=r"copy/ppo/ppo/policy is damaged: model\.safetensors"):
         Pipeline(config, copy).evaluate(force=True)  # the copy's own (damaged) policy, not the original's
     assert Pipeline(config, out).evaluate(force=True)["rows"]["ppo"]["gold"] is not None  # the original is intact
+
+
+def test_a_labeller_calibrated_by_agreement_reports_its_temperature_and_resumes_at_it(tmp_path, model_cache, tiny_model,
+                                                                                    monkeypatch) -> None:
+    """oracle.agreement = 0.73 (human labellers' agreement, issue 19): the temperature is chosen on all the
+    reward-model stage's queries and recorded with the labels' agreement with gold. A run interrupted after 10
+    answers resumes at the temperature of all 24 queries, not of the 14 it still asks."""
+    out = tmp_path / "run"
+    config = tiny(model_cache, "stages=['pretrain','sft','reward_model']", "oracle.agreement=0.73")
+    original = SyntheticOracle.answer
+
+    def ten_answers_then_ctrl_c(self, queries):
+        for n, answer in enumerate(original(self, queries)):
+            if n == 10:
+                raise KeyboardInterrupt
+            yield answer
+
+    monkeypatch.setattr(SyntheticOracle, "answer", ten_answers_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(config, out).run()
+    asked: list[tuple[int, float | None]] = []
+
+    def spy(self, queries):
+        asked.append((len(queries), self.temperature))
+        return original(self, queries)
+
+    monkeypatch.setattr(SyntheticOracle, "answer", spy)
+    pipeline = Pipeline(config, out)
+    summary = pipeline.run()
+    result = json.loads((out / "state.json").read_text())["reward_model"]["result"]
+    calibration = result["calibration"]
+    assert calibration["target"] == 0.73 and calibration["expected_agreement"] == pytest.approx(0.73, abs=1e-4)
+    assert calibration["queries"] == 24 and calibration["pairs"] + calibration["ties"] == 24
+    assert result["oracle_temperature"] == calibration["temperature"] > 0
+    assert asked == [(14, calibration["temperature"])], "the resumed stage asks the rest, already calibrated"
+    with PreferenceStore(out / "labels.sqlite") as store:
+        queries = store.queries()
+        assert len(store.answers()) == 24
+    fresh = SyntheticOracle(pipeline.task.gold, rng=np.random.default_rng(0), agreement=0.73, flip_prob=0.1)
+    assert fresh.calibrate(queries).temperature == pytest.approx(calibration["temperature"], rel=1e-9)
+    assert 0 <= result["label_agreement"] <= 1 and result["label_pairs"] == calibration["pairs"]
+    row = summary["rows"]["reward_model"]
+    assert (row["oracle_temperature"], row["label_agreement"]) == (result["oracle_temperature"], result["label_agreement"])
+
+
+def test_oracle_spec_agreement_is_validated_and_fingerprinted_only_when_set() -> None:
+    assert "agreement" not in oracle_fingerprint(OracleSpec()), "runs from before agreement keep their fingerprints"
+    assert oracle_fingerprint(OracleSpec(agreement=0.73))["agreement"] == 0.73
+    for kwargs, match in [({"agreement": 0.73, "temperature": 0.5}, "temperature .* or agreement .*, not both"),
+                          ({"agreement": 0.5}, r"\(0\.5, 1\]"), ({"agreement": 1.5}, r"\(0\.5, 1\]"),
+                          ({"agreement": 0.95}, r"out of reach with flip_prob = 0\.1.*lower flip_prob to at most 0\.05"),
+                          ({"agreement": math.nan}, "finite")]:
+        with pytest.raises(ValueError, match=match):
+            OracleSpec(**kwargs)
+    with pytest.raises(ConfigError, match=r"oracle: .*not both"):
+        from_dict(ExperimentConfig, apply_overrides(to_dict(ExperimentConfig()), ["oracle.agreement=0.73",
+                                                                                  "oracle.temperature=2"]))
