@@ -111,6 +111,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print("the main job: the InstructGPT study's default config (pretrain -> SFT -> reward model from synthetic "
           "comparisons -> PPO and PPO-ptx) on the built-in task")
     _run_pipeline(config, args.out or config.out, progress=not args.no_progress)
+    print("one seed; the same study over seeds 0, 1 and 2, with the spread of each figure: "
+          "experiments/instructgpt/README.md")
     return 0
 
 

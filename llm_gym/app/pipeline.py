@@ -70,7 +70,7 @@ from llm_gym.app.config import STAGES, AgentStage, ExperimentConfig, LoopStage, 
 from llm_gym.app.evaluation import evaluate_policy
 from llm_gym.app.stages import (LoadedTask, calibrate_labeller, chat_tokenizer, check_inputs, check_task, code_fingerprint,
                                 folder_fingerprint, labeller_figures, load_task, make_env, make_oracle, oracle_fingerprint, read_state, resolve_reward, sample_queries, store_for)
-from llm_gym.app.summary import build_summary
+from llm_gym.app.summary import build_summary, demonstrations_gold
 from llm_gym.core.data import DatasetError
 from llm_gym.core.metrics import verifies_answers
 from llm_gym.core.preferences import Comparison
@@ -753,7 +753,9 @@ class Pipeline:
                     accuracy = "" if report.accuracy_greedy is None else (
                         f", accuracy {report.accuracy_greedy:.1%} greedy, {report.accuracy_sampled:.1%} sampled")
                     self.on_event(f"[evaluation] {name}: gold {report.gold:+.3f}{accuracy}")
-            return {"rows": rows, "prompts": len(prompts)}
+            reference = demonstrations_gold(gold, self.demonstrations)
+            return {"rows": rows, "prompts": len(prompts),
+                    **({"demonstrations_gold": reference} if reference is not None else {})}
 
         return fp, body
 

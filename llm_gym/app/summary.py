@@ -12,12 +12,25 @@ from __future__ import annotations
 
 import math
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llm_gym.app.config import ExperimentConfig
+import numpy as np
 
-__all__ = ["COLUMNS", "build_summary", "format_summary"]
+from llm_gym.app.config import ExperimentConfig
+from llm_gym.core.reward import score_batch
+from llm_gym.core.task import Demonstration
+
+__all__ = ["COLUMNS", "LOW_RM_AGREEMENT", "build_summary", "demonstrations_gold", "format_summary"]
+
+LOW_RM_AGREEMENT = 0.65
+"""Below this share of held-out pairs ordered as the gold judge orders them, the table warns about the reward model.
+InstructGPT's reward models agreed with held-out human labels 69.6-72.4% of the time (Ouyang et al. 2022), Stiennon
+et al.'s about 75%: near the labellers' own 73% agreement with each other."""
+
+_DEMONSTRATIONS_SCORED = 200
+"""How many of the task's demonstrations `demonstrations_gold` scores (the first ones)."""
 
 COLUMNS: tuple[tuple[str, str, int, str, str], ...] = (
     # (row key, header, width, format, legend)
@@ -80,7 +93,46 @@ def build_summary(config: ExperimentConfig, state: dict[str, Any], out: Path) ->
             if result.get("algorithm"):
                 row["algorithm"] = result["algorithm"]
         rows[name] = row
-    return {"name": config.name, "seed": config.seed, "out": str(out), "rows": rows, "tensorboard": str(out / "tb")}
+    reference = state.get("evaluation", {}).get("result", {}).get("demonstrations_gold")
+    return {"name": config.name, "seed": config.seed, "out": str(out), "rows": rows, "tensorboard": str(out / "tb"),
+            **({"demonstrations_gold": reference} if reference is not None else {})}
+
+
+def demonstrations_gold(gold: Any, demonstrations: Sequence[Demonstration]) -> float | None:
+    """The gold judge's mean score of the task's first demonstrations on their own prompts: the top of the table's
+    gold scale (what SFT imitates; a right answer on a verifiable task). None without a judge, demonstrations, or
+    with chat-message demonstrations (the judge scores text)."""
+    demos = [d for d in demonstrations[:_DEMONSTRATIONS_SCORED] if isinstance(d.prompt, str) and isinstance(d.completion, str)]
+    if gold is None or not demos:
+        return None
+    return float(np.mean(score_batch(gold, [d.prompt for d in demos], [d.completion for d in demos])))
+
+
+def _story(summary: dict[str, Any]) -> list[str]:
+    """Lines under the table that say what its numbers mean: the gold scale, why the reward model's two accuracies
+    differ, and a warning when the reward model agrees little with the gold judge."""
+    rows, lines = summary["rows"], []
+    scale = [(name, rows[name]["gold"]) for name in ("pretrained", "sft") if _known(rows.get(name, {}).get("gold"))]
+    if _known(summary.get("demonstrations_gold")):
+        scale.append(("the task's demonstrations", summary["demonstrations_gold"]))
+    if len(scale) > 1:
+        lines.append("gold scale: " + ", ".join(f"{name} {value:+.3f}" for name, value in scale)
+                     + " (the demonstrations are what SFT imitates)")
+    rm = rows.get("reward_model", {})
+    agreement, heldout, labels = rm.get("gold_agreement"), rm.get("heldout_accuracy"), rm.get("label_agreement")
+    if _known(agreement) and _known(heldout):
+        noisy = f", and those labels agree with the gold order on {labels:.1%} of pairs" if _known(labels) else ""
+        lines.append(textwrap.fill(
+            f"RM~gold {agreement:.1%} is the reward model against the noiseless gold order on held-out pairs; "
+            f"TensorBoard's reward_model/heldout_accuracy ({heldout:.1%}) is against the labeller's own held-out "
+            f"labels, which are noisy{noisy}: the two differ by that noise.", width=120))
+    if _known(agreement) and agreement < LOW_RM_AGREEMENT:
+        lines.append(textwrap.fill(
+            f"warning: the reward model orders only {agreement:.1%} of held-out pairs as the gold judge does "
+            f"(InstructGPT's reward models: 69.6-72.4% against held-out human labels); an RL run against it optimises "
+            "a noisy target. More labels (reward_model.queries), an ensemble (reward_model.members) or a labeller "
+            "calibrated to human agreement (oracle.agreement = 0.73) raise it.", width=120))
+    return lines
 
 
 def _known(value: Any) -> bool:
@@ -103,4 +155,4 @@ def format_summary(summary: dict[str, Any]) -> str:
     legend = [text for key, _, _, _, text in columns if text]
     if legend:
         lines.append(textwrap.fill("; ".join(legend), width=120))
-    return "\n".join(lines)
+    return "\n".join(lines + _story(summary))

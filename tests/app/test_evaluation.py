@@ -317,3 +317,38 @@ def test_the_pipeline_reports_accuracy_only_for_a_judge_that_verifies_answers(tm
     assert head[:9] == ["stage", "gold", "acc", "greedy", "acc", "sampled", "pass@1", "pass@3", "KL"]
     saved = json.loads((tmp_path / "verified" / "summary.json").read_text())
     assert saved["rows"]["sft"]["pass@3"] == summary["rows"]["sft"]["pass@3"]
+
+
+def test_summary_explains_the_gold_scale_the_two_rm_accuracies_and_warns_on_a_weak_rm() -> None:
+    from llm_gym.app.summary import LOW_RM_AGREEMENT, format_summary
+
+    def summary(gold_agreement: float, **extra: float) -> dict:
+        rows = {"pretrained": {"gold": 0.0}, "sft": {"gold": 0.669},
+                "reward_model": {"labels": 700, "gold_agreement": gold_agreement, "heldout_accuracy": 0.612,
+                                 "label_agreement": 0.731}}
+        return {"name": "t", "seed": 0, "rows": rows, **extra}
+
+    lines = format_summary(summary(0.70, demonstrations_gold=0.838)).splitlines()
+    text = " ".join(lines)
+    assert "gold scale: pretrained +0.000, sft +0.669, the task's demonstrations +0.838" in text
+    assert "RM~gold 70.0% is the reward model against the noiseless gold order" in text
+    assert "reward_model/heldout_accuracy (61.2%)" in text and "agree with the gold order on 73.1% of pairs" in text
+    assert "warning" not in text, "an RM at InstructGPT's agreement gets no warning"
+    weak = " ".join(format_summary(summary(LOW_RM_AGREEMENT - 0.02)).splitlines())
+    assert "warning: the reward model orders only 63.0% of held-out pairs as the gold judge does" in weak
+    assert "oracle.agreement = 0.73" in weak
+    assert "the task's demonstrations" not in weak, "no demonstrations scored: the scale shows what it has"
+    plain = format_summary({"name": "t", "seed": 0, "rows": {"sft": {"gold": 0.5}}})
+    assert "gold scale" not in plain and "RM~gold" not in plain, "one row: nothing to explain"
+
+
+def test_demonstrations_gold_scores_text_demonstrations_only() -> None:
+    from llm_gym.app.summary import demonstrations_gold
+    from llm_gym.core.task import Demonstration
+
+    judge = lambda prompts, completions: np.array([float(len(c)) for c in completions])  # noqa: E731
+    demos = [Demonstration("p", "ab"), Demonstration("q", "abcd")]
+    assert demonstrations_gold(judge, demos) == pytest.approx(3.0)
+    assert demonstrations_gold(None, demos) is None and demonstrations_gold(judge, []) is None
+    chat = [Demonstration([{"role": "user", "content": "hi"}], [{"role": "assistant", "content": "yo"}])]
+    assert demonstrations_gold(judge, chat) is None

@@ -14,7 +14,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from doubles import tiny_experiment_dict
-from llm_gym import PreferenceStore
+from llm_gym import GoldScorer, PreferenceStore, generate_review_task
 from llm_gym.agents.checkpoint import CheckpointError
 from llm_gym.agents.ppo import PPO
 from llm_gym.app.cli import main
@@ -74,6 +74,12 @@ def test_full_run_writes_summary_logs_labels_and_models(finished_run, model_cach
     assert (out / "ppo" / "ppo" / "policy" / "config.json").exists()
     table = format_summary(on_disk)
     assert "ppo_ptx" in table and "win vs SFT" in table
+    # the gold scale's top: the task's demonstrations scored by the gold judge, as the table shows it
+    task = generate_review_task(tiny(model_cache).pretrain.task)
+    demos = task.demonstrations[:200]
+    expected = float(np.mean(GoldScorer()([d.prompt for d in demos], [d.completion for d in demos])))
+    assert on_disk["demonstrations_gold"] == pytest.approx(expected)
+    assert f"the task's demonstrations {expected:+.3f}" in table
 
 
 def test_rerun_reuses_every_stage(finished_run, model_cache) -> None:
