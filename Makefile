@@ -39,7 +39,7 @@ demo: $(STAMP)
 	$(VENV)/bin/llm-gym demo
 
 # The benchmark set at the built-in size with small settings and one summary table (experiments/bench_all.py);
-# under 3 minutes on 2 cores once the built-in model is cached (its first build takes about 2.5 minutes more).
+# about 20 s on 2 cores once the built-in model is cached (its first build takes about 2.5 minutes more).
 bench: $(STAMP)
 	$(PY) experiments/bench_all.py
 

@@ -5,8 +5,8 @@ It runs, each through its script's `main`: `bench_sampling.py` (Policy.sample vs
 `bench_ppo.py` (one PPO iteration by phase), `bench_agents.py` (PPO vs RLOO vs GRPO vs Dr. GRPO at the same batch),
 `bench_update_costs.py` (AdamW's forms, the entropy's backward pass, gradient checkpointing) and
 `bench_reward_model.py` (RM scoring and one RewardTrainer step). The settings are smaller than the scripts' own
-defaults (fewer repeats, a smaller agents batch) so that the set takes well under a minute once the built-in model is
-cached (its first build takes about 2.5 minutes more); the figures are for spotting a regression, and each script run
+defaults (fewer repeats, a smaller agents batch) so that the set takes about 20 s on 2 cores once the built-in model
+is cached (its first build takes about 2.5 minutes more); the figures are for spotting a regression, and each script run
 on its own, with its defaults, gives the figures to record. Every benchmark runs on the same number of threads
 (`--threads`, 1 by default); `--verbose` prints each script's own report before the table.
 

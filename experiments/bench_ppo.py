@@ -52,7 +52,7 @@ from torch import nn
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from llm_gym import GoldScorer, Policy, RewardModel, SamplingConfig, TinyLMConfig, build_builtin_model, default_device
-from llm_gym import generate_review_task
+from llm_gym import generate_review_task, keep_freed_memory
 from llm_gym.agents import PPO, PPOConfig
 from llm_gym.envs import PromptBanditVecEnv
 from llm_gym.infra.distributed import MixedPrecision, resolve_mixed_precision
@@ -184,11 +184,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bf16 autocast where the device has it; the shares are then of the bf16 peak")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--device", default=None, help="default: CUDA when present, else CPU")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="llm_gym.keep_freed_memory() first, as the llm-gym command does (glibc keeps freed blocks)")
 
 
 def run_settings(args: argparse.Namespace) -> tuple[torch.device, MixedPrecision]:
-    """Sets the threads; returns the device and the precision the run computes in (bf16 falls back to float32 on a
-    device without it, with a logged warning)."""
+    """Sets the threads (and the allocator, when asked); returns the device and the precision the run computes in
+    (bf16 falls back to float32 on a device without it, with a logged warning)."""
+    if getattr(args, "keep_freed_memory", False) and not keep_freed_memory():
+        raise SystemExit("--keep-freed-memory: this C library is not glibc, or it refused the setting")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device) if args.device else default_device()
@@ -231,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         n_epochs=args.epochs,
         minibatch_size=min(8, args.prompts),
         log_samples_every=0,
-        mixed_precision=args.mixed_precision,
+        mixed_precision=precision,
         fused_adamw=args.fused_adamw,
     )
     agent = PPO(policy, env, ppo, rng=np.random.default_rng(0))
@@ -271,7 +275,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     dtype = "bf16" if precision == "bf16" else "fp32"
     print("== bench_ppo: one PPO iteration ==")
     print(f"device        {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.machine()}), "
-          f"threads {torch.get_num_threads()}")
+          f"threads {torch.get_num_threads()}; allocator: "
+          f"{'keep_freed_memory() applied' if args.keep_freed_memory else 'malloc as it is'}")
     print(f"versions      torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"model         {model}: {n_all:,} parameters ({body + head:,} per token); reward: {args.reward}")
     print(f"iteration     {args.prompts} prompts x ({prompt_len:.0f} prompt + {args.new_tokens} new) tokens, "

@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     tokens = int(mask.sum())
 
     trainer = RewardTrainer(RewardTrainerConfig(epochs=1, batch_size=len(comparisons), heldout_fraction=0.0,
-                                                mixed_precision=args.mixed_precision), rng=np.random.default_rng(0))
+                                                mixed_precision=precision), rng=np.random.default_rng(0))
 
     def score() -> None:
         with Distributed.autocast(precision, device):

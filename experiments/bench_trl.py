@@ -4,18 +4,26 @@ The work (issue 18): 16 prompts of exactly 16 tokens, 32 new tokens each (no ear
 policy's size, 4 PPO epochs of minibatch 8 (8 optimizer steps), at GPT-2 small's shape (124M parameters, random
 init, built here from the built-in tokenizer; nothing is downloaded) or at the built-in size.
 
-Contestants, one iteration each per round, in turn (A, B, C, A, B, C, ...), after one warm-up iteration each:
+Contestants, one iteration each per round, in turn (A, B, C, D, A, B, ...), after one warm-up iteration each:
 
     --precision fp32 (default)
-        llm_gym fp32              PPO with its defaults (the path whose result the golden test pins)
-        TRL fp32 stock            trl 1.12's `trl.experimental.ppo.PPOTrainer` as shipped, but `bf16=False`
+        llm_gym fp32              PPO with its defaults (the path whose result the golden test pins; AdamW's loop)
+        llm_gym fp32+fused        the same with `fused_adamw=True`, the optimizer TRL uses (transformers 5.x's
+                                  default `adamw_torch_fused`)
+        TRL fp32                  trl 1.12's `trl.experimental.ppo.PPOTrainer` with `bf16=False`
         TRL fp32 no gc.collect    the same, its two `gc.collect()` calls per iteration made no-ops (this trainer's)
     --precision bf16
-        llm_gym bf16+fused        `mixed_precision="bf16"`, `fused_adamw=True` (the fast options; their learning
-                                  result: experiments/bf16_learning.py and the arithmetic study)
-        llm_gym fp32              its default again, for the bf16 speed-up in the same run
-        TRL bf16 stock            PPOTrainer with all its defaults (`bf16=True` is TRL's default)
+        llm_gym bf16+fused        `mixed_precision="bf16"`, `fused_adamw=True` (their learning result:
+                                  experiments/bf16_learning.py)
+        llm_gym fp32+fused        the same optimizer in fp32: the bf16 speed-up alone, in the same run
+        TRL bf16                  PPOTrainer with `bf16=True` (its default) actually applied (see below)
         TRL bf16 no gc.collect    the same without its gc.collect calls
+
+TRL's own default is `bf16=True`, but under transformers 5.x it is not applied: PPOTrainer builds its own
+`Accelerator()`, which takes mixed precision only from `ACCELERATE_MIXED_PRECISION` (transformers 4.x set that from
+`bf16`; 5.x does not). So TRL as shipped runs in fp32, the "TRL fp32" row. The bf16 run sets the variable so that
+accelerate autocasts TRL's training forward (its generation, reference, value and reward passes stay fp32, as in
+transformers 4.x); the script prints and checks the precision each TRL trainer's accelerator has.
 
 TRL's config also defaults to `gradient_checkpointing=True`, but PPOTrainer's own `train()` never turns it on
 (Trainer's loop would); the script prints whether it is active. TRL's `train()` is one loop, so each trainer runs
@@ -36,16 +44,18 @@ tokens, n = new tokens, P = prompts):
 
 TRL is not a dependency of llm_gym: install it for this script only, `pip install trl==1.12.0` (1.12 is the last
 release that ships PPO). `--keep-freed-memory` applies `llm_gym.keep_freed_memory()` (the `llm-gym` command's
-default; process-wide, so both sides get it).
+default) before any thread starts: process-wide, TRL's threads included. A stock TRL trainer's `gc.collect` also
+walks the other contestants' Python objects (one process): at the smoke size that is most of its iteration.
 
-    python experiments/bench_trl.py --model gpt2-small --threads 2 --iterations 3
     python experiments/bench_trl.py --model gpt2-small --threads 2 --iterations 3 --keep-freed-memory
+    python experiments/bench_trl.py --model gpt2-small --threads 2 --iterations 3 --keep-freed-memory --precision bf16
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import platform
 import sys
 import tempfile
@@ -144,10 +154,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep-freed-memory", action="store_true", help="apply llm_gym.keep_freed_memory() first")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                        help="fp32: llm_gym's default path against TRL with bf16=False; bf16: llm_gym's bf16 + fused "
-                             "AdamW against TRL's own default (bf16=True)")
+                        help="fp32: llm_gym's fp32 paths against TRL with bf16=False; bf16: llm_gym's bf16 + fused "
+                             "AdamW (and fp32 + fused) against TRL with bf16 applied")
     parser.add_argument("--only", default=None, help="comma-separated contestant names to run (default: all)")
     args = parser.parse_args()
+    if args.prompts % args.minibatch:
+        parser.error(f"--prompts {args.prompts} must be a multiple of --minibatch {args.minibatch} (both sides' minibatches)")
     try:
         import trl
         from trl.experimental.ppo import PPOConfig as TRLPPOConfig
@@ -208,24 +220,31 @@ def main() -> None:
         return make
 
     bf16 = args.precision == "bf16"
-    ours = ("llm_gym bf16+fused", dict(mixed_precision="bf16", fused_adamw=True)) if bf16 else ("llm_gym fp32", {})
     tag = "bf16" if bf16 else "fp32"
+    # PPOTrainer's own Accelerator() reads its precision from here only (see the docstring)
+    os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16" if bf16 else "no"
+    ours = {"llm_gym bf16+fused": dict(mixed_precision="bf16", fused_adamw=True)} if bf16 else {"llm_gym fp32": {}}
+    ours["llm_gym fp32+fused"] = dict(fused_adamw=True)
     builders: dict[str, Callable[[], Contestant]] = {
-        ours[0]: lambda: LlmGymContestant(ours[0], llm_gym_agent(**ours[1])),
-        # in the bf16 run, llm_gym's fp32 default too: the bf16 speed-up measured in the same run
-        **({"llm_gym fp32": lambda: LlmGymContestant("llm_gym fp32", llm_gym_agent())} if bf16 else {}),
-        f"TRL {tag} stock": lambda: TRLContestant(f"TRL {tag} stock", trl_trainer("stock", bf16), args.threads),
+        **{name: (lambda name=name, options=options: LlmGymContestant(name, llm_gym_agent(**options)))
+           for name, options in ours.items()},
+        f"TRL {tag}": lambda: TRLContestant(f"TRL {tag}", trl_trainer("stock", bf16), args.threads),
         f"TRL {tag} no gc.collect": lambda: TRLContestant(
             f"TRL {tag} no gc.collect", trl_trainer("nogc", bf16), args.threads),
     }
+    wanted = set(args.only.split(",")) if args.only else set(builders)
+    if wanted - set(builders):
+        parser.error(f"--only: unknown contestant(s) {sorted(wanted - set(builders))}; these run: {list(builders)}")
     no_gc_threads.update(name for name in builders if "no gc.collect" in name)
-    wanted = set(args.only.split(",")) if args.only else None
-    contestants = [build() for name, build in builders.items() if wanted is None or name in wanted]
+    contestants = [build() for name, build in builders.items() if name in wanted]
+    for c in contestants:
+        if isinstance(c, TRLContestant) and c.trainer.accelerator.mixed_precision != ("bf16" if bf16 else "no"):
+            raise SystemExit(f"{c.name}: its accelerator computes in {c.trainer.accelerator.mixed_precision!r}, "
+                             f"not {tag}; the comparison would not be what it says")
 
     peaks = {"fp32": matmul_peak(device)}
     if bf16:
         peaks["bf16"] = matmul_peak(device, dtype=torch.bfloat16)
-    peak = peaks[tag]
     for c in contestants:  # warm-up
         c.step()
     times: dict[str, list[float]] = {c.name: [] for c in contestants}
@@ -259,25 +278,28 @@ def main() -> None:
     trl_side = [c for c in contestants if isinstance(c, TRLContestant)]
     if trl_side:  # its config says gradient_checkpointing=True, but PPOTrainer's own train() never turns it on
         on = {c.trainer.model.policy.is_gradient_checkpointing for c in trl_side}
-        print(f"TRL           bf16={bf16}; gradient checkpointing active: {sorted(on)} "
-              f"(config: {trl_side[0].trainer.args.gradient_checkpointing})")
+        print(f"TRL           bf16={bf16}, its accelerator's mixed precision: "
+              f"{sorted({c.trainer.accelerator.mixed_precision for c in trl_side})}; gradient checkpointing active: "
+              f"{sorted(on)} (config: {trl_side[0].trainer.args.gradient_checkpointing}); optimizer fused: "
+              f"{sorted({bool(g.get('fused')) for c in trl_side for g in c.trainer.optimizer.param_groups})}")
     print(f"model         {args.model}: {n_all:,} parameters; work: {P} prompts x ({args.prompt_tokens} + {n}) tokens, "
           f"reward model of the same size, {args.epochs} epochs, minibatch {args.minibatch}")
-    print(f"{'contestant':<34}{'median s':>10}{'min':>8}{'max':>8}{'TFLOP':>8}{'GFLOP/s':>9}{'of peak':>9}"
-          f"{'/ llm_gym':>10}")
-    base = float(np.median(times[ours[0]])) if ours[0] in times else None
+    medians = {name: float(np.median(ts)) for name, ts in times.items()}
+    ours_run = [name for name in ours if name in medians]
+    print(f"{'contestant':<26}{'median s':>10}{'min':>8}{'max':>8}{'TFLOP':>8}{'GFLOP/s':>9}{'of peak':>9}"
+          + "".join(f"{'/ ' + name[8:]:>14}" for name in ours_run))
     for name, ts in times.items():
-        med = float(np.median(ts))
         f = flops["TRL" if name.startswith("TRL") else "llm_gym"]
-        peak_of = peaks["fp32"] if name == "llm_gym fp32" else peak
-        ratio = f"{med / base:.2f}x" if base else "-"
-        print(f"{name:<34}{med:>10.2f}{min(ts):>8.2f}{max(ts):>8.2f}{f / 1e12:>8.2f}{f / med / 1e9:>9.1f}"
-              f"{f / med / 1e9 / peak_of:>8.0%}{ratio:>10}")
-    if bf16 and {"llm_gym fp32", ours[0]} <= times.keys():
-        print(f"llm_gym bf16 + fused AdamW is {np.median(times['llm_gym fp32']) / np.median(times[ours[0]]):.2f}x as fast as "
-              "its fp32 default in this run (the issue's bf16 bar: >= 1.5x)")
-    print(f"(median of {args.iterations} alternating iterations each; the last column is that row's time over "
-          f"{ours[0]}'s; the issue's bars: TRL stock >= 2.5x, TRL without gc.collect >= 2x)")
+        computes_in = "bf16" if bf16 and (name.startswith("TRL") or name == "llm_gym bf16+fused") else "fp32"
+        print(f"{name:<26}{medians[name]:>10.2f}{min(ts):>8.2f}{max(ts):>8.2f}{f / 1e12:>8.2f}{f / medians[name] / 1e9:>9.1f}"
+              f"{f / medians[name] / 1e9 / peaks[computes_in]:>8.0%}"
+              + "".join(f"{medians[name] / medians[o]:>13.2f}x" for o in ours_run))
+    if bf16 and {"llm_gym fp32+fused", "llm_gym bf16+fused"} <= medians.keys():
+        print(f"llm_gym bf16 is {medians['llm_gym fp32+fused'] / medians['llm_gym bf16+fused']:.2f}x as fast as fp32 "
+              "with the same fused AdamW, in this run (the issue's bf16 bar: >= 1.5x)")
+    print(f"(median of {args.iterations} alternating iterations each; the '/ ...' columns are that row's time over the "
+          "llm_gym row named; the issue's bars: TRL >= 2.5x, TRL without gc.collect >= 2x; a row's share is of the "
+          "peak of the precision it computes in)")
     scratch.cleanup()
 
 

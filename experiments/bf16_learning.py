@@ -19,6 +19,8 @@ The verdict is that every evaluation point passes the 2-se test.
 
     python experiments/bf16_learning.py                          # 3 seeds x 2 precisions, ~8 min on 1 thread
     python experiments/bf16_learning.py --seeds 0 --iterations 10 --eval-every 5     # a smoke run
+    python experiments/bf16_learning.py --fused-adamw --json experiments/results/bf16_fused_learning.json
+                                               # bf16 + fused AdamW (bench_trl.py's fast path) against fp32's default
 
 The SFT policy is the demo pipeline's (`runs/instructgpt/sft`, written by
 `llm-gym run experiments/instructgpt/config.toml`) when it is there; otherwise it is trained here the
@@ -88,7 +90,8 @@ def run_one(args: argparse.Namespace, sft_path: Path, sft: Policy, task: Any, go
     policy = Policy.from_pretrained(sft_path)
     env = PromptBanditVecEnv(task.prompts, gold, num_envs=args.num_envs, gold_fn=gold)
     config = PPOConfig(sampling=SAMPLING, learning_rate=args.lr, kl_coef=args.kl_coef, minibatch_size=16, n_epochs=4,
-                       mixed_precision=PRECISIONS[precision], log_samples_every=0)
+                       mixed_precision=PRECISIONS[precision], fused_adamw=args.fused_adamw and precision == "bf16",
+                       log_samples_every=0)
     curve: list[dict[str, float]] = []
     train: list[dict[str, float]] = []
     eval_seconds = 0.0
@@ -170,6 +173,8 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None, help="built-in model cache (default: $LLM_GYM_CACHE or ~/.cache/llm_gym)")
     parser.add_argument("--json", default="experiments/results/bf16_learning.json", help="where the results go")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--fused-adamw", action="store_true",
+                        help="the bf16 runs also use the fused AdamW: the fast path bench_trl.py times, against fp32's default")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
@@ -217,8 +222,9 @@ def main() -> None:
 
     result = {
         "what": "PPO from SFT against the gold scorer on the built-in review task (instructgpt_ppo.py's gold part), "
-                "fp32 vs mixed_precision='bf16'; held-out gold score and KL to SFT (one sampled completion per prompt, "
-                "seed 999, evaluated in float32)",
+                "fp32 vs mixed_precision='bf16'" + (" with fused_adamw=True" if args.fused_adamw else "")
+                + "; held-out gold score and KL to SFT (one sampled completion per prompt, seed 999, evaluated in "
+                "float32)",
         "noise_criterion": "at each evaluation point, d = mean_bf16 - mean_fp32 over seeds, se = sqrt(s_fp32^2/n + "
                            "s_bf16^2/n) with sample stds; within seed noise when |d| <= 2 se; verdict: every point",
         "within_seed_noise": verdict,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,9 @@ import pytest
 import torch
 
 from llm_gym import Policy, PretrainReport, TinyLMConfig, build_builtin_model
+
+# tests that call the `llm-gym` command in this process must not change its malloc (keep_freed_memory) for the rest
+os.environ.setdefault("LLM_GYM_KEEP_FREED_MEMORY", "0")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -6,16 +6,19 @@ embedding's dense gradient (50,257 x 768 floats, 154 MB) at every backward pass,
 over the vocabulary (log-softmax, its gradient, the bf16 casts of the tied embedding). Each fresh
 block is zero-filled page by page by the kernel on first touch, and a profile of a 124M
 iteration shows `fill_` of the embedding gradient taking 214 ms where the write itself needs about
-15 ms. With mmap off and the heap never trimmed, freed blocks are reused, as a caching allocator
-(CUDA's, or jemalloc/tcmalloc via LD_PRELOAD, which Intel's PyTorch tuning guide recommends) does.
-Measured at 124M on 2 threads (`experiments/bench_trl.py`, `experiments/README.md`): the update
-phase 10.6 -> 8.6 s in fp32, 7.9 -> 5.5 s in bf16. Results are unchanged: only where memory comes
-from changes, not what is computed.
+15 ms. With mmap off, the heap never trimmed below 2 GiB of free space and one heap for every
+thread (glibc's per-thread heaps are capped at 64 MiB a region, so a thread's larger blocks would
+still be mmapped), freed blocks are reused, as a caching allocator (CUDA's, or jemalloc/tcmalloc via
+LD_PRELOAD, which Intel's PyTorch tuning guide recommends) does. At 124M on 2 threads a PPO iteration
+took 18.8 s without it and 15.6 s with it, in two runs of `experiments/bench_trl.py`
+(`experiments/README.md`). Results are unchanged: only where memory comes from, not what is computed.
 
-The cost is that the resident set stays at its peak (the memory is kept for reuse, not returned),
-which is what a training process wants. It is process-wide, so the library never applies it on
-import: the `llm-gym` command applies it at start (set ``LLM_GYM_KEEP_FREED_MEMORY=0`` to leave
-malloc as it is) and a script can call `keep_freed_memory()` itself.
+The cost: the resident set stays at its peak (the memory is kept for reuse, not returned), which is
+what a training process wants, and it can grow past the peak when freed space inside the heap is
+too small for later, larger blocks (tensors that keep growing while small ones stay alive between
+them). It is process-wide, so the library never applies it on import: the `llm-gym` command applies
+it at start (set ``LLM_GYM_KEEP_FREED_MEMORY=0`` to leave malloc as it is) and a script can call
+`keep_freed_memory()` itself, before it starts threads.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ ENV_VAR = "LLM_GYM_KEEP_FREED_MEMORY"
 # mallopt parameters, from glibc's <malloc.h>
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
-_TRIM_NEVER = 2**31 - 1  # mallopt takes an int: keep up to 2 GiB free at the top of the heap before trimming
+_M_ARENA_MAX = -8
+_TRIM_ABOVE = 2**31 - 1  # mallopt takes an int: the heap is trimmed only above 2 GiB of free space at its top
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -51,7 +55,8 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def keep_freed_memory() -> bool:
-    """Make glibc keep freed memory for reuse (no mmap for large blocks, no trimming); True if it was applied.
+    """Make glibc keep freed memory for reuse (no mmap for large blocks, no trimming below 2 GiB, one heap for all
+    threads); True if it was applied. Threads started before the call keep the heaps they have.
 
     A no-op returning False on other C libraries (macOS, musl, Windows), where it logs why at debug level.
     """
@@ -59,10 +64,12 @@ def keep_freed_memory() -> bool:
     if libc is None:
         _log.debug("keep_freed_memory: the C library is not glibc; malloc left as it is")
         return False
-    ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_NEVER) == 1
-    if not ok:
-        _log.warning("keep_freed_memory: glibc refused mallopt; malloc left as it is")
-    return ok
+    settings = {"M_ARENA_MAX": (_M_ARENA_MAX, 1), "M_MMAP_MAX": (_M_MMAP_MAX, 0),
+                "M_TRIM_THRESHOLD": (_M_TRIM_THRESHOLD, _TRIM_ABOVE)}
+    refused = [name for name, (param, value) in settings.items() if libc.mallopt(param, value) != 1]
+    if refused:
+        _log.warning("keep_freed_memory: glibc refused mallopt(%s); the other settings were applied", ", ".join(refused))
+    return not refused
 
 
 def keep_freed_memory_from_env() -> bool:

@@ -671,8 +671,9 @@ class Policy:
         elif entropy == "value" or not torch.is_grad_enabled():
             with torch.no_grad():
                 # the same numbers as the masked form below, in place over one vocabulary-sized buffer instead of
-                # four: a filtered token's 0 * -inf = NaN becomes the 0 the mask would have given
-                plogp = logp.exp().mul_(logp).nan_to_num_(nan=0.0)
+                # four: a filtered token's 0 * -inf = NaN becomes the 0 the mask would have given (a NaN logit
+                # stays NaN, as there)
+                plogp = logp.exp().mul_(logp).masked_fill_(torch.isneginf(logp), 0.0)
                 ent = -plogp.sum(-1)
         else:  # "grad", under autograd
             # entropy of the (filtered) sampling distribution; filtered tokens (p = 0, log p = -inf) add nothing,

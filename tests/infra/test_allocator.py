@@ -12,40 +12,51 @@ from llm_gym.infra import allocator
 # A child process mallocs 256 MB, touches every page, frees it, and prints the resident set (MB) before and after
 # the free. Process-wide malloc settings must not leak into the test process, hence the subprocess.
 _CHILD = """
-import ctypes, ctypes.util, sys, psutil
+import ctypes, ctypes.util, sys, threading, psutil
 from llm_gym.infra.allocator import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else False
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
-n = 256 * 2**20
-p = libc.malloc(n)
-ctypes.memset(p, 1, n)
-held = psutil.Process().memory_info().rss / 2**20
-libc.free(p)
-after = psutil.Process().memory_info().rss / 2**20
-print(applied, held, after)
+out = []
+def block():
+    n = 256 * 2**20
+    p = libc.malloc(n)
+    ctypes.memset(p, 1, n)
+    held = psutil.Process().memory_info().rss / 2**20
+    libc.free(p)
+    out.append((held, psutil.Process().memory_info().rss / 2**20))
+if sys.argv[2] == "thread":  # a thread started after the call: glibc would give it its own heap
+    t = threading.Thread(target=block)
+    t.start()
+    t.join()
+else:
+    block()
+print(applied, *out[0])
 """
 
 glibc_only = pytest.mark.skipif(allocator._glibc() is None, reason="mallopt's parameters are glibc's")
 
 
-def _child(mode: str) -> tuple[bool, float, float]:
-    out = subprocess.run([sys.executable, "-c", _CHILD, mode], capture_output=True, text=True, check=True).stdout
+def _child(mode: str, where: str = "main") -> tuple[bool, float, float]:
+    out = subprocess.run([sys.executable, "-c", _CHILD, mode, where], capture_output=True, text=True,
+                         check=True).stdout
     applied, held, after = out.split()
     return applied == "True", float(held), float(after)
 
 
 @glibc_only
-def test_freed_block_stays_in_the_process_for_reuse() -> None:
-    applied, held, after = _child("keep")
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_freed_block_stays_in_the_process_for_reuse(where: str) -> None:
+    applied, held, after = _child("keep", where)
     assert applied
-    assert held - after < 16  # the 256 MB stay resident, ready for the next large tensor
+    assert held - after < 16  # the 256 MB stay resident, ready for the next large tensor, in any thread
 
 
 @glibc_only
-def test_without_it_glibc_returns_the_block() -> None:
-    applied, held, after = _child("default")
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_without_it_glibc_returns_the_block(where: str) -> None:
+    applied, held, after = _child("default", where)
     assert not applied
     assert held - after > 200  # glibc's default: a block over the mmap threshold goes back to the OS on free
 
