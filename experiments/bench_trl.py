@@ -18,6 +18,10 @@ Contestants, one iteration each per round, in turn (A, B, C, D, A, B, ...), afte
         llm_gym fp32+fused        the same optimizer in fp32: the bf16 speed-up alone, in the same run
         TRL bf16                  PPOTrainer with `bf16=True` (its default) actually applied (see below)
         TRL bf16 no gc.collect    the same without its gc.collect calls
+    and in both
+        eager floor               llm_gym's work (the same model FLOPs) written as plainly as eager PyTorch allows,
+                                  on token ids, with no bookkeeping (`FloorContestant`): how far above that floor
+                                  llm_gym's iteration is, and so what is left to gain without other kernels
 
 TRL's own default is `bf16=True`, but under transformers 5.x it is not applied: PPOTrainer builds its own
 `Accelerator()`, which takes mixed precision only from `ACCELERATE_MIXED_PRECISION` (transformers 4.x set that from
@@ -54,6 +58,7 @@ walks the other contestants' Python objects (one process): at the smoke size tha
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import platform
@@ -96,6 +101,81 @@ class LlmGymContestant(Contestant):
     def step(self) -> float:
         t = time.perf_counter()
         self.agent.train_iteration()
+        return time.perf_counter() - t
+
+
+class FloorContestant(Contestant):
+    """llm_gym's iteration written as plainly as eager PyTorch allows: the floor a framework's overhead is measured
+    from. The same work and model FLOPs as llm_gym's PPO (generation with the KV cache, the reward model's pass, the
+    reference's and the policy's log-prob passes, 4 epochs of minibatch updates with a value head on the policy's
+    detached last hidden state, gradient clipping, fused AdamW), on token ids directly (no text, no padding: every
+    prompt has the same length), with none of the bookkeeping: no KL estimators beyond k1 in the reward, no
+    statistics, no checks, no logging."""
+
+    def __init__(self, name: str, path: Path, reward_model: torch.nn.Module, prompt_ids: torch.Tensor, args, bf16: bool,
+                 seed: int = 0) -> None:
+        self.name, self.args, self.bf16 = name, args, bf16
+        torch.manual_seed(seed)
+        self.policy = AutoModelForCausalLM.from_pretrained(path)
+        self.policy.config.use_cache = True
+        self.ref = AutoModelForCausalLM.from_pretrained(path).eval().requires_grad_(False)
+        self.rm = reward_model
+        self.value_head = torch.nn.Linear(self.policy.config.n_embd, 1)
+        self.params = [*self.policy.parameters(), *self.value_head.parameters()]
+        self.opt = torch.optim.AdamW(self.params, lr=1e-6, fused=True)
+        self.prompt_ids = prompt_ids
+        self.generator = torch.Generator().manual_seed(seed)
+        self.batch = 0
+
+    def _amp(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+    def step(self) -> float:
+        a, n = self.args, self.args.new_tokens
+        t = time.perf_counter()
+        start = (self.batch * a.prompts) % (len(self.prompt_ids) - a.prompts + 1)
+        prompts = self.prompt_ids[start : start + a.prompts]
+        self.batch += 1
+        self.policy.eval()
+        with torch.no_grad(), self._amp():
+            out = self.policy(input_ids=prompts, use_cache=True)
+            tokens = []
+            for i in range(n):  # one token per step, the KV cache carrying the rest
+                probs = torch.softmax(out.logits[:, -1].float(), dim=-1)
+                tokens.append(torch.multinomial(probs, 1, generator=self.generator))
+                if i < n - 1:
+                    out = self.policy(input_ids=tokens[-1], past_key_values=out.past_key_values, use_cache=True)
+            seq = torch.cat([prompts, *tokens], dim=1)
+            score = self.rm(input_ids=seq).logits[:, 0].float()
+            targets = seq[:, -n:, None]
+            ref_lp = torch.log_softmax(self.ref(input_ids=seq).logits[:, -n - 1 : -1].float(), -1).gather(-1, targets)[..., 0]
+            out = self.policy(input_ids=seq, output_hidden_states=True, use_cache=False)
+            old_lp = torch.log_softmax(out.logits[:, -n - 1 : -1].float(), -1).gather(-1, targets)[..., 0]
+            values = self.value_head(out.hidden_states[-1][:, -n - 1 : -1].float())[..., 0]
+        rewards = -0.05 * (old_lp - ref_lp)  # k1 KL penalty per token, the score at the last one
+        rewards[:, -1] += score
+        advantages, last = torch.zeros_like(rewards), torch.zeros(len(rewards))
+        for i in reversed(range(n)):  # GAE, gamma 1, lambda 0.95
+            next_value = values[:, i + 1] if i + 1 < n else 0.0
+            last = rewards[:, i] + next_value - values[:, i] + 0.95 * last
+            advantages[:, i] = last
+        returns = advantages + values
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        self.policy.train()
+        for _ in range(a.epochs):
+            for mb in torch.randperm(a.prompts, generator=self.generator).split(a.minibatch):
+                with self._amp():
+                    out = self.policy(input_ids=seq[mb], output_hidden_states=True, use_cache=False)
+                lp = torch.log_softmax(out.logits[:, -n - 1 : -1].float(), -1).gather(-1, targets[mb])[..., 0]
+                v = self.value_head(out.hidden_states[-1][:, -n - 1 : -1].detach().float())[..., 0]
+                ratio = torch.exp(lp - old_lp[mb])
+                adv = advantages[mb]
+                policy_loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(0.8, 1.2)).mean()
+                loss = policy_loss + 0.5 * (v - returns[mb]).pow(2).mean()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
         return time.perf_counter() - t
 
 
@@ -225,9 +305,11 @@ def main() -> None:
     os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16" if bf16 else "no"
     ours = {"llm_gym bf16+fused": dict(mixed_precision="bf16", fused_adamw=True)} if bf16 else {"llm_gym fp32": {}}
     ours["llm_gym fp32+fused"] = dict(fused_adamw=True)
+    prompt_ids = torch.tensor(ids)
     builders: dict[str, Callable[[], Contestant]] = {
         **{name: (lambda name=name, options=options: LlmGymContestant(name, llm_gym_agent(**options)))
            for name, options in ours.items()},
+        f"eager floor {tag}": lambda: FloorContestant(f"eager floor {tag}", path, trl_rm, prompt_ids, args, bf16),
         f"TRL {tag}": lambda: TRLContestant(f"TRL {tag}", trl_trainer("stock", bf16), args.threads),
         f"TRL {tag} no gc.collect": lambda: TRLContestant(
             f"TRL {tag} no gc.collect", trl_trainer("nogc", bf16), args.threads),
@@ -289,8 +371,8 @@ def main() -> None:
     print(f"{'contestant':<26}{'median s':>10}{'min':>8}{'max':>8}{'TFLOP':>8}{'GFLOP/s':>9}{'of peak':>9}"
           + "".join(f"{'/ ' + name[8:]:>14}" for name in ours_run))
     for name, ts in times.items():
-        f = flops["TRL" if name.startswith("TRL") else "llm_gym"]
-        computes_in = "bf16" if bf16 and (name.startswith("TRL") or name == "llm_gym bf16+fused") else "fp32"
+        f = flops["TRL" if name.startswith("TRL") else "llm_gym"]  # the floor does llm_gym's work
+        computes_in = "bf16" if bf16 and (name.startswith(("TRL", "eager floor")) or name == "llm_gym bf16+fused") else "fp32"
         print(f"{name:<26}{medians[name]:>10.2f}{min(ts):>8.2f}{max(ts):>8.2f}{f / 1e12:>8.2f}{f / medians[name] / 1e9:>9.1f}"
               f"{f / medians[name] / 1e9 / peaks[computes_in]:>8.0%}"
               + "".join(f"{medians[name] / medians[o]:>13.2f}x" for o in ours_run))
