@@ -194,7 +194,9 @@ def train_rm(n: int, labels: dict[str, Any], task, args: argparse.Namespace, out
     label_agreement, label_pairs = oracle.agreement_of(comps)
     t0 = time.perf_counter()
     rm = RewardModel.from_pretrained(args.sft, device="cpu", head_seed=args.seed)
-    trainer = RewardTrainer(RewardTrainerConfig(heldout_fraction=0.0), logger=None, rng=np.random.default_rng(args.seed + 2))
+    # the schedule the study's results were measured with (RewardTrainerConfig's defaults until 2026-12-04)
+    config = RewardTrainerConfig(epochs=2, batch_size=16, lr_schedule="constant", heldout_fraction=0.0)
+    trainer = RewardTrainer(config, logger=None, rng=np.random.default_rng(args.seed + 2))
     metrics = trainer.fit(rm, comps)
     rm.normalize([d.prompt for d in task.demonstrations], [d.completion for d in task.demonstrations])
     meta = {"labels": n, "label_agreement": label_agreement, "label_pairs": label_pairs,

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from llm_gym.agents.ppo import PPOConfig
 from llm_gym.agents.preference_loop import PreferenceLoopConfig
 from llm_gym.agents.sft import SFTConfig
+from llm_gym.feedback.oracles import HUMAN_AGREEMENT
 from llm_gym.infra.configio import ConfigError, apply_overrides, check_finite, from_dict, read_config_file, to_dict
 from llm_gym.models.policy import SamplingConfig
 from llm_gym.models.reward_trainer import RewardTrainerConfig
@@ -159,18 +160,20 @@ class OracleSpec:
     kind: Literal["synthetic", "recorded", "terminal"] = "synthetic"
     """`synthetic`: the task's gold judge under Bradley-Terry noise; `recorded`: replay the comparison file `path`
     (its comparisons are the training set); `terminal`: a person answers at the keyboard."""
-    temperature: float = 1.0
-    """Synthetic oracle: Bradley-Terry / Plackett-Luce temperature in gold-score units (0 = noiseless). Its meaning
-    depends on the judge's units (on the built-in task 1.0 with 10% flips gives labels that agree with the gold order
-    only 63% of the time): `agreement` chooses it instead."""
+    temperature: float | None = None
+    """Synthetic oracle: the raw form, a Bradley-Terry / Plackett-Luce temperature in gold-score units (0 =
+    noiseless). Its meaning depends on the judge's units (on the built-in task 1.0 with 10% flips gives labels that
+    agree with the gold order only 63% of the time), so it is not the default: None = the labeller is calibrated to
+    `agreement` instead. Setting it (`--set oracle.temperature=0.5`) chooses the raw form; set one of the two."""
     agreement: float | None = None
-    """Synthetic oracle: instead of `temperature`, how often the labels should agree with the gold order, in
-    (0.5, 1 - flip_prob]. Human labellers agree with each other about 0.73 of the time (InstructGPT 72.6 +- 1.5%,
-    Ouyang et al. 2022; Stiennon et al. 2020 73 +- 4%), so 0.73 makes a human-like labeller. The temperature that
+    """Synthetic oracle: how often the labels should agree with the gold order, in (0.5, 1 - flip_prob]. None (the
+    default) with `temperature` unset means 0.73 (`HUMAN_AGREEMENT`): human labellers agree with each other about
+    that often (InstructGPT 72.6 +- 1.5%, Ouyang et al. 2022; Stiennon et al. 2020 73 +- 4%). The temperature that
     gives it is found on the reward-model stage's own queries (all of them, answered before or not, so a resumed
-    stage gets the same one) and recorded in the stage's result (`oracle_temperature`, `calibration`); a preference
-    loop's oracle finds it on its first round's queries. None: labels drawn at `temperature`. Leave `temperature` at
-    its default with it (1.0 is then unused): a different temperature is refused as a contradiction."""
+    stage gets the same one) and recorded in the stage's result (`oracle_temperature`, `calibration`,
+    `label_agreement`); a preference loop's oracle finds it on its first round's queries (on a resumed loop, on the
+    queries it asked before). Setting both this and `temperature` is refused as a contradiction, except temperature
+    1.0, which is how configs written before the calibrated default recorded an agreement: it is read as unset."""
     flip_prob: float = 0.1
     """Synthetic oracle: probability of inverting a pairwise label (Christiano et al.'s random answers)."""
     tie_margin: float = 0.0
@@ -210,27 +213,40 @@ class OracleSpec:
             raise ValueError(f"OracleSpec.kind must be 'synthetic', 'recorded' or 'terminal', got {self.kind!r}")
         if self.kind == "recorded" and not self.path:
             raise ValueError("OracleSpec.kind='recorded' needs path = the file of comparisons (.jsonl, .json, .csv or .parquet)")
-        if not self.temperature >= 0 or not 0 <= self.flip_prob <= 1 or not self.tie_margin >= 0:
-            raise ValueError(
-                f"OracleSpec needs temperature >= 0, flip_prob in [0, 1], tie_margin >= 0; got "
-                f"{self.temperature}, {self.flip_prob}, {self.tie_margin}"
-            )
+        if self.temperature is not None and not self.temperature >= 0:
+            raise ValueError(f"OracleSpec.temperature must be >= 0 (0 = noiseless) or None (calibrated to `agreement`), "
+                             f"got {self.temperature}")
+        if not 0 <= self.flip_prob <= 1 or not self.tie_margin >= 0:
+            raise ValueError(f"OracleSpec needs flip_prob in [0, 1] and tie_margin >= 0; got {self.flip_prob}, {self.tie_margin}")
         if self.agreement is not None:
             if isinstance(self.agreement, bool) or not isinstance(self.agreement, (int, float)):
                 raise ValueError(f"OracleSpec.agreement must be a number in (0.5, 1] or None, got {self.agreement!r}")
-            if self.temperature != OracleSpec.temperature:
+            if self.temperature == 1.0:  # how configs written before the calibrated default recorded an agreement
+                object.__setattr__(self, "temperature", None)
+            if self.temperature is not None:
                 raise ValueError(
                     f"OracleSpec: set temperature ({self.temperature}) or agreement ({self.agreement}), not both: "
-                    "agreement chooses the temperature that gives it; remove temperature (or agreement)")
+                    "agreement chooses the temperature that gives it; remove one (`--set oracle.agreement=none` for the "
+                    "raw temperature form)")
             if not 0.5 < self.agreement <= 1:
                 raise ValueError(f"OracleSpec.agreement must be in (0.5, 1] (0.5 is chance), got {self.agreement}; "
-                                 "0.73 is how often human labellers agree")
-            if self.agreement > 1 - self.flip_prob + 1e-12:  # as SyntheticOracle allows
-                raise ValueError(
-                    f"OracleSpec.agreement = {self.agreement} is out of reach with flip_prob = {self.flip_prob}: the "
-                    f"labels agree with the gold order at most 1 - flip_prob = {1 - self.flip_prob:.4g} of the time; "
-                    f"lower flip_prob to at most {1 - self.agreement:.4g}, or agreement to at most "
-                    f"{1 - self.flip_prob:.4g}")
+                                 f"{HUMAN_AGREEMENT} is how often human labellers agree")
+        target = self.target_agreement
+        if self.kind == "synthetic" and target is not None and target > 1 - self.flip_prob + 1e-12:  # as SyntheticOracle allows
+            which = (f"OracleSpec.agreement = {target}" if self.agreement is not None else
+                     f"The default labeller is calibrated to agreement {target} (oracle.agreement unset), which is")
+            raise ValueError(
+                f"{which} out of reach with flip_prob = {self.flip_prob}: the labels agree with the gold order at most "
+                f"1 - flip_prob = {1 - self.flip_prob:.4g} of the time; lower flip_prob to at most {1 - target:.4g}, "
+                f"set agreement to at most {1 - self.flip_prob:.4g}, or set oracle.temperature for the raw form")
+
+    @property
+    def target_agreement(self) -> float | None:
+        """The agreement the synthetic labeller is calibrated to: `agreement`, or `HUMAN_AGREEMENT` when neither it nor
+        `temperature` is set; None in the raw temperature form."""
+        if self.agreement is not None:
+            return float(self.agreement)
+        return HUMAN_AGREEMENT if self.temperature is None else None
 
 
 @dataclass(frozen=True)
@@ -449,8 +465,9 @@ class EvaluationSpec:
     seed: int = 999
     """Sampling seed (the same for every policy, so they answer the same prompts with the same noise)."""
     judge_temperature: float = 0.0
-    """The win-rate judge is the task's gold judge as a synthetic oracle at this temperature (0 = noiseless;
-    the labelling oracle's own temperature and flip rate give the win rate a noisy labeller would report)."""
+    """The win-rate judge is the task's gold judge as a synthetic oracle at this temperature (0 = noiseless; the
+    labeller's own temperature, `oracle_temperature` in the reward-model stage's result when it is calibrated, and
+    flip rate give the win rate a noisy labeller would report)."""
     judge_flip_prob: float = 0.0
     """The win-rate judge's probability of inverting its answer."""
     samples_per_prompt: int = 8

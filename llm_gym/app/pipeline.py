@@ -69,7 +69,7 @@ from llm_gym.agents.sft import SFTTrainer
 from llm_gym.app.config import STAGES, AgentStage, ExperimentConfig, LoopStage, PPOStage
 from llm_gym.app.evaluation import evaluate_policy
 from llm_gym.app.stages import (LoadedTask, calibrate_labeller, chat_tokenizer, check_inputs, check_task, code_fingerprint,
-                                folder_fingerprint, labeller_figures, load_task, make_env, make_oracle, oracle_fingerprint, read_state, resolve_reward, sample_queries, store_for)
+                                fingerprint_settings, folder_fingerprint, labeller_figures, load_task, make_env, make_oracle, oracle_fingerprint, read_state, resolve_reward, sample_queries, store_for)
 from llm_gym.app.summary import build_summary, demonstrations_gold
 from llm_gym.core.data import DatasetError
 from llm_gym.core.metrics import verifies_answers
@@ -383,7 +383,7 @@ class Pipeline:
         sft = self._need("sft")
         upstream = [self._need("pretrain")["fingerprint"], sft["fingerprint"]]
         # the gold judge (when not the built-in one) scores the reward model against gold: part of its inputs
-        fp = _fingerprint(upstream, to_dict(rm_cfg), self.oracle_fingerprint, cfg.seed, self._data_fingerprint("prompts"),
+        fp = _fingerprint(upstream, fingerprint_settings(rm_cfg), self.oracle_fingerprint, cfg.seed, self._data_fingerprint("prompts"),
                           *self._judge_fingerprint("gold"))
         path = self.out / "reward_model"
         gold = self.task.gold
@@ -627,7 +627,7 @@ class Pipeline:
 
     def _loop_fingerprint(self, loop: LoopStage) -> str:
         upstream = [self._need("sft")["fingerprint"]]
-        settings = to_dict(loop)
+        settings = fingerprint_settings(loop)
         del settings["schedule"]["on_no_answers"]  # whether a silent round stops the loop changes nothing it trains
         return _fingerprint(upstream, settings, self.oracle_fingerprint, self.config.seed,
                             self._data_fingerprint("prompts"))
@@ -663,6 +663,10 @@ class Pipeline:
                 source = CompletionSource(policy, self.prompts, loop.config.sampling, rng=np.random.default_rng(seed + 3),
                                           k=loop.k)
                 oracle = make_oracle(cfg.oracle, gold, np.random.default_rng(seed + 4), self.input_fn, self.chat_tokenizer)
+                asked = store.queries() if self.dist.is_main else []
+                if asked:  # a resumed loop labels at the temperature its first round's queries gave, not the rest's
+                    first = loop.schedule.initial_labels or loop.schedule.labels_per_round  # what the first collect asked
+                    calibrate_labeller(oracle, asked[:first])
                 selector = DisagreementSelector() if loop.selector == "disagreement" else RandomSelector()
                 agent = PreferenceLoop(ppo, source, selector, oracle, learner, store, loop.schedule,
                                        rng=np.random.default_rng(seed + 5), logger=logger, distributed=self.dist)
@@ -676,6 +680,7 @@ class Pipeline:
                 labels = self.dist.broadcast_object(store.counts()["answers"] if self.dist.is_main else None)
                 preferences = self.dist.broadcast_object(
                     sum(not c.is_tie for c in store.comparisons(include_ties=True)) if self.dist.is_main else None)
+                figures = self.dist.broadcast_object(labeller_figures(oracle, store.comparisons()) if self.dist.is_main else None)
             if not preferences:
                 # a loop told to wait that got no preference to the end: its policy was trained against an untrained
                 # reward model; not recorded as done, so a rerun after the queries are answered trains it properly
@@ -686,7 +691,7 @@ class Pipeline:
             self._save_policy(policy, folder / "policy")
             self.dist.main_process_only(rm.save)(folder / "reward_model")
             return {"in_run_folder": True, "path": self._rel(folder / "policy"), "reward_model": self._rel(folder / "reward_model"), "labels": labels,
-                    "ensemble": loop.members > 1, "iterations": ppo.iteration, "rounds": agent.rounds}
+                    "ensemble": loop.members > 1, "iterations": ppo.iteration, "rounds": agent.rounds, **figures}
 
         return self._timed(f"preference_loop.{name}", self._loop_fingerprint(loop), body)
 

@@ -35,9 +35,10 @@ from llm_gym.infra.configio import ConfigError, to_dict
 from llm_gym.infra.distributed import Distributed
 from llm_gym.infra.runfolder import RunFolderError, check_writable_folder, read_json
 from llm_gym.models.policy import Policy
+from llm_gym.models.reward_trainer import RewardTrainerConfig
 from llm_gym.tasks.review import ReviewTask, ReviewTaskConfig
 
-__all__ = ["LoadedTask", "calibrate_labeller", "chat_tokenizer", "check_inputs", "check_task", "code_fingerprint",
+__all__ = ["LoadedTask", "calibrate_labeller", "chat_tokenizer", "check_inputs", "check_task", "code_fingerprint", "fingerprint_settings",
            "config_advice", "folder_fingerprint", "labeller_figures", "load_task", "make_env", "make_oracle",
            "oracle_fingerprint", "read_comparisons", "read_state", "resolve_reward", "sample_queries", "store_for"]
 
@@ -293,6 +294,29 @@ def read_comparisons(spec: OracleSpec, tokenizer: Any = None) -> RecordedOracle:
     return RecordedOracle.from_file(spec.path, tokenizer=tokenizer, **spec.field_names())
 
 
+# Fields added to a config after run folders were recorded with it, with the value those runs had without them:
+# a fingerprint leaves such a field out while it holds that value, so that those folders resume; any other value
+# (a later default included) is an input like any other.
+_ADDED_FIELDS: dict[type, dict[str, Any]] = {
+    RewardTrainerConfig: {"lr_schedule": "constant", "warmup_fraction": 0.0, "label_smoothing": 0.0,
+                          "keep_best": False},  # issue 19
+}
+
+
+def fingerprint_settings(config: Any) -> Any:
+    """`to_dict(config)` as a stage's fingerprint takes it: `_ADDED_FIELDS` left out, at any depth, while they hold
+    the value older run folders had without them."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        added = _ADDED_FIELDS.get(type(config), {})
+        return {f.name: fingerprint_settings(getattr(config, f.name)) for f in dataclasses.fields(config)
+                if f.init and not (f.name in added and getattr(config, f.name) == added[f.name])}
+    if isinstance(config, Mapping):
+        return {key: fingerprint_settings(value) for key, value in config.items()}
+    if isinstance(config, (list, tuple)):
+        return [fingerprint_settings(item) for item in config]
+    return config
+
+
 def oracle_fingerprint(spec: OracleSpec, gold: str = "builtin") -> dict[str, Any]:
     """The labeller's settings as a fingerprint sees them: a recorded file by the sha256 of its content, not its path.
 
@@ -308,8 +332,16 @@ def oracle_fingerprint(spec: OracleSpec, gold: str = "builtin") -> dict[str, Any
     for name in spec.field_names():  # the field names only as far as they change what is read (older runs have none)
         if spec.kind != "recorded" or settings[name] == getattr(defaults, name):
             del settings[name]
-    if spec.agreement is None:  # the temperature form, as runs from before `agreement` existed saw it
+    # the labeller's noise in the shape older run folders recorded, so they resume: the raw form as {temperature}
+    # (no agreement key, as before `agreement` existed), the calibrated form as {temperature: 1.0 (then unused, the
+    # old default), agreement}. Other kinds use neither, but older folders recorded them as written (temperature
+    # 1.0 when unset): a person's answers must not be moved aside for a setting they never used.
+    target = spec.target_agreement if spec.kind == "synthetic" else spec.agreement
+    settings["temperature"] = spec.temperature if spec.temperature is not None else 1.0
+    if target is None:
         del settings["agreement"]
+    else:
+        settings["agreement"] = target
     if spec.kind == "synthetic" and gold != "builtin":  # its labels are the judge's: another judge, other labels
         settings["gold"] = gold
     if spec.kind == "recorded":
@@ -523,8 +555,8 @@ def make_oracle(spec: OracleSpec, gold: RewardFn | None, rng: np.random.Generato
     if spec.kind == "synthetic":
         if gold is None:  # check_task refuses this before a stage runs
             raise ConfigError('oracle.kind = "synthetic" needs a gold judge; the task has none')
-        if spec.agreement is not None:  # the temperature is chosen for it (`calibrate_labeller`)
-            return SyntheticOracle(gold, rng=rng, agreement=spec.agreement, flip_prob=spec.flip_prob,
+        if spec.target_agreement is not None:  # the temperature is chosen for it (`calibrate_labeller`)
+            return SyntheticOracle(gold, rng=rng, agreement=spec.target_agreement, flip_prob=spec.flip_prob,
                                    tie_margin=spec.tie_margin)
         return SyntheticOracle(gold, rng=rng, temperature=spec.temperature, flip_prob=spec.flip_prob,
                                tie_margin=spec.tie_margin)

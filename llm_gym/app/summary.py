@@ -21,6 +21,7 @@ import numpy as np
 from llm_gym.app.config import ExperimentConfig
 from llm_gym.core.reward import score_batch
 from llm_gym.core.task import Demonstration
+from llm_gym.feedback.oracles import HUMAN_AGREEMENT
 
 __all__ = ["COLUMNS", "LOW_RM_AGREEMENT", "build_summary", "demonstrations_gold", "format_summary"]
 
@@ -127,11 +128,15 @@ def _story(summary: dict[str, Any]) -> list[str]:
             f"TensorBoard's reward_model/heldout_accuracy ({heldout:.1%}) is against the labeller's own held-out "
             f"labels, which are noisy{noisy}: the two differ by that noise.", width=120))
     if _known(agreement) and agreement < LOW_RM_AGREEMENT:
+        # labels below human agreement: the labeller is noisier than people (a raw oracle.temperature, say)
+        advice = ("; so do labels as reliable as people's, from a labeller calibrated to human agreement "
+                  "(oracle.agreement = 0.73, the default when oracle.temperature is unset)"
+                  if not _known(labels) or labels < HUMAN_AGREEMENT - 0.02 else "")
         lines.append(textwrap.fill(
             f"warning: the reward model orders only {agreement:.1%} of held-out pairs as the gold judge does "
             f"(InstructGPT's reward models: 69.6-72.4% against held-out human labels); an RL run against it optimises "
-            "a noisy target. More labels (reward_model.queries), an ensemble (reward_model.members) or a labeller "
-            "calibrated to human agreement (oracle.agreement = 0.73) raise it.", width=120))
+            f"a noisy target. More labels (reward_model.queries) or an ensemble (reward_model.members) raise it{advice}.",
+            width=120))
     return lines
 
 

@@ -215,7 +215,8 @@ class SyntheticOracle(PreferenceOracle):
         scorer: any `RewardFn`, e.g. `llm_gym.GoldScorer()`.
         rng: the source of all randomness (required: a run must be reproducible).
         temperature: Bradley-Terry / Plackett-Luce temperature in score units; 0 = noiseless. 1.0 when neither it
-            nor `agreement` is given.
+            nor `agreement` is given (this class's own default, kept for code written against it; the pipeline's
+            labeller, `OracleSpec`, defaults to ``agreement=HUMAN_AGREEMENT`` instead).
         agreement: instead of `temperature`: the share, in (0.5, 1 - flip_prob], of the pairs the gold order orders
             on which the labels should agree with it (`HUMAN_AGREEMENT` = 0.73 for a human-like labeller).
         flip_prob: probability in [0, 1] of inverting a pairwise label (see above).

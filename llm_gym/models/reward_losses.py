@@ -53,12 +53,14 @@ class RankingStats(NamedTuple):
 
 
 def ranking_stats(rewards: torch.Tensor, ranks: torch.Tensor, k_mask: torch.Tensor | None = None,
-                  ties: TiesMode = "skip") -> RankingStats:
+                  ties: TiesMode = "skip", *, label_smoothing: float = 0.0) -> RankingStats:
     """`ranking_loss` (arguments as there), its pair accuracy and margin (detached), and the counts behind them."""
     if rewards.dim() != 2 or ranks.shape != rewards.shape:
         raise ValueError(f"rewards and ranks must both be (B, K); got {tuple(rewards.shape)} and {tuple(ranks.shape)}")
     if ties not in ("skip", "half"):
         raise ValueError(f"ties must be 'skip' or 'half', got {ties!r}")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing!r} (0 = the plain Bradley-Terry loss)")
     if k_mask is None:
         k_mask = torch.ones_like(ranks, dtype=torch.bool)
     elif k_mask.shape != rewards.shape:
@@ -69,7 +71,10 @@ def ranking_stats(rewards: torch.Tensor, ranks: torch.Tensor, k_mask: torch.Tens
     wins = (ranks[:, :, None] < ranks[:, None, :]) & valid  # i ranked above j (0 = best)
     zero = torch.zeros((), dtype=rewards.dtype, device=rewards.device)
     # InstructGPT eq. 1: -log sigmoid(r(x, y_w) - r(x, y_l)) for every pair of the ranking
-    pair_loss = torch.where(wins, -F.logsigmoid(diff), zero)
+    nll = -F.logsigmoid(diff)
+    if label_smoothing:  # cross-entropy with the soft target 1 - eps (label smoothing, as cDPO)
+        nll = (1.0 - label_smoothing) * nll + label_smoothing * -F.logsigmoid(-diff)
+    pair_loss = torch.where(wins, nll, zero)
     total = pair_loss.sum(dim=(1, 2))
     count = wins.sum(dim=(1, 2))
     if ties == "half":
@@ -99,6 +104,8 @@ def ranking_loss(
     ranks: torch.Tensor,
     k_mask: torch.Tensor | None = None,
     ties: TiesMode = "skip",
+    *,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """InstructGPT's K-way ranking loss: all pairs of one prompt's ranking in one batch element.
 
@@ -126,5 +133,8 @@ def ranking_loss(
         k_mask: (B, K) bool, True for real completions (batches that mix K are padded to
             the largest K); None = all real.
         ties: `"skip"` or `"half"`, see above.
+        label_smoothing: eps in [0, 0.5): each strict pair's target is `1 - eps` instead of 1, i.e. the term is
+            `-(1 - eps) log sigmoid(r_w - r_l) - eps log sigmoid(r_l - r_w)` (label smoothing; cDPO's
+            conservative target for labels that are wrong with probability eps). 0 = the plain loss above.
     """
-    return ranking_stats(rewards, ranks, k_mask, ties).loss
+    return ranking_stats(rewards, ranks, k_mask, ties, label_smoothing=label_smoothing).loss

@@ -80,8 +80,10 @@ class _RewardNet(nn.Module):
 
     `pooling="last"` reads the hidden state of the appended EOS (the usual RM design);
     `pooling="mean"` averages the hidden states of all real tokens, so the reward is a mean
-    of per-token contributions -- a strong inductive bias when the true reward is roughly
-    additive over words (sentiment lexicons, repetition), and a help when labels are few.
+    of per-token contributions -- an inductive bias meant for rewards that are roughly additive
+    over words (sentiment lexicons, repetition). Measured on the built-in task (2,000 labels at 73%
+    agreement, `experiments/reward_model_quality.py --ablation`) it orders held-out pairs worse than
+    "last": 0.727 +- 0.035 against 0.778 +- 0.008.
     """
 
     def __init__(self, backbone: PreTrainedModel, generator: torch.Generator | None = None, pooling: Pooling = "last") -> None:
@@ -136,7 +138,7 @@ class RewardModel:
         head_seed: an int or `torch.Generator` for the head's initialisation (ensemble
             members differ by it); None uses torch's global generator.
         pooling: `"last"` (the appended EOS's hidden state) or `"mean"` (the average over
-            all real tokens: a reward additive over tokens, which learns from fewer labels).
+            all real tokens: a reward additive over tokens; on the built-in task it holds out worse).
         peft_config: train a PEFT adapter on the backbone instead of all its weights: a
             `peft.LoraConfig` (any `PeftConfig`) or a dict of LoRA fields (`{"r": 8,
             "target_modules": ["q_proj", "v_proj"]}`). The backbone's own weights are frozen;

@@ -11,11 +11,12 @@ one is known.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -33,22 +34,45 @@ from llm_gym.models.reward_model import LearnedReward, RewardModel
 
 __all__ = ["RewardTrainer", "RewardTrainerConfig"]
 
+LRSchedule = Literal["constant", "linear"]
+
 
 @dataclass(frozen=True)
 class RewardTrainerConfig:
-    """How `RewardTrainer` fits a reward model to comparisons."""
+    """How `RewardTrainer` fits a reward model to comparisons.
 
-    epochs: int = 2
-    """Passes over the training comparisons (InstructGPT trained its RM for a single epoch; small data needs more)."""
-    batch_size: int = 16
-    """Comparisons per optimizer step; a K-way comparison is one element (all its pairs together)."""
+    The defaults are the schedule of Hugging Face's Trainer, hence of TRL's RewardTrainer: 3 epochs of 8
+    comparisons a step, the learning rate decaying linearly to 0. Measured on the built-in task
+    (`experiments/reward_model_quality.py`: the built-in model's RM, 2,000 pairwise labels from the pipeline's
+    labeller, calibrated to 73% agreement with 10% flips, held-out agreement with the gold order), this schedule
+    beat the earlier defaults (2 epochs of 16, constant rate) on 5 of 6 seeds at lr 3e-4, 0.772 against 0.760
+    (paired +0.012), and put llm_gym level with a plain `*ForSequenceClassification` recipe (0.775).
+
+    The "Measured" figures per field are the ablation from those earlier defaults (`--ablation`,
+    `experiments/results/reward_model_quality_ablation.json`: labels with 5% flips, seeds 100-102, one field changed
+    at a time, learning rates 1e-4 to 3e-3; the earlier defaults reach 0.778 +- 0.008 at 3e-4, the plain recipe
+    0.782 +- 0.019). Seed-to-seed spread is 0.01-0.02, so differences under about 0.015 are noise; with 5% flips
+    no single setting beat the earlier defaults, with 10% the three schedule fields together did.
+    """
+
+    epochs: int = 3
+    """Passes over the training comparisons (InstructGPT trained its RM for a single epoch; small data needs more).
+    Measured alone, at a constant rate and batch 16: 1 epoch 0.752, 2 epochs 0.778, 3 epochs 0.762; with the
+    linear decay the third epoch runs at a falling rate."""
+    batch_size: int = 8
+    """Comparisons per optimizer step; a K-way comparison is one element (all its pairs together). Measured alone
+    (2 epochs, constant rate): 8 gives 0.772, 16 0.778."""
     learning_rate: float = 3e-4
-    """AdamW learning rate: the built-in tiny models learn well at 3e-4 to 1e-3; Hub-sized backbones want
+    """AdamW learning rate: the built-in tiny models learn best at 3e-4 (measured with these defaults, 1,600 labels,
+    10% flips, 9 seeds: 1e-4 0.718, 3e-4 0.759, 1e-3 0.746; in the ablation: 1e-4 0.762, 3e-4 0.778,
+    1e-3 0.757 +- 0.041, 3e-3 0.596: above 1e-3 some runs collapse towards chance); Hub-sized backbones want
     about 1e-5 (InstructGPT used 9e-6 for its 6B reward model)."""
     weight_decay: float = 0.0
-    """AdamW weight decay."""
+    """AdamW weight decay (measured: 0.1 gives 0.777)."""
     heldout_fraction: float = 0.1
-    """Fraction of the comparisons held out for evaluation, in [0, 1); 0 = no held-out set."""
+    """Fraction of the comparisons held out for evaluation, in [0, 1); 0 = no held-out set. The held-out
+    comparisons are not trained on (measured: 0 gives 0.775, within noise of 0.778, though it trains on 10% more
+    labels); their metrics are what the pipeline reports as held-out accuracy."""
     max_grad_norm: float | None = 1.0
     """Clip the gradient norm to this; None = no clipping."""
     ties: TiesMode = "skip"
@@ -57,13 +81,33 @@ class RewardTrainerConfig:
     """Sequences per forward pass when scoring held-out completions."""
     disable_dropout: bool = True
     """Train with the backbone's dropout off (as TRL's reward trainer does by default): the two
-    completions of a pair are then scored by the same function, and train metrics are not noisy."""
+    completions of a pair are then scored by the same function, and train metrics are not noisy.
+    Measured: dropout on gives 0.777."""
     mixed_precision: MixedPrecision = "no"
     """"bf16" runs training forward passes under bf16 autocast where the device supports it (CUDA
     with bf16, CPU); elsewhere training falls back to float32 with a logged warning. "no" = float32."""
     gradient_accumulation_steps: int = 1
     """Each batch of `batch_size` comparisons is processed in this many micro-batches before one
     optimizer step (less memory; the same update: the loss is normalised by the whole batch)."""
+    lr_schedule: LRSchedule = "linear"
+    """The learning rate over one `fit`: `"constant"`, or `"linear"` decay from `learning_rate` to 0 at the last
+    step (the schedule of Hugging Face's Trainer, hence of TRL's RewardTrainer). Each `fit` call (a
+    preference-loop round) runs its own schedule over `epochs x ceil(comparisons / batch_size)` steps (a batch of
+    ties only is skipped, so the rate then ends above 0). Measured alone (2 epochs of 16): linear 0.766 at 3e-4
+    (it trains less), 0.764 at 1e-3; constant 3e-4 0.778; with 3 epochs of 8 see the class docstring."""
+    warmup_fraction: float = 0.0
+    """Share of one `fit`'s optimizer steps over which the learning rate rises linearly from 0 to `learning_rate`
+    (then `lr_schedule` applies to the remaining steps); in [0, 1). 0 = no warm-up. Measured: 0.1 rescues a
+    learning rate that is too high (3e-3: 0.596 -> 0.673) but does not help at a good one (1e-3: 0.757 -> 0.750)."""
+    label_smoothing: float = 0.0
+    """Soft target `1 - label_smoothing` for each labelled pair instead of 1 (see `ranking_loss`); in [0, 0.5).
+    It smooths the training loss only: `heldout_loss` stays the plain one, comparable across settings. Measured:
+    0.05, the labeller's flip rate, gives 0.774."""
+    keep_best: bool = False
+    """After the last epoch, restore the weights of the epoch whose held-out loss was lowest (early stopping
+    on the held-out split). Needs a held-out set (`heldout_fraction > 0` or `heldout=`); without one the
+    last epoch's weights are kept. Measured with 4 epochs of 16 at a constant rate: 0.778 at 3e-4 (the earlier
+    defaults' 2 epochs gave the same), 0.760 at 1e-4, 0.764 at 1e-3."""
 
     def __post_init__(self) -> None:
         check_finite(self)
@@ -86,6 +130,15 @@ class RewardTrainerConfig:
             raise ValueError(f"RewardTrainerConfig.ties must be 'skip' or 'half', got {self.ties!r}")
         if not isinstance(self.disable_dropout, bool):
             raise ValueError(f"RewardTrainerConfig.disable_dropout must be True or False, got {self.disable_dropout!r}")
+        if self.lr_schedule not in ("constant", "linear"):
+            raise ValueError(f"RewardTrainerConfig.lr_schedule must be 'constant' or 'linear', got {self.lr_schedule!r}")
+        if not (isinstance(self.warmup_fraction, (int, float)) and 0 <= self.warmup_fraction < 1):
+            raise ValueError(f"RewardTrainerConfig.warmup_fraction must be in [0, 1), got {self.warmup_fraction!r} (0 = no warm-up)")
+        if not (isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 0.5):
+            raise ValueError(f"RewardTrainerConfig.label_smoothing must be in [0, 0.5), got {self.label_smoothing!r} "
+                             "(0 = the plain Bradley-Terry loss)")
+        if not isinstance(self.keep_best, bool):
+            raise ValueError(f"RewardTrainerConfig.keep_best must be True or False, got {self.keep_best!r}")
 
 
 class _Padded(NamedTuple):
@@ -114,6 +167,20 @@ def _pad(comparisons: Sequence[Comparison]) -> _Padded:
         prompts.extend([c.prompt] * k)
         completions.extend(c.completions)
     return _Padded(prompts, completions, ranks, k_mask, index)
+
+
+def _lr_factor(step: int, *, schedule: LRSchedule, warmup: int, total: int) -> float:
+    """The learning rate of optimizer step `step` (0-based) as a share of the peak: a linear warm-up over the first
+    `warmup` steps, then constant or linear decay to 0 at step `total`.
+
+    >>> [_lr_factor(s, schedule="linear", warmup=2, total=6) for s in range(7)]
+    [0.0, 0.5, 1.0, 0.75, 0.5, 0.25, 0.0]
+    """
+    if step < warmup:
+        return step / warmup
+    if schedule == "constant":
+        return 1.0
+    return max(0.0, (total - step) / max(1, total - warmup))
 
 
 def _num_elements(padded: _Padded, ties: TiesMode) -> int:
@@ -146,7 +213,8 @@ class RewardTrainer:
     Logged every epoch (at step = optimizer steps so far): `reward_model/train_loss`,
     `train_accuracy` (fraction of (winner, loser) pairs with r_w > r_l), `train_margin`
     (mean r_w - r_l) over the epoch's batches; the same with `heldout_` on the held-out
-    comparisons after the epoch; and `gold_agreement` when a gold scorer is given.
+    comparisons after the epoch; `gold_agreement` when a gold scorer is given; and `learning_rate`
+    (that of the next step, under `lr_schedule`).
 
     Args:
         config: the training settings.
@@ -222,7 +290,8 @@ class RewardTrainer:
             `train_loss`, `train_accuracy`, `train_margin` of the last epoch, `heldout_loss`,
             `heldout_accuracy`, `heldout_margin` (when there is a held-out set),
             `gold_agreement` (when `gold_fn` is given: on the held-out comparisons, or on the
-            training ones when there are none held out), `num_train`, `num_heldout`.
+            training ones when there are none held out), `num_train`, `num_heldout`; with `keep_best`
+            and a held-out set, those of the epoch whose weights were kept, and `best_epoch` (1-based).
 
         Raises:
             ValueError: empty comparison set, or every comparison a tie.
@@ -255,22 +324,41 @@ class RewardTrainer:
         held_padded = _pad(held) if held else None
 
         opt = torch.optim.AdamW(rm.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        scheduler = None
+        if cfg.lr_schedule != "constant" or cfg.warmup_fraction > 0:
+            total = cfg.epochs * math.ceil(len(train_set) / cfg.batch_size)  # every process counts the same global batches
+            scheduler = torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(
+                _lr_factor, schedule=cfg.lr_schedule, warmup=round(cfg.warmup_fraction * total), total=total))
         net, _ = self.dist.prepare(rm.net)
         update = UpdateStep(opt, [net], distributed=self.dist, max_grad_norm=cfg.max_grad_norm,
-                            mixed_precision=cfg.mixed_precision, hint="lower learning_rate")
+                            mixed_precision=cfg.mixed_precision, scheduler=scheduler, hint="lower learning_rate")
         metrics: dict[str, float] = {"num_train": float(len(train_set)), "num_heldout": float(len(held))}
+        best: tuple[float, dict[str, float], list[torch.Tensor]] | None = None  # keep_best: loss, metrics, trained weights
+        trained = [p for p in rm.net.parameters() if p.requires_grad]  # a PEFT backbone's frozen weights never change
         devices = [rm.device] if rm.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # dropout draws from torch's rng: seed it from ours, leave the global state
             torch.manual_seed(int(self.rng.integers(2**62)))
-            for _epoch in range(cfg.epochs):
+            for epoch in range(cfg.epochs):
                 metrics.update(self._epoch(rm, net, update, train_set))
                 if held_padded is not None or gold_pairs is not None:
                     metrics.update(self._evaluate(rm, held_padded, gold_set, gold_pairs))
+                if cfg.keep_best and held_padded is not None:
+                    loss = metrics["heldout_loss"]
+                    # a NaN loss (no strict held-out pair) is never the best, nor replaces one
+                    if not math.isnan(loss) and (best is None or loss < best[0]):
+                        metrics["best_epoch"] = float(epoch + 1)
+                        best = (loss, dict(metrics), [p.detach().clone() for p in trained])
                 if self.logger is not None:
                     for key, value in metrics.items():
-                        if not key.startswith("num_"):
+                        if not key.startswith(("num_", "best_")):
                             self.logger.record(log_prefix + key, value)
+                    self.logger.record(log_prefix + "learning_rate", opt.param_groups[0]["lr"])  # for the next step
                     self.logger.dump(self.num_updates)
+        if best is not None and best[1]["best_epoch"] < cfg.epochs:  # an earlier epoch held out better: its weights
+            with torch.no_grad():
+                for param, kept in zip(trained, best[2]):
+                    param.copy_(kept)
+            metrics = best[1]
         rm.eval()
         return metrics
 
@@ -303,7 +391,8 @@ class RewardTrainer:
                         with update.autocast():
                             flat = net(ids, mask).float()
                         rewards = flat[batch.index.to(flat.device)]
-                        stats = ranking_stats(rewards, batch.ranks.to(flat.device), batch.k_mask.to(flat.device), cfg.ties)
+                        stats = ranking_stats(rewards, batch.ranks.to(flat.device), batch.k_mask.to(flat.device), cfg.ties,
+                                              label_smoothing=cfg.label_smoothing)
                         # the per-element mean over the global batch (a zero-weighted stand-in adds nothing)
                         update.backward(stats.loss * stats.num_elements * weight * update.scale(n_global),
                                         {"reward_model_loss": stats.loss})

@@ -336,7 +336,10 @@ def test_summary_explains_the_gold_scale_the_two_rm_accuracies_and_warns_on_a_we
     assert "warning" not in text, "an RM at InstructGPT's agreement gets no warning"
     weak = " ".join(format_summary(summary(LOW_RM_AGREEMENT - 0.02)).splitlines())
     assert "warning: the reward model orders only 63.0% of held-out pairs as the gold judge does" in weak
-    assert "oracle.agreement = 0.73" in weak
+    assert "oracle.agreement = 0.73" not in weak, "the labels already agree as people do: no advice to calibrate"
+    raw = " ".join(format_summary(summary(LOW_RM_AGREEMENT - 0.02) | {"rows": {
+        "reward_model": {"labels": 700, "gold_agreement": 0.63, "heldout_accuracy": 0.6, "label_agreement": 0.63}}}).splitlines())
+    assert "oracle.agreement = 0.73" in raw, "noisier labels than people's: the calibrated labeller is suggested"
     assert "the task's demonstrations" not in weak, "no demonstrations scored: the scale shows what it has"
     plain = format_summary({"name": "t", "seed": 0, "rows": {"sft": {"gold": 0.5}}})
     assert "gold scale" not in plain and "RM~gold" not in plain, "one row: nothing to explain"

@@ -22,7 +22,7 @@ from llm_gym.infra.configio import ConfigError, apply_overrides, from_dict, load
 from llm_gym.app.config import ExperimentConfig, OracleSpec, PPOStage
 from llm_gym.app.pipeline import Pipeline
 from llm_gym.app.stages import oracle_fingerprint
-from llm_gym.feedback.oracles import SyntheticOracle
+from llm_gym.feedback.oracles import HUMAN_AGREEMENT, SyntheticOracle
 from llm_gym.app.summary import format_summary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -253,12 +253,24 @@ def test_preference_loop_stage_spends_its_budget_and_keeps_labels_when_interrupt
             raise KeyboardInterrupt  # stopped after the first labels were stored
         return original(self)
 
+    temperatures: list[float | None] = []  # the labeller's at each answer (the default one, calibrated to 0.73)
+    answer = SyntheticOracle.answer
+
+    def spy(self, queries):
+        for a in answer(self, queries):
+            if self.agreement is not None:  # the labeller, not the evaluation's noiseless judge
+                temperatures.append(self.temperature)
+            yield a
+
+    monkeypatch.setattr(SyntheticOracle, "answer", spy)
     monkeypatch.setattr(PreferenceLoop, "_retrain", crash_on_second_round)
     with pytest.raises(KeyboardInterrupt):
         Pipeline(config, out).run()
     with PreferenceStore(out / "preference_loop" / "online" / "labels.sqlite") as store:
         kept = store.counts()["answers"]
     assert kept >= 8, "the labels given before the crash are in the store"
+    first = set(temperatures)
+    assert len(first) == 1 and None not in first, "calibrated once, on the first round's queries"
     monkeypatch.setattr(PreferenceLoop, "_retrain", original)
     summary = Pipeline(config, out).run()
     row = summary["rows"]["online"]
@@ -266,6 +278,10 @@ def test_preference_loop_stage_spends_its_budget_and_keeps_labels_when_interrupt
         counts = store.counts()
     assert counts["queries"] == 16, "the budget is spent once, across the interruption"
     assert row["labels"] == counts["answers"] >= kept
+    assert set(temperatures) == first, "the resumed loop labels the rest at the first round's temperature"
+    result = json.loads((out / "state.json").read_text())["preference_loop.online"]["result"]
+    assert result["oracle_temperature"] == first.pop() and 0 <= result["label_agreement"] <= 1
+    assert result["calibration"]["target"] == 0.73 and result["calibration"]["queries"] == 8
     assert math.isfinite(row["gold"]) and math.isfinite(row["kl"])
     assert list((out / "tb" / "loop_online").glob("events.out.tfevents*"))
 
@@ -442,11 +458,11 @@ def test_a_copied_run_folder_reads_its_own_results_and_a_damaged_policy_is_refus
 
 def test_a_labeller_calibrated_by_agreement_reports_its_temperature_and_resumes_at_it(tmp_path, model_cache, tiny_model,
                                                                                     monkeypatch) -> None:
-    """oracle.agreement = 0.73 (human labellers' agreement, issue 19): the temperature is chosen on all the
+    """The default labeller, calibrated to 0.73 (human labellers' agreement, issue 19): the temperature is chosen on all the
     reward-model stage's queries and recorded with the labels' agreement with gold. A run interrupted after 10
     answers resumes at the temperature of all 24 queries, not of the 14 it still asks."""
     out = tmp_path / "run"
-    config = tiny(model_cache, "stages=['pretrain','sft','reward_model']", "oracle.agreement=0.73")
+    config = tiny(model_cache, "stages=['pretrain','sft','reward_model']")  # the default labeller: agreement 0.73
     original = SyntheticOracle.answer
 
     def ten_answers_then_ctrl_c(self, queries):
@@ -483,9 +499,56 @@ def test_a_labeller_calibrated_by_agreement_reports_its_temperature_and_resumes_
     assert (row["oracle_temperature"], row["label_agreement"]) == (result["oracle_temperature"], result["label_agreement"])
 
 
-def test_oracle_spec_agreement_is_validated_and_fingerprinted_only_when_set() -> None:
-    assert "agreement" not in oracle_fingerprint(OracleSpec()), "runs from before agreement keep their fingerprints"
-    assert oracle_fingerprint(OracleSpec(agreement=0.73))["agreement"] == 0.73
+def test_oracle_spec_is_calibrated_by_default_and_fingerprinted_as_older_runs_were() -> None:
+    # the default labeller is calibrated to human agreement; setting a temperature chooses the raw form
+    assert OracleSpec().target_agreement == HUMAN_AGREEMENT == 0.73
+    assert OracleSpec(temperature=0.5).target_agreement is None and OracleSpec(agreement=0.8).target_agreement == 0.8
+    assert from_dict(ExperimentConfig, apply_overrides(to_dict(ExperimentConfig()), ["oracle.temperature=0.5"])).oracle \
+        == OracleSpec(temperature=0.5)
+    # fingerprints keep the shapes older run folders recorded: the calibrated form with the then-unused
+    # temperature 1.0 beside the agreement, the raw form without an agreement key (a run made at the old default,
+    # temperature 1.0, matches the raw form at 1.0, not the new calibrated default), other kinds unchanged
+    calibrated = oracle_fingerprint(OracleSpec())
+    assert calibrated == oracle_fingerprint(OracleSpec(agreement=0.73))
+    assert (calibrated["temperature"], calibrated["agreement"]) == (1.0, 0.73)
+    raw = oracle_fingerprint(OracleSpec(temperature=1.0))
+    assert "agreement" not in raw and raw["temperature"] == 1.0 and raw != calibrated
+    assert oracle_fingerprint(OracleSpec(temperature=0.5))["temperature"] == 0.5
+    terminal = oracle_fingerprint(OracleSpec(kind="terminal"))
+    assert "agreement" not in terminal and terminal["temperature"] == 1.0, "a person's labels keep their stage"
+    # other kinds use neither setting, but keep them as older folders recorded them (as written)
+    assert oracle_fingerprint(OracleSpec(kind="terminal", temperature=0.5))["temperature"] == 0.5
+    assert oracle_fingerprint(OracleSpec(kind="terminal", agreement=0.73))["agreement"] == 0.73
+    # a config.json written before the calibrated default holds both fields: temperature 1.0 beside an agreement
+    old = {**to_dict(ExperimentConfig()), "oracle": {**to_dict(OracleSpec()), "temperature": 1.0, "agreement": 0.73}}
+    loaded = from_dict(ExperimentConfig, old).oracle
+    assert loaded.temperature is None and loaded.target_agreement == 0.73
+    assert oracle_fingerprint(loaded) == oracle_fingerprint(OracleSpec()), "the same labeller as today's default"
+    # the default labeller's flip-rate bound is checked for the synthetic kind only, and says which agreement
+    with pytest.raises(ValueError, match=r"default labeller is calibrated to agreement 0\.73 .*oracle\.temperature"):
+        OracleSpec(flip_prob=0.3)
+    assert OracleSpec(kind="terminal", flip_prob=0.3).flip_prob == 0.3 and OracleSpec(temperature=1.0, flip_prob=0.3)
+
+
+def test_fields_added_to_the_reward_trainer_leave_fingerprints_as_they_were_at_their_defaults() -> None:
+    from llm_gym import RewardTrainerConfig
+    from llm_gym.app.config import LoopStage, RewardModelStage
+    from llm_gym.app.stages import fingerprint_settings
+
+    before = {"epochs", "batch_size", "learning_rate", "weight_decay", "heldout_fraction", "max_grad_norm", "ties",
+              "eval_batch_size", "disable_dropout", "mixed_precision", "gradient_accumulation_steps"}  # before issue 19
+    # a trainer as older runs had it (a constant rate, no warm-up, smoothing or early stopping): their shape exactly
+    old = RewardTrainerConfig(epochs=2, batch_size=16, lr_schedule="constant")
+    settings = fingerprint_settings(RewardModelStage(trainer=old))
+    assert set(settings["trainer"]) == before and {k: v for k, v in settings.items() if k != "trainer"} == \
+        {k: v for k, v in to_dict(RewardModelStage()).items() if k != "trainer"}
+    # today's default schedule (linear) is not the value older runs had: it is part of the fingerprint, so an old
+    # run with 3 epochs of 8 at a constant rate is not taken for a new one
+    assert fingerprint_settings(RewardModelStage())["trainer"]["lr_schedule"] == "linear"
+    smoothed = fingerprint_settings(RewardModelStage(trainer=RewardTrainerConfig(label_smoothing=0.05)))
+    assert smoothed["trainer"]["label_smoothing"] == 0.05, "a value that is set is an input like any other"
+    loop = fingerprint_settings(ExperimentConfig(preference_loop={"a": LoopStage(trainer=old)}).preference_loop)
+    assert set(loop["a"]["trainer"]) == before
     for kwargs, match in [({"agreement": 0.73, "temperature": 0.5}, "temperature .* or agreement .*, not both"),
                           ({"agreement": 0.5}, r"\(0\.5, 1\]"), ({"agreement": 1.5}, r"\(0\.5, 1\]"),
                           ({"agreement": 0.95}, r"out of reach with flip_prob = 0\.1.*lower flip_prob to at most 0\.05"),

@@ -360,7 +360,8 @@ def test_field_docs_reads_literals_and_attributes_section() -> None:
     assert field_docs(Undocumented) == {"a": "From the literal.", "b": "From the class docstring.", "c": ""}
     assert field_docs(PPOConfig)["kl_coef"] == "Initial beta of the KL penalty to the reference."  # declared in its base
     # a multi-line literal keeps its lines, without the source indentation
-    assert field_docs(RewardTrainerConfig)["learning_rate"].splitlines()[1].startswith("about 1e-5")
+    lines = field_docs(RewardTrainerConfig)["learning_rate"].splitlines()
+    assert len(lines) > 1 and any(line.startswith("about 1e-5") for line in lines[1:])
 
 
 def test_field_docs_falls_back_to_attributes_section() -> None:

@@ -1,4 +1,4 @@
-"""Bradley-Terry losses against hand computation: pairwise, K-way rankings, ties, mixed K."""
+"""Bradley-Terry losses against hand computation: pairwise, K-way rankings, ties, mixed K, label smoothing."""
 
 from __future__ import annotations
 
@@ -91,3 +91,16 @@ def test_ranking_stats_accuracy_and_margin_by_hand() -> None:
     assert float(stats.accuracy) == pytest.approx(3 / 5)
     assert float(stats.margin) == pytest.approx(np.mean(diffs))
     assert float(stats.loss) == pytest.approx(float(ranking_loss(rewards, ranks)))
+
+
+def test_label_smoothing_is_a_soft_target() -> None:
+    rewards = torch.tensor([[0.3, -1.2, 2.0]])
+    ranks = torch.tensor([[1, 2, 0]])
+    eps = 0.1
+    r = rewards[0].tolist()
+    pairs = [(i, j) for i in range(3) for j in range(3) if ranks[0, i] < ranks[0, j]]
+    expected = sum((1 - eps) * _nls(r[i] - r[j]) + eps * _nls(r[j] - r[i]) for i, j in pairs) / len(pairs)
+    assert float(ranking_loss(rewards, ranks, label_smoothing=eps)) == pytest.approx(expected, rel=1e-6)
+    assert float(ranking_loss(rewards, ranks, label_smoothing=0.0)) == pytest.approx(float(ranking_loss(rewards, ranks)))
+    with pytest.raises(ValueError, match="label_smoothing"):
+        ranking_loss(rewards, ranks, label_smoothing=0.5)

@@ -1,6 +1,10 @@
-"""RewardTrainer: learning from gold labels, warm starts, bad comparison sets, config checks, the deprecated name."""
+"""RewardTrainer: learning from gold labels, warm starts, bad comparison sets, the learning-rate schedule, keeping the
+best held-out epoch, config checks, the deprecated name."""
 
 from __future__ import annotations
+
+import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -53,6 +57,59 @@ def test_bad_comparison_sets(rm: RewardModel) -> None:
     assert metrics["num_train"] == 3 and metrics["train_accuracy"] == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize(("schedule", "warmup", "expected"),
+                         [("linear", 0.0, [5e-4, 0.0]), ("constant", 0.0, [1e-3, 1e-3]), ("linear", 0.5, [1e-3, 0.0]),
+                          ("constant", 0.8, [6.25e-4, 1e-3])])
+def test_learning_rate_schedule(rm: RewardModel, gold_comparisons, schedule: str, warmup: float, expected: list[float]) -> None:
+    # 40 comparisons in batches of 8: 5 steps an epoch, 10 in all; linear decay reaches 1e-3 * (1 - 5/10) after
+    # the first epoch and 0 after the last step (the logged rate is the one the next step would use); a warm-up
+    # over 5 steps peaks at step 5 and decays from there, one over 8 steps has reached 5/8 of the peak at step 5
+    comparisons = [c for c in gold_comparisons(48) if not c.is_tie][:40]
+    logger = Logger(None)
+    config = RewardTrainerConfig(epochs=2, batch_size=8, learning_rate=1e-3, heldout_fraction=0.0, lr_schedule=schedule,
+                                 warmup_fraction=warmup)
+    RewardTrainer(config, logger=logger, rng=np.random.default_rng(0)).fit(rm, comparisons)
+    assert [v for _, v in logger.history["reward_model/learning_rate"]] == pytest.approx(expected)
+
+
+def test_keep_best_restores_the_epoch_with_the_lowest_heldout_loss(rm: RewardModel, gold_comparisons) -> None:
+    # coin-flip labels: fitting them raises the held-out loss, so an early epoch holds out best
+    coin = np.random.default_rng(3)
+    comparisons = [Comparison(c.prompt, c.completions, (0, 1) if coin.random() < 0.5 else (1, 0))
+                   for c in gold_comparisons(160) if not c.is_tie]
+    config = RewardTrainerConfig(epochs=4, batch_size=8, learning_rate=3e-3, heldout_fraction=0.25, keep_best=True)
+    logger = Logger(None)
+    trainer = RewardTrainer(config, logger=logger, rng=np.random.default_rng(0))
+    _, held = RewardTrainer(config, rng=np.random.default_rng(0)).split(comparisons)  # the split fit draws first
+    metrics = trainer.fit(rm, comparisons)
+    losses = [v for _, v in logger.history["reward_model/heldout_loss"]]
+    best = int(np.argmin(losses))
+    assert len(losses) == 4 and best < 3, losses  # the case that matters: an earlier epoch's weights come back
+    assert metrics["best_epoch"] == best + 1 and metrics["heldout_loss"] == losses[best]
+    # the model now holds that epoch's weights: its held-out loss, recomputed, is the best one logged
+    scores = rm.score([c.prompt for c in held for _ in c.completions], [x for c in held for x in c.completions])
+    diffs = [scores[2 * i + w] - scores[2 * i + l] for i, c in enumerate(held) for w, l in c.pairs()]
+    assert float(np.mean(np.logaddexp(0.0, -np.array(diffs)))) == pytest.approx(losses[best], rel=1e-5)
+    # without a held-out set there is nothing to choose by: the last epoch's weights stay
+    no_held = RewardTrainer(dataclasses.replace(config, heldout_fraction=0.0), rng=np.random.default_rng(0)).fit(rm, comparisons)
+    assert "best_epoch" not in no_held
+
+
+def test_keep_best_never_takes_a_nan_heldout_loss(rm: RewardModel, gold_comparisons) -> None:
+    # a held-out set of ties only has no strict pair: its loss is NaN at every epoch, so no epoch is "best" and the
+    # last epoch's weights and metrics stay (a NaN first epoch once became the best for good)
+    train = [c for c in gold_comparisons(48) if not c.is_tie][:32]
+    ties = [Comparison(c.prompt, c.completions, (0, 0)) for c in train[:8]]
+    config = RewardTrainerConfig(epochs=3, batch_size=8, learning_rate=1e-3, heldout_fraction=0.0, keep_best=True)
+    logger = Logger(None)
+    before = [p.detach().clone() for p in rm.net.parameters()]
+    metrics = RewardTrainer(config, logger=logger, rng=np.random.default_rng(0)).fit(rm, train, heldout=ties)
+    assert "best_epoch" not in metrics and math.isnan(metrics["heldout_loss"])
+    losses = [v for _, v in logger.history["reward_model/train_loss"]]
+    assert len(losses) == 3 and metrics["train_loss"] == losses[-1], "the last epoch's metrics"
+    assert any(not torch.equal(a, b) for a, b in zip(before, rm.net.parameters())), "it trained and kept what it learned"
+
+
 @pytest.mark.parametrize(
     ("field", "value", "match"),
     [
@@ -66,6 +123,10 @@ def test_bad_comparison_sets(rm: RewardModel) -> None:
         ("ties", "ignore", "ties"),
         ("eval_batch_size", 0, "eval_batch_size"),
         ("disable_dropout", "yes", "disable_dropout"),
+        ("lr_schedule", "cosine", "lr_schedule"),
+        ("warmup_fraction", 1.0, "warmup_fraction"),
+        ("label_smoothing", 0.5, "label_smoothing"),
+        ("keep_best", 1, "keep_best"),
     ],
 )
 def test_trainer_config_validation(field: str, value: object, match: str) -> None:
