@@ -138,7 +138,7 @@ class FloorContestant(Contestant):
         self.batch += 1
         self.policy.eval()
         with torch.no_grad(), self._amp():
-            out = self.policy(input_ids=prompts, use_cache=True)
+            out = self.policy(input_ids=prompts, use_cache=True, logits_to_keep=1)  # as llm_gym: the last position's
             tokens = []
             for i in range(n):  # one token per step, the KV cache carrying the rest
                 probs = torch.softmax(out.logits[:, -1].float(), dim=-1)
@@ -148,9 +148,10 @@ class FloorContestant(Contestant):
             seq = torch.cat([prompts, *tokens], dim=1)
             score = self.rm(input_ids=seq).logits[:, 0].float()
             targets = seq[:, -n:, None]
-            ref_lp = torch.log_softmax(self.ref(input_ids=seq).logits[:, -n - 1 : -1].float(), -1).gather(-1, targets)[..., 0]
-            out = self.policy(input_ids=seq, output_hidden_states=True, use_cache=False)
-            old_lp = torch.log_softmax(out.logits[:, -n - 1 : -1].float(), -1).gather(-1, targets)[..., 0]
+            # logits only at the n + 1 positions llm_gym keeps (its FLOP count), the last one unused
+            ref_lp = torch.log_softmax(self.ref(input_ids=seq, logits_to_keep=n + 1).logits[:, :-1].float(), -1).gather(-1, targets)[..., 0]
+            out = self.policy(input_ids=seq, output_hidden_states=True, use_cache=False, logits_to_keep=n + 1)
+            old_lp = torch.log_softmax(out.logits[:, :-1].float(), -1).gather(-1, targets)[..., 0]
             values = self.value_head(out.hidden_states[-1][:, -n - 1 : -1].float())[..., 0]
         rewards = -0.05 * (old_lp - ref_lp)  # k1 KL penalty per token, the score at the last one
         rewards[:, -1] += score
@@ -165,8 +166,8 @@ class FloorContestant(Contestant):
         for _ in range(a.epochs):
             for mb in torch.randperm(a.prompts, generator=self.generator).split(a.minibatch):
                 with self._amp():
-                    out = self.policy(input_ids=seq[mb], output_hidden_states=True, use_cache=False)
-                lp = torch.log_softmax(out.logits[:, -n - 1 : -1].float(), -1).gather(-1, targets[mb])[..., 0]
+                    out = self.policy(input_ids=seq[mb], output_hidden_states=True, use_cache=False, logits_to_keep=n + 1)
+                lp = torch.log_softmax(out.logits[:, :-1].float(), -1).gather(-1, targets[mb])[..., 0]
                 v = self.value_head(out.hidden_states[-1][:, -n - 1 : -1].detach().float())[..., 0]
                 ratio = torch.exp(lp - old_lp[mb])
                 adv = advantages[mb]

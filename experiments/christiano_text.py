@@ -91,7 +91,8 @@ def run_arm(arm: str, budget: int, args, sft_path: Path, task, gold) -> dict:
         logger.log_hparams({"arm": arm, "budget": budget, **{k: v for k, v in vars(config).items()}})
         ppo = PPO(policy, env, PPOConfig(sampling=SAMPLING, minibatch_size=16, kl_coef=args.kl_coef, log_samples_every=0),
                   rng=np.random.default_rng(seed), logger=logger)
-        trainer = RewardTrainer(RewardTrainerConfig(epochs=args.rm_epochs, learning_rate=3e-4), logger=logger,
+        # the reward-model recipe the recorded results used (RewardTrainerConfig's defaults until 2026-12-04)
+        trainer = RewardTrainer(RewardTrainerConfig(epochs=args.rm_epochs, learning_rate=3e-4, batch_size=16, lr_schedule="constant"), logger=logger,
                                 rng=np.random.default_rng(seed + 1))
         demos = ([d.prompt for d in task.demonstrations[:200]], [d.completion for d in task.demonstrations[:200]])
         learner = RewardModelLearner(rm, trainer, rng=np.random.default_rng(seed + 2), gold_fn=gold, reference=demos)

@@ -128,7 +128,8 @@ def label_and_train_rm(args, sft_path: Path, pretrained_path: Path, task, gold) 
         collect(oracle, [Query(p, (x, y)) for p, x, y in zip(prompts, a, b) if x != y], store)
         comparisons = store.comparisons()
     with Logger(make_run_dir(args.out, "reward_model", seed=args.seed)) as logger:
-        trainer = RewardTrainer(RewardTrainerConfig(epochs=2, learning_rate=3e-4), logger=logger, rng=np.random.default_rng(args.seed))
+        # the reward-model recipe the recorded results used (RewardTrainerConfig's defaults until 2026-12-04)
+        trainer = RewardTrainer(RewardTrainerConfig(epochs=2, learning_rate=3e-4, batch_size=16, lr_schedule="constant"), logger=logger, rng=np.random.default_rng(args.seed))
         # rm_members > 1: an ensemble, whose mean is harder to game than one model's quirks
         rm = reward_model_from_pretrained(sft_path, args.rm_members, seed=args.seed)
         metrics = trainer.fit(rm, comparisons, gold, bootstrap_rng=np.random.default_rng(args.seed + 1))

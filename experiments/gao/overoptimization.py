@@ -9,7 +9,8 @@ What it does, on the built-in review task, from the demo run's SFT policy (`runs
    of the largest that span random prompts.
 2. Proxy reward models. One per label budget (default 500 / 2,000 / 8,000), each a fresh
    `RewardModel.from_pretrained(sft)` (InstructGPT: the RM starts from the SFT weights, a new head)
-   trained by `RewardTrainer` with its defaults (2 epochs, lr 3e-4, batch 16) on all of its labels,
+   trained by `RewardTrainer` with its defaults of the time (2 epochs, lr 3e-4, batch 16, constant rate;
+   pinned here) on all of its labels,
    then shifted so the task's demonstrations score 0 on average (the pipeline's normalisation).
    Held-out agreement: how often each RM orders pairs of SFT completions of the *held-out* prompts
    as the gold scorer does (gold ties left out).

@@ -129,6 +129,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from llm_gym.infra.configio import apply_overrides, from_dict
     from llm_gym.app.config import ExperimentConfig, resolve_input_paths
     from llm_gym.app.pipeline import Pipeline
+    from llm_gym.app.stages import upgrade_written_config
     from llm_gym.app.summary import format_summary
 
     from llm_gym.infra.runfolder import RunFolderError, check_writable_folder, read_json
@@ -151,6 +152,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     # --set paths, like the run's own relative ones (before paths were resolved), are relative to this folder
+    written = upgrade_written_config(written)  # fields added since the run wrote it: the values it ran with
     config = from_dict(ExperimentConfig, resolve_input_paths(apply_overrides(written, args.set), Path.cwd()))
     check_writable_folder(run_dir)  # summary.json, or the new evaluation file, is written
     pipeline = Pipeline(config, run_dir, on_event=lambda line: print(line, flush=True))

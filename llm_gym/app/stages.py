@@ -7,6 +7,7 @@ task: the built-in review task, an environment a user registered, or files.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -38,7 +39,7 @@ from llm_gym.models.policy import Policy
 from llm_gym.models.reward_trainer import RewardTrainerConfig
 from llm_gym.tasks.review import ReviewTask, ReviewTaskConfig
 
-__all__ = ["LoadedTask", "calibrate_labeller", "chat_tokenizer", "check_inputs", "check_task", "code_fingerprint", "fingerprint_settings",
+__all__ = ["LoadedTask", "calibrate_labeller", "chat_tokenizer", "check_inputs", "check_task", "code_fingerprint", "fingerprint_settings", "upgrade_written_config",
            "config_advice", "folder_fingerprint", "labeller_figures", "load_task", "make_env", "make_oracle",
            "oracle_fingerprint", "read_comparisons", "read_state", "resolve_reward", "sample_queries", "store_for"]
 
@@ -315,6 +316,19 @@ def fingerprint_settings(config: Any) -> Any:
     if isinstance(config, (list, tuple)):
         return [fingerprint_settings(item) for item in config]
     return config
+
+
+def upgrade_written_config(written: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's config.json as today's dataclasses read it: the `_ADDED_FIELDS` a config written before them lacks
+    get the value that run had without them (not today's default), so the run reads back as the run it was."""
+    data = copy.deepcopy(dict(written))
+    trainers = [data.get("reward_model", {}).get("trainer")]
+    trainers += [loop.get("trainer") for loop in (data.get("preference_loop") or {}).values() if isinstance(loop, dict)]
+    for trainer in trainers:
+        if isinstance(trainer, dict):
+            for name, value in _ADDED_FIELDS[RewardTrainerConfig].items():
+                trainer.setdefault(name, value)
+    return data
 
 
 def oracle_fingerprint(spec: OracleSpec, gold: str = "builtin") -> dict[str, Any]:

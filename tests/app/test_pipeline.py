@@ -549,6 +549,16 @@ def test_fields_added_to_the_reward_trainer_leave_fingerprints_as_they_were_at_t
     assert smoothed["trainer"]["label_smoothing"] == 0.05, "a value that is set is an input like any other"
     loop = fingerprint_settings(ExperimentConfig(preference_loop={"a": LoopStage(trainer=old)}).preference_loop)
     assert set(loop["a"]["trainer"]) == before
+    # a config.json written before those fields reads back as the run it was (a constant rate), not today's default
+    from llm_gym.app.stages import upgrade_written_config
+
+    then = to_dict(ExperimentConfig(reward_model=RewardModelStage(trainer=old), preference_loop={"a": LoopStage(trainer=old)}))
+    for trainer in (then["reward_model"]["trainer"], then["preference_loop"]["a"]["trainer"]):
+        for name in set(trainer) - before:
+            del trainer[name]
+    read = from_dict(ExperimentConfig, upgrade_written_config(then))
+    assert read.reward_model.trainer == old and read.preference_loop["a"].trainer == old
+    assert fingerprint_settings(read.reward_model) == fingerprint_settings(RewardModelStage(trainer=old))
     for kwargs, match in [({"agreement": 0.73, "temperature": 0.5}, "temperature .* or agreement .*, not both"),
                           ({"agreement": 0.5}, r"\(0\.5, 1\]"), ({"agreement": 1.5}, r"\(0\.5, 1\]"),
                           ({"agreement": 0.95}, r"out of reach with flip_prob = 0\.1.*lower flip_prob to at most 0\.05"),
