@@ -102,6 +102,7 @@ from llm_gym import (
     collect,
     generate_review_task,
 )
+from llm_gym.feedback.store import store_files
 from llm_gym.models.reward_model import RewardModel
 from llm_gym.models.reward_trainer import RewardTrainer, RewardTrainerConfig
 
@@ -196,10 +197,8 @@ def make_data(policy: Policy, task, args: argparse.Namespace, seed: int, n_pair:
 
 def label(queries: list[Query], store_path: Path, oracle: SyntheticOracle) -> list[Comparison]:
     """Label with `oracle` into a fresh store; the comparisons in query order (one per answer row)."""
-    if store_path.exists():
-        store_path.unlink()  # our own output from an earlier run: start fresh (answers are append-only)
-    for suffix in ("-wal", "-shm"):
-        Path(str(store_path) + suffix).unlink(missing_ok=True)
+    for path in store_files(store_path):  # our own output from an earlier run: start fresh (answers are append-only)
+        path.unlink()
     with PreferenceStore(store_path) as store:
         collect(oracle, queries, store)
         return store.comparisons()

@@ -678,9 +678,9 @@ class Pipeline:
                             "PreferenceLoopConfig(on_no_answers='wait')",
                             f'preference_loop.{name}.schedule.on_no_answers = "wait"')) from err
                 labels = self.dist.broadcast_object(store.counts()["answers"] if self.dist.is_main else None)
-                preferences = self.dist.broadcast_object(
-                    sum(not c.is_tie for c in store.comparisons(include_ties=True)) if self.dist.is_main else None)
-                figures = self.dist.broadcast_object(labeller_figures(oracle, store.comparisons()) if self.dist.is_main else None)
+                answered = store.comparisons(include_ties=True) if self.dist.is_main else []  # read once for both
+                preferences = self.dist.broadcast_object(sum(not c.is_tie for c in answered) if self.dist.is_main else None)
+                figures = self.dist.broadcast_object(labeller_figures(oracle, answered) if self.dist.is_main else None)
             if not preferences:
                 # a loop told to wait that got no preference to the end: its policy was trained against an untrained
                 # reward model; not recorded as done, so a rerun after the queries are answered trains it properly

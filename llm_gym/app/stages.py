@@ -304,18 +304,16 @@ _ADDED_FIELDS: dict[type, dict[str, Any]] = {
 }
 
 
+def _added_at_old_value(instance: Any, name: str) -> bool:
+    """True for a field of `_ADDED_FIELDS` holding the value older run folders had without it."""
+    added = _ADDED_FIELDS.get(type(instance), {})
+    return name in added and getattr(instance, name) == added[name]
+
+
 def fingerprint_settings(config: Any) -> Any:
     """`to_dict(config)` as a stage's fingerprint takes it: `_ADDED_FIELDS` left out, at any depth, while they hold
     the value older run folders had without them."""
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        added = _ADDED_FIELDS.get(type(config), {})
-        return {f.name: fingerprint_settings(getattr(config, f.name)) for f in dataclasses.fields(config)
-                if f.init and not (f.name in added and getattr(config, f.name) == added[f.name])}
-    if isinstance(config, Mapping):
-        return {key: fingerprint_settings(value) for key, value in config.items()}
-    if isinstance(config, (list, tuple)):
-        return [fingerprint_settings(item) for item in config]
-    return config
+    return to_dict(config, omit=_added_at_old_value)
 
 
 def upgrade_written_config(written: Mapping[str, Any]) -> dict[str, Any]:

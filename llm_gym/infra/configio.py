@@ -55,7 +55,7 @@ import textwrap
 import tomllib
 import types
 import typing
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
@@ -336,20 +336,22 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
 # --------------------------------------------------------------------------- to_dict
 
 
-def to_dict(obj: Any) -> Any:
+def to_dict(obj: Any, *, omit: Callable[[Any, str], bool] | None = None) -> Any:
     """The plain form of `obj` for ``json.dumps`` or a TOML file; the inverse of `from_dict`.
 
     Dataclasses become dicts of their init fields (so ``from_dict(type(x), to_dict(x)) == x``),
     mappings become dicts, lists and tuples become lists, recursively; None stays None
     (JSON null; `from_dict` accepts it back for Optional fields). Other values are returned
-    as they are.
+    as they are. `omit(instance, field_name)`, when given, leaves out the fields of any dataclass at any depth
+    for which it is true (a fingerprint's view of a config; the result is then no longer `from_dict`'s inverse).
     """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+        return {f.name: to_dict(getattr(obj, f.name), omit=omit) for f in dataclasses.fields(obj)
+                if f.init and not (omit is not None and omit(obj, f.name))}
     if isinstance(obj, Mapping):
-        return {key: to_dict(value) for key, value in obj.items()}
+        return {key: to_dict(value, omit=omit) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [to_dict(item) for item in obj]
+        return [to_dict(item, omit=omit) for item in obj]
     return obj
 
 

@@ -378,3 +378,13 @@ def test_every_field_of_the_project_configs_is_documented(cls: type) -> None:
     docs = field_docs(cls)
     assert list(docs) == [f.name for f in dataclasses.fields(cls)]
     assert [name for name, doc in docs.items() if not doc.strip()] == []
+
+
+def test_to_dict_omits_the_fields_it_is_told_to_at_any_depth() -> None:
+    config = PPOConfig(sampling=SamplingConfig(max_new_tokens=7))
+    drop_sampling_top_k = lambda obj, name: isinstance(obj, SamplingConfig) and name == "top_k"  # noqa: E731
+    plain = to_dict({"runs": [config]}, omit=drop_sampling_top_k)
+    assert "top_k" not in plain["runs"][0]["sampling"] and plain["runs"][0]["sampling"]["max_new_tokens"] == 7
+    full = to_dict({"runs": [config]})
+    del full["runs"][0]["sampling"]["top_k"]
+    assert plain == full, "nothing else changes"
