@@ -118,7 +118,9 @@ class OnPolicyConfig:
     """Write a checkpoint every this many iterations into `checkpoint_dir` (0 = only on request)."""
     mixed_precision: MixedPrecision = "no"
     """"bf16" runs sampling, reference and training forward passes under bf16 autocast where the device
-    supports it (CUDA with bf16, CPU); elsewhere training falls back to float32 with a logged warning."""
+    supports it (CUDA with bf16, CPU); elsewhere training falls back to float32 with a logged warning. On CPU attention
+    runs on PyTorch's math kernel (the flash kernel's bf16 backward is slow there; `Distributed.autocast`). Load
+    the environment's reward model with `dtype=torch.bfloat16` to score in bf16 too."""
     gradient_accumulation_steps: int = 1
     """Each minibatch is processed in this many micro-batches before one optimizer step (less memory;
     the same update: losses are normalised by the whole minibatch)."""

@@ -21,7 +21,8 @@ the embedding tables, at every token, plus H, the LM head tied to the token embe
     update      epochs x 3F
 
 Attention's own FLOPs (quadratic in length) are left out: at 48 tokens they are under 2% of these. With `--reward rm`
-the reward model's forward is in the scoring time but not in the FLOPs, and its weights are one more copy in memory.
+the reward model's forward is in the scoring time but not in the FLOPs, and its weights are one more copy in memory
+(loaded in bf16 with `--mixed-precision bf16`).
 
 The shares are against the matmul peak of the dtype the run computes in: float32, or bf16 with `--mixed-precision
 bf16` (autocast; on a CPU without bf16 instructions it is slower than float32). Where the device has bf16 (CUDA from
@@ -228,7 +229,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         prompts = exact_length_prompts(policy.tokenizer, prompts, args.prompt_tokens)
         if not prompts:
             raise SystemExit(f"no piece of the task's prompts encodes to exactly {args.prompt_tokens} tokens")
-    reward = GoldScorer() if args.reward == "gold" else RewardModel.from_pretrained(path, device=device)
+    # a bf16 run loads the reward model in bf16 as well (Hugging Face's `dtype=`): the environment's scorer is the user's
+    rm_dtype = torch.bfloat16 if precision == "bf16" else None
+    reward = GoldScorer() if args.reward == "gold" else RewardModel.from_pretrained(path, device=device, dtype=rm_dtype)
     env = PromptBanditVecEnv(prompts, reward, num_envs=args.prompts)
     ppo = PPOConfig(
         sampling=SamplingConfig(max_new_tokens=args.new_tokens, stop_at_eos=False),

@@ -73,6 +73,7 @@ from typing import Callable
 import numpy as np
 import torch
 import transformers
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -109,8 +110,8 @@ class FloorContestant(Contestant):
     from. The same work and model FLOPs as llm_gym's PPO (generation with the KV cache, the reward model's pass, the
     reference's and the policy's log-prob passes, 4 epochs of minibatch updates with a value head on the policy's
     detached last hidden state, gradient clipping, fused AdamW), on token ids directly (no text, no padding: every
-    prompt has the same length), with none of the bookkeeping: no KL estimators beyond k1 in the reward, no
-    statistics, no checks, no logging."""
+    prompt has the same length), dropout off throughout and llm_gym's attention-kernel choice in bf16, with none of
+    the bookkeeping: no KL estimators beyond k1 in the reward, no statistics, no checks, no logging."""
 
     def __init__(self, name: str, path: Path, reward_model: torch.nn.Module, prompt_ids: torch.Tensor, args, bf16: bool,
                  seed: int = 0) -> None:
@@ -127,8 +128,14 @@ class FloorContestant(Contestant):
         self.generator = torch.Generator().manual_seed(seed)
         self.batch = 0
 
-    def _amp(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+    def _amp(self) -> contextlib.ExitStack:
+        """bf16 autocast with llm_gym's kernel choice on CPU: attention on the math kernel (the CPU flash kernel's bf16
+        backward is slow; see `Distributed.autocast`)."""
+        stack = contextlib.ExitStack()
+        if self.bf16:
+            stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+            stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        return stack
 
     def step(self) -> float:
         a, n = self.args, self.args.new_tokens
@@ -162,7 +169,7 @@ class FloorContestant(Contestant):
             advantages[:, i] = last
         returns = advantages + values
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        self.policy.train()
+        # the update with dropout off, as llm_gym's (the model stays in eval mode; TRL turns dropout off too)
         for _ in range(a.epochs):
             for mb in torch.randperm(a.prompts, generator=self.generator).split(a.minibatch):
                 with self._amp():
@@ -264,10 +271,13 @@ def main() -> None:
     rm = RewardModel.from_pretrained(path, device=device)
     rm.eval()
 
+    rm_bf16 = RewardModel.from_pretrained(path, device=device, dtype=torch.bfloat16).eval() if args.precision == "bf16" else rm
+
     def llm_gym_agent(**options) -> PPO:
         ppo = PPOConfig(sampling=SamplingConfig(max_new_tokens=args.new_tokens, stop_at_eos=False),
                         n_epochs=args.epochs, minibatch_size=args.minibatch, log_samples_every=0, **options)
-        env = PromptBanditVecEnv(texts, rm, num_envs=args.prompts)
+        # the bf16 agent's environment scores with the reward model loaded in bf16, as TRL's and the floor's do
+        env = PromptBanditVecEnv(texts, rm_bf16 if options.get("mixed_precision") == "bf16" else rm, num_envs=args.prompts)
         return PPO(Policy.from_pretrained(path, device=device), env, ppo, rng=np.random.default_rng(0))
 
     # TRL: one shared reference and reward model; each trainer its own policy and value network
@@ -276,7 +286,9 @@ def main() -> None:
     tokenizer.padding_side = "left"
     dataset = datasets.Dataset.from_dict({"input_ids": ids})
     trl_ref = AutoModelForCausalLM.from_pretrained(path)
-    trl_rm = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    # the reward model is the user's input, the same on every side: in bf16 runs loaded in bf16 (Hugging Face's `dtype=`)
+    trl_rm = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, dtype=torch.bfloat16 if args.precision == "bf16" else None)
     real_collect = gc.collect
     no_gc_threads: set[str] = set()
     # the module's `gc` seen by TRL's train(): a no-op collect for the trainer without gc, the real one otherwise
@@ -366,7 +378,8 @@ def main() -> None:
               f"{sorted(on)} (config: {trl_side[0].trainer.args.gradient_checkpointing}); optimizer fused: "
               f"{sorted({bool(g.get('fused')) for c in trl_side for g in c.trainer.optimizer.param_groups})}")
     print(f"model         {args.model}: {n_all:,} parameters; work: {P} prompts x ({args.prompt_tokens} + {n}) tokens, "
-          f"reward model of the same size, {args.epochs} epochs, minibatch {args.minibatch}")
+          f"reward model of the same size{' (bf16 weights, every side)' if bf16 else ''}, {args.epochs} epochs, "
+          f"minibatch {args.minibatch}")
     medians = {name: float(np.median(ts)) for name, ts in times.items()}
     ours_run = [name for name in ours if name in medians]
     print(f"{'contestant':<26}{'median s':>10}{'min':>8}{'max':>8}{'TFLOP':>8}{'GFLOP/s':>9}{'of peak':>9}"

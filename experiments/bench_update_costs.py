@@ -11,6 +11,11 @@ built-in size and at GPT-2-small's (124M).
    layers' activations recomputed instead of kept: its time, and the rise of the resident set above its level
    before the pass (on CUDA: the peak allocated). The resident set is one process's, whose allocator keeps what it
    freed, so the rise depends on what ran before: read it as a comparison of the two variants in this run.
+4. **Attention's kernel in a bf16 update on CPU.** The same forward and backward under plain bf16 autocast, whose
+   attention takes PyTorch's CPU flash kernel (slow in its bf16 backward), against llm_gym's bf16 autocast
+   (`Distributed.autocast`, what `mixed_precision="bf16"` uses), which runs attention on the math kernel. CPU only
+   (on CUDA the two are the same context). The gain depends on the allocator: measure with `--keep-freed-memory`,
+   the setting the `llm-gym` command applies.
 
 The variants alternate in one process (A, B, C, A, B, C...), so a busy machine slows them alike; medians of
 `--repeats`, and each variant's time as a ratio of the old default's. The 124M model is GPT-2 small's shape
@@ -18,12 +23,13 @@ The variants alternate in one process (A, B, C, A, B, C...), so a busy machine s
 
     python experiments/bench_update_costs.py                          # the built-in model
     python experiments/bench_update_costs.py --model smoke --repeats 1 # the smoke-sized model: wiring only
-    python experiments/bench_update_costs.py --model gpt2-small --threads 2
+    python experiments/bench_update_costs.py --model gpt2-small --threads 2 --keep-freed-memory
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -31,7 +37,8 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from bench_ppo import gpt2_config, timed  # beside this script: the one definition of GPT-2's shapes
-from llm_gym import TinyLMConfig, build_builtin_model, default_device
+from llm_gym import TinyLMConfig, build_builtin_model, default_device, keep_freed_memory
+from llm_gym.infra.distributed import Distributed
 from llm_gym.infra.memory import PeakMemory
 from llm_gym.models.lm import checkpointed_layers
 from llm_gym.models.policy import Policy, SamplingConfig
@@ -70,7 +77,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--device", default=None, help="default: CUDA when present, else CPU")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="llm_gym.keep_freed_memory() first, as the llm-gym command does (glibc keeps freed blocks)")
     args = parser.parse_args(argv)
+    if args.keep_freed_memory and not keep_freed_memory():
+        raise SystemExit("--keep-freed-memory: this C library is not glibc, or it refused the setting")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device) if args.device else default_device()
     model = make_model(args.model, device, args.cache_dir)
@@ -103,10 +114,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     policy = Policy.__new__(Policy)  # the scoring code alone: evaluate() needs only the model
     policy.model = model
 
-    def update(entropy: str) -> None:
+    def update(entropy: str, amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
         model.zero_grad(set_to_none=True)
-        ev = Policy.evaluate(policy, prompt, ones_p, completion, ones_c, SamplingConfig(), entropy=entropy)
-        loss = -(ev.logprobs * advantages).mean() - 0.0 * ev.entropy.mean()  # ent_coef = 0, as PPO's default
+        with amp():  # the forward under `amp`, the backward outside it, as the agents run them
+            ev = Policy.evaluate(policy, prompt, ones_p, completion, ones_c, SamplingConfig(), entropy=entropy)
+            loss = -(ev.logprobs * advantages).mean() - 0.0 * ev.entropy.mean()  # ent_coef = 0, as PPO's default
         loss.backward()
 
     model.eval()  # as the agents' updates run: dropout off
@@ -131,8 +143,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     print("activations kept vs checkpointed (the same pass; memory: peak rise of the resident set, or CUDA peak)")
     for k, v in passes.items():
         print(f"  {k:<30}{v:>9.4g} s   {v / passes['kept']:>5.2f}x   {np.median(peaks[k]):>8.0f} MB")
-    return {"fused_step": steps["fused (fused_adamw)"] / steps["loop (default on CPU)"],
-            "entropy_for_logs": entropy_for_logs, "checkpointed": passes["checkpointed"] / passes["kept"]}
+    ratios = {"fused_step": steps["fused (fused_adamw)"] / steps["loop (default on CPU)"],
+              "entropy_for_logs": entropy_for_logs, "checkpointed": passes["checkpointed"] / passes["kept"]}
+
+    # 4. a bf16 pass on CPU: attention differentiated on the flash kernel (plain autocast) or the math kernel (ours)
+    if device.type == "cpu":
+        passes = alternate({"flash kernel (plain autocast)": lambda: update(
+                                "value", lambda: torch.autocast("cpu", dtype=torch.bfloat16)),
+                            "math kernel (mixed_precision)": lambda: update(
+                                "value", lambda: Distributed.autocast("bf16", device))}, args.repeats, device)
+        base = passes["flash kernel (plain autocast)"]
+        print("bf16 training forward + backward: attention's kernel")
+        for k, v in passes.items():
+            print(f"  {k:<30}{v:>9.4g} s   {v / base:>5.2f}x the flash kernel")
+        ratios["bf16_math_attention"] = passes["math kernel (mixed_precision)"] / base
+    return ratios
 
 
 if __name__ == "__main__":

@@ -124,9 +124,23 @@ def test_bench_update_costs_prints_each_variant(bench, common: list[str], capsys
                                                "--new-tokens", "4"])
     out = capsys.readouterr().out
     for variant in ("loop (default on CPU)", "foreach", "fused (fused_adamw)", "entropy differentiated (old)",
-                    "entropy for the logs (new)", "kept", "checkpointed"):
+                    "entropy for the logs (new)", "kept", "checkpointed", "flash kernel (plain autocast)",
+                    "math kernel (mixed_precision)"):
         assert_positive(row(out, "  " + variant)[:2], variant)  # seconds and ratio (a memory rise can be 0 MB)
     assert_positive(list(result.values()), "returned ratios")
+
+
+def test_bench_bf16_attention_prints_both_kernels(bench, common: list[str], capsys) -> None:
+    from llm_gym.infra.distributed import Distributed
+
+    ours = Distributed.__dict__["autocast"]
+    result = bench("bench_bf16_attention").main(["--model", "smoke", *common, "--iterations", "1", "--prompts", "8",
+                                                 "--prompt-tokens", "4", "--new-tokens", "4"])
+    out = capsys.readouterr().out
+    for variant in ("flash kernel (plain autocast)", "math kernel (mixed_precision)"):
+        assert_positive(row(out, variant), variant)  # seconds by phase and the ratio
+    assert_positive(list(result.values()), "seconds per iteration")
+    assert Distributed.__dict__["autocast"] is ours  # the plain variant's patch is undone
 
 
 def test_bench_all_prints_one_summary_table(bench, common: list[str], capsys) -> None:

@@ -44,6 +44,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from llm_gym.infra.logger import Logger
 from llm_gym.core.reward import RewardFn, _name, score_batch
@@ -292,10 +293,34 @@ class Distributed:
 
     @staticmethod
     def autocast(mixed_precision: MixedPrecision, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-        """bf16 autocast on `device` when `mixed_precision` resolves to bf16, else a no-op context."""
+        """bf16 autocast on `device` when `mixed_precision` resolves to bf16, else a no-op context.
+
+        On CPU the block also runs attention on PyTorch's math kernel: the CPU flash-attention kernel's bf16
+        backward is slow. With the allocator setting the `llm-gym` command applies (`keep_freed_memory`), a bf16
+        forward + backward at GPT-2-small's shape takes 0.72x the flash kernel's time on the math kernel (0.96-0.98x
+        without the setting; `bench_update_costs.py`), and a 124M PPO iteration 0.84x (its update 8.1 s against
+        10.3 s, generation alike; `bench_bf16_attention.py`). Every pass uses the math
+        kernel, so the old log-probs and the first training pass agree (the ratio is 1 before the first step, to
+        rounding). The cost: attention's T x T weights are materialised per layer, where the flash kernel tiles them
+        (memory at long contexts; gradient checkpointing recomputes them layer by layer). The kernel flags are
+        process-wide: another thread running attention during the block gets the math kernel too, and a kernel a
+        user switched off is overridden inside the block.
+        """
         if resolve_mixed_precision(mixed_precision, device) == "bf16":
-            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+            return _cpu_bf16_autocast() if device.type == "cpu" else torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+
+class _cpu_bf16_autocast(contextlib.ExitStack):
+    """CPU bf16 autocast with attention on the math kernel (see `Distributed.autocast`).
+
+    Reusable like `torch.autocast`: each `with` enters afresh (one instance is not entered twice at once)."""
+
+    def __enter__(self) -> _cpu_bf16_autocast:
+        super().__enter__()
+        self.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+        self.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        return self
 
 
 class _ShardedReward:

@@ -134,12 +134,14 @@ def _with_dropout(name: str, tiny_model, tmp_path) -> Policy:
     return Policy.from_pretrained(tmp_path / "opt")
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "opt"])
-def test_gradient_checkpointing_recomputes_layers_with_dropout_off_and_changes_nothing(arch, tiny_model, tmp_path,
-                                                                                     monkeypatch) -> None:
+@pytest.mark.parametrize("arch,precision", [("gpt2", "no"), ("opt", "no"), ("gpt2", "bf16")])
+def test_gradient_checkpointing_recomputes_layers_with_dropout_off_and_changes_nothing(arch, precision, tiny_model,
+                                                                                     tmp_path, monkeypatch) -> None:
     """The same parameters after an iteration with and without checkpointing (to float noise), the layers really
     recomputed in the update (not while sampling), and dropout still off, also in OPT's layers, which apply it in
-    their own forward: with dropout on, the first minibatch's ratio pi/pi_old would not be 1."""
+    their own forward: with dropout on, the first minibatch's ratio pi/pi_old would not be 1. In bf16 on CPU the
+    recomputation, which runs in the backward pass, uses the forward's attention kernel (else checkpoint's check
+    that the recomputed tensors match the saved ones fails), and the ratio is still 1."""
     from torch.utils import checkpoint
 
     from llm_gym.agents import PPO, PPOConfig
@@ -149,7 +151,7 @@ def test_gradient_checkpointing_recomputes_layers_with_dropout_off_and_changes_n
         policy = _with_dropout(arch, tiny_model, tmp_path)
         env = PromptBanditVecEnv(PROMPTS, lambda p, c: [float(c.count("e")) for c in c], num_envs=8)
         config = PPOConfig(sampling=SamplingConfig(max_new_tokens=6), minibatch_size=8, n_epochs=1, learning_rate=1e-2,
-                           log_samples_every=0, gradient_checkpointing=on)
+                           log_samples_every=0, gradient_checkpointing=on, mixed_precision=precision)
         agent = PPO(policy, env, config, rng=np.random.default_rng(0), logger=Logger(None))
         calls: list[int] = []
         original = checkpoint.checkpoint

@@ -8,6 +8,7 @@ ranks sampled, with the seeds they used (rank 0 uses the single-process seed).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -154,6 +155,36 @@ def test_bf16_sft_step_runs_on_cpu(policy: Policy) -> None:
     metrics = SFTTrainer(SFTConfig(epochs=1, batch_size=4, heldout_fraction=0.0, mixed_precision="bf16"),
                          rng=np.random.default_rng(0)).fit(policy, worker.DEMOS[:4])
     assert np.isfinite(metrics["sft_loss"])
+
+
+def _graph_ops(t: torch.Tensor) -> set[str]:
+    """The names of the autograd nodes behind `t`."""
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and type(node).__name__ not in seen:
+            seen.add(type(node).__name__)
+            todo.extend(n for n, _ in node.next_functions)
+    return seen
+
+
+def test_cpu_bf16_autocast_runs_attention_on_the_math_kernel() -> None:
+    q = torch.randn(2, 2, 8, 16, requires_grad=True)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # plain autocast: the flash kernel, whose bf16 backward is slow
+        assert any("Flash" in n for n in _graph_ops(sdpa(q, q, q, is_causal=True)))
+    amp = Distributed.autocast("bf16", torch.device("cpu"))
+    for _ in range(2):  # reusable, like torch.autocast
+        with amp:
+            out = sdpa(q, q, q, is_causal=True)
+            assert not torch.backends.cuda.flash_sdp_enabled()
+        assert out.dtype == torch.bfloat16 and not any("Flash" in n for n in _graph_ops(out))
+        out.float().sum().backward()
+        assert torch.isfinite(q.grad).all()
+        with torch.no_grad(), amp:  # passes without gradients too: old log-probs agree with the training pass
+            assert torch.is_autocast_enabled("cpu") and not torch.backends.cuda.flash_sdp_enabled()
+    assert not torch.is_autocast_enabled("cpu") and torch.backends.cuda.flash_sdp_enabled()
+    assert isinstance(Distributed.autocast("no", torch.device("cpu")), type(contextlib.nullcontext()))
 
 
 def test_llm_gym_run_under_torchrun(tiny_model, model_cache, tmp_path) -> None:
