@@ -3,8 +3,8 @@
 
 It runs, each through its script's `main`: `bench_sampling.py` (Policy.sample vs model.generate),
 `bench_ppo.py` (one PPO iteration by phase), `bench_agents.py` (PPO vs RLOO vs GRPO vs Dr. GRPO at the same batch),
-`bench_update_costs.py` (AdamW's forms, the entropy's backward pass, gradient checkpointing, bf16 attention's kernel) and
-`bench_reward_model.py` (RM scoring and one RewardTrainer step). The settings are smaller than the scripts' own
+`bench_update_costs.py` (AdamW's forms, the entropy's backward pass, gradient checkpointing, bf16 attention's
+kernel) and `bench_reward_model.py` (RM scoring and one RewardTrainer step). The settings are smaller than the scripts' own
 defaults (fewer repeats, a smaller agents batch) so that the set takes about 20 s on 2 cores once the built-in model
 is cached (its first build takes about 2.5 minutes more); the figures are for spotting a regression, and each script run
 on its own, with its defaults, gives the figures to record. Every benchmark runs on the same number of threads
@@ -58,8 +58,8 @@ def update_cost_rows(r: dict[str, float]) -> list[Row]:
     return [("update costs", "fused AdamW step", "-", f"{r['fused_step']:.3g}x the per-parameter loop's"),
             ("update costs", "entropy for the logs only", "-", f"{r['entropy_for_logs']:.3g}x differentiated"),
             ("update costs", "gradient checkpointing", "-", f"{r['checkpointed']:.3g}x activations kept"),
-            *([("update costs", "bf16 attention, math kernel", "-", f"{r['bf16_math_attention']:.3g}x the flash kernel")]
-              if "bf16_math_attention" in r else [])]
+            *([("update costs", "bf16 attention, math kernel", "-",
+                f"{r['bf16_math_attention']:.3g}x the flash kernel")] if "bf16_math_attention" in r else [])]
 
 
 def reward_model_rows(r: dict[str, float]) -> list[Row]:

@@ -60,10 +60,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as scratch:
         path, config = model_folder(args.model, args.cache_dir, Path(scratch))
         reward = RewardModel.from_pretrained(path, device=device, dtype=torch.bfloat16).eval()
+        policies = {name: Policy.from_pretrained(path, device=device) for name in KERNELS}
+        prompts = exact_length_prompts(policies[KERNELS[0]].tokenizer, generate_review_task(config.task).prompts,
+                                       args.prompt_tokens)
+        if not prompts:
+            raise SystemExit(f"no piece of the task's prompts encodes to exactly {args.prompt_tokens} tokens")
         agents = {}
-        for name in KERNELS:
-            policy = Policy.from_pretrained(path, device=device)
-            prompts = exact_length_prompts(policy.tokenizer, generate_review_task(config.task).prompts, args.prompt_tokens)
+        for name, policy in policies.items():
             ppo = PPOConfig(sampling=SamplingConfig(max_new_tokens=args.new_tokens, stop_at_eos=False), n_epochs=4,
                             minibatch_size=min(8, args.prompts), log_samples_every=0, mixed_precision="bf16",
                             fused_adamw=True)

@@ -185,15 +185,25 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bf16 autocast where the device has it; the shares are then of the bf16 peak")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--device", default=None, help="default: CUDA when present, else CPU")
+    add_allocator_argument(parser)
+
+
+def add_allocator_argument(parser: argparse.ArgumentParser) -> None:
+    """`--keep-freed-memory`, applied by `apply_allocator`."""
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="llm_gym.keep_freed_memory() first, as the llm-gym command does (glibc keeps freed blocks)")
+
+
+def apply_allocator(args: argparse.Namespace) -> None:
+    """`keep_freed_memory()` when `--keep-freed-memory` asks for it; exits if the C library refuses it."""
+    if getattr(args, "keep_freed_memory", False) and not keep_freed_memory():
+        raise SystemExit("--keep-freed-memory: this C library is not glibc, or it refused the setting")
 
 
 def run_settings(args: argparse.Namespace) -> tuple[torch.device, MixedPrecision]:
     """Sets the threads (and the allocator, when asked); returns the device and the precision the run computes in
     (bf16 falls back to float32 on a device without it, with a logged warning)."""
-    if getattr(args, "keep_freed_memory", False) and not keep_freed_memory():
-        raise SystemExit("--keep-freed-memory: this C library is not glibc, or it refused the setting")
+    apply_allocator(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device) if args.device else default_device()
@@ -229,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         prompts = exact_length_prompts(policy.tokenizer, prompts, args.prompt_tokens)
         if not prompts:
             raise SystemExit(f"no piece of the task's prompts encodes to exactly {args.prompt_tokens} tokens")
-    # a bf16 run loads the reward model in bf16 as well (Hugging Face's `dtype=`): the environment's scorer is the user's
+    # a bf16 run loads the reward model in bf16 as well (Hugging Face's `dtype=`), as a user of bf16 would
     rm_dtype = torch.bfloat16 if precision == "bf16" else None
     reward = GoldScorer() if args.reward == "gold" else RewardModel.from_pretrained(path, device=device, dtype=rm_dtype)
     env = PromptBanditVecEnv(prompts, reward, num_envs=args.prompts)

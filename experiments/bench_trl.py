@@ -271,13 +271,15 @@ def main() -> None:
     rm = RewardModel.from_pretrained(path, device=device)
     rm.eval()
 
-    rm_bf16 = RewardModel.from_pretrained(path, device=device, dtype=torch.bfloat16).eval() if args.precision == "bf16" else rm
+    rm_bf16 = (RewardModel.from_pretrained(path, device=device, dtype=torch.bfloat16).eval()
+               if args.precision == "bf16" else rm)
 
     def llm_gym_agent(**options) -> PPO:
         ppo = PPOConfig(sampling=SamplingConfig(max_new_tokens=args.new_tokens, stop_at_eos=False),
                         n_epochs=args.epochs, minibatch_size=args.minibatch, log_samples_every=0, **options)
         # the bf16 agent's environment scores with the reward model loaded in bf16, as TRL's and the floor's do
-        env = PromptBanditVecEnv(texts, rm_bf16 if options.get("mixed_precision") == "bf16" else rm, num_envs=args.prompts)
+        scorer = rm_bf16 if options.get("mixed_precision") == "bf16" else rm
+        env = PromptBanditVecEnv(texts, scorer, num_envs=args.prompts)
         return PPO(Policy.from_pretrained(path, device=device), env, ppo, rng=np.random.default_rng(0))
 
     # TRL: one shared reference and reward model; each trainer its own policy and value network
@@ -286,7 +288,7 @@ def main() -> None:
     tokenizer.padding_side = "left"
     dataset = datasets.Dataset.from_dict({"input_ids": ids})
     trl_ref = AutoModelForCausalLM.from_pretrained(path)
-    # the reward model is the user's input, the same on every side: in bf16 runs loaded in bf16 (Hugging Face's `dtype=`)
+    # the reward model is the user's input, the same on every side: loaded in bf16 in bf16 runs (`dtype=`)
     trl_rm = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=1, dtype=torch.bfloat16 if args.precision == "bf16" else None)
     real_collect = gc.collect

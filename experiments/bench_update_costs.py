@@ -36,8 +36,9 @@ import numpy as np
 import torch
 from transformers import GPT2LMHeadModel
 
-from bench_ppo import gpt2_config, timed  # beside this script: the one definition of GPT-2's shapes
-from llm_gym import TinyLMConfig, build_builtin_model, default_device, keep_freed_memory
+# beside this script: GPT-2's shapes and the allocator option, defined once
+from bench_ppo import add_allocator_argument, apply_allocator, gpt2_config, timed
+from llm_gym import TinyLMConfig, build_builtin_model, default_device
 from llm_gym.infra.distributed import Distributed
 from llm_gym.infra.memory import PeakMemory
 from llm_gym.models.lm import checkpointed_layers
@@ -77,11 +78,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--device", default=None, help="default: CUDA when present, else CPU")
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="llm_gym.keep_freed_memory() first, as the llm-gym command does (glibc keeps freed blocks)")
+    add_allocator_argument(parser)
     args = parser.parse_args(argv)
-    if args.keep_freed_memory and not keep_freed_memory():
-        raise SystemExit("--keep-freed-memory: this C library is not glibc, or it refused the setting")
+    apply_allocator(args)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device) if args.device else default_device()
     model = make_model(args.model, device, args.cache_dir)

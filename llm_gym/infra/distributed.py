@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from llm_gym.infra.attention import FreshContexts
 from llm_gym.infra.logger import Logger
 from llm_gym.core.reward import RewardFn, _name, score_batch
 
@@ -307,20 +308,11 @@ class Distributed:
         user switched off is overridden inside the block.
         """
         if resolve_mixed_precision(mixed_precision, device) == "bf16":
-            return _cpu_bf16_autocast() if device.type == "cpu" else torch.autocast(device.type, dtype=torch.bfloat16)
+            if device.type == "cpu":  # reusable like torch.autocast: the agents keep one and enter it later
+                return FreshContexts(lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+                                     lambda: sdpa_kernel([SDPBackend.MATH]))
+            return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
-
-
-class _cpu_bf16_autocast(contextlib.ExitStack):
-    """CPU bf16 autocast with attention on the math kernel (see `Distributed.autocast`).
-
-    Reusable like `torch.autocast`: each `with` enters afresh (one instance is not entered twice at once)."""
-
-    def __enter__(self) -> _cpu_bf16_autocast:
-        super().__enter__()
-        self.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
-        self.enter_context(sdpa_kernel([SDPBackend.MATH]))
-        return self
 
 
 class _ShardedReward:

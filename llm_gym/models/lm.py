@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 import torch.utils.checkpoint
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import sdpa_kernel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from llm_gym.infra.attention import ALL_ATTENTION_KERNELS, FreshContexts, enabled_attention_kernels
 from llm_gym.models.text import TokenBatch, append_eos, encode, pad_right
 
 __all__ = ["checkpointable_layers", "checkpointed_layers", "document_batch", "encode_documents", "labelled_tokens",
@@ -95,35 +96,6 @@ def checkpointable_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return layers
 
 
-# the scaled-dot-product-attention kernels and the flags that switch them (public getters, CPU and CUDA alike)
-_KERNEL_FLAGS = {getattr(SDPBackend, kernel): flag for kernel, flag in [
-    ("FLASH_ATTENTION", "flash_sdp_enabled"), ("EFFICIENT_ATTENTION", "mem_efficient_sdp_enabled"),
-    ("MATH", "math_sdp_enabled"), ("CUDNN_ATTENTION", "cudnn_sdp_enabled")]
-    if hasattr(SDPBackend, kernel) and hasattr(torch.backends.cuda, flag)}
-_ALL_KERNELS = frozenset(_KERNEL_FLAGS)
-
-
-def _enabled_attention_kernels() -> frozenset[SDPBackend]:
-    """The attention kernels enabled now (what `sdpa_kernel` restricts)."""
-    return frozenset(k for k in _ALL_KERNELS if getattr(torch.backends.cuda, _KERNEL_FLAGS[k])())
-
-
-class _AttentionKernels:
-    """`sdpa_kernel(backends)` as a context that can be entered again (checkpoint enters it at every recomputation,
-    e.g. twice for a graph back-propagated twice)."""
-
-    def __init__(self, backends: frozenset[SDPBackend]) -> None:
-        self.backends = backends
-        self._active: list[contextlib.AbstractContextManager[None]] = []
-
-    def __enter__(self) -> None:
-        self._active.append(sdpa_kernel(list(self.backends)))
-        self._active[-1].__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        self._active.pop().__exit__(*exc)
-
-
 @contextlib.contextmanager
 def checkpointed_layers(model: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
     """Within the block, each transformer layer of `model` keeps only its inputs and recomputes its activations in the
@@ -144,12 +116,12 @@ def checkpointed_layers(model: torch.nn.Module, enabled: bool = True) -> Iterato
                 return _forward(*args, **kwargs)
             # the recomputation runs in the backward pass, outside the forward's blocks: checkpoint restores autocast
             # itself; the attention kernels enabled now (bf16 on CPU chooses the math kernel) are restored here
-            backends = _enabled_attention_kernels()
-            if backends == _ALL_KERNELS:  # torch's defaults (fp32): checkpoint exactly as without this
+            backends = enabled_attention_kernels()
+            if backends == ALL_ATTENTION_KERNELS:  # torch's defaults (fp32): checkpoint exactly as without this
                 return torch.utils.checkpoint.checkpoint(_forward, *args, use_reentrant=False, **kwargs)
-            return torch.utils.checkpoint.checkpoint(
-                _forward, *args, use_reentrant=False,
-                context_fn=lambda: (contextlib.nullcontext(), _AttentionKernels(backends)), **kwargs)
+            recompute = FreshContexts(lambda: sdpa_kernel(list(backends)))  # entered at every recomputation
+            return torch.utils.checkpoint.checkpoint(_forward, *args, use_reentrant=False,
+                                                     context_fn=lambda: (contextlib.nullcontext(), recompute), **kwargs)
 
         layer.forward = recomputed  # an instance attribute over the class's forward, removed below
     try:
